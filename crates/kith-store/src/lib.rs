@@ -1,0 +1,226 @@
+//! kith-store: BLAKE3 content-addressed blobs with verified streaming.
+//!
+//! A blob is named by its [`Hash`], the standard BLAKE3 hash of its bytes (what `b3sum`
+//! prints). Beside each blob larger than one 16 KiB chunk group the store keeps an
+//! *outboard*: BLAKE3's own hash tree above the groups (1/256 of the data, see [`tree`]).
+//! With it any byte range can be sent with a proof ([`range`]) and checked group by group
+//! before it is written, so blobs can be fetched in pieces from untrusted peers.
+//!
+//! The [`Store`] trait has two implementations: [`MemStore`] and the crash-safe
+//! `FsStore`. Both hold complete and partial blobs (a [`Bitfield`] says which groups
+//! are present), tags that pin blobs, and garbage-collect what no tag reaches.
+//! [`collection`] stores a directory as a manifest blob plus its files' blobs.
+//!
+//! The API is synchronous and does no networking; async callers use `spawn_blocking`.
+//!
+//! ```
+//! use kith_store::{MemStore, Store, StoreConfig, Tag};
+//!
+//! let store = MemStore::new(StoreConfig::default());
+//! let data = vec![42u8; 100_000];
+//! let hash = store.import_bytes(&data)?;
+//! assert_eq!(hash.to_string(), blake3::hash(&data).to_hex().as_str());
+//! store.set_tag("mine", Tag::raw(hash))?;
+//!
+//! // Send bytes 40 000..40 100 with their proof to a second store, which verifies them.
+//! let mut wire = Vec::new();
+//! store.encode_range(hash, 40_000..40_100, &mut wire)?;
+//! let other = MemStore::new(StoreConfig::default());
+//! let status = other.import_verified(hash, 40_000..40_100, &mut &wire[..], &mut |_| {})?;
+//! assert!(!status.bitfield.is_complete());
+//! assert_eq!(other.read_range(hash, 40_000..40_100)?, &data[40_000..40_100]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::path::Path;
+
+mod bitfield;
+pub mod collection;
+// mod fs;
+mod mem;
+pub mod range;
+mod store;
+pub mod tree;
+
+pub use bitfield::Bitfield;
+// pub use fs::{FsStore, OpenError};
+pub use mem::MemStore;
+pub use range::{DecodeError, DecodeItem, RangeDecoder, decode_range, encode_range};
+pub use store::{
+    BlobFormat, BlobInfo, BlobStatus, ExportError, GcReport, ImportError, ReadError, StoreConfig,
+    StoreError, Tag, TagError,
+};
+pub use tree::{GROUP_SIZE, MAX_BLOB_SIZE, group_count, outboard, outboard_len};
+
+/// A content id: the BLAKE3 hash of a blob's bytes. Displays as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hash([u8; 32]);
+
+impl Hash {
+    /// The hash of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Self::from(blake3::hash(data))
+    }
+
+    /// Wraps 32 hash bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 hash bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl From<blake3::Hash> for Hash {
+    fn from(h: blake3::Hash) -> Self {
+        Self(*h.as_bytes())
+    }
+}
+
+impl From<[u8; 32]> for Hash {
+    fn from(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(blake3::Hash::from(self.0).to_hex().as_str())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({self})")
+    }
+}
+
+/// A string that is not 64 hex digits.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("a hash is 64 hex digits")]
+pub struct ParseHashError;
+
+impl std::str::FromStr for Hash {
+    type Err = ParseHashError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        blake3::Hash::from_hex(s)
+            .map(Self::from)
+            .map_err(|_| ParseHashError)
+    }
+}
+
+/// A content-addressed blob store.
+///
+/// Implementations take `&self` and lock internally, so a store can be shared between
+/// threads. Every method is blocking.
+pub trait Store {
+    /// Imports `data` as a complete blob and returns its hash.
+    fn import_bytes(&self, data: &[u8]) -> Result<Hash, ImportError>;
+
+    /// Imports everything `reader` yields as a complete blob, streaming: the data is
+    /// never held in memory at once by the filesystem store.
+    fn import_reader(&self, reader: &mut dyn Read) -> Result<Hash, ImportError>;
+
+    /// Imports the file at `path` as a complete blob, streaming.
+    fn import_file(&self, path: &Path) -> Result<Hash, ImportError> {
+        let mut f = std::fs::File::open(path).map_err(ImportError::Io)?;
+        self.import_reader(&mut f)
+    }
+
+    /// Imports an encoded range of blob `hash` (see [`range`]) from `encoded`, adding its
+    /// groups to a partial blob (created if needed). Every parent entry and group is
+    /// verified before it is written; the first that fails ends the import with
+    /// [`ImportError::Decode`], keeping what was verified before. `on_durable` is called
+    /// with each group's index once that group is stored durably (for the filesystem
+    /// store: on disk, surviving a crash). Returns the blob's status afterwards.
+    fn import_verified(
+        &self,
+        hash: Hash,
+        range: Range<u64>,
+        encoded: &mut dyn Read,
+        on_durable: &mut dyn FnMut(u64),
+    ) -> Result<BlobStatus, ImportError>;
+
+    /// Size and present groups of blob `hash`, or `None` if the store has none of it.
+    fn status(&self, hash: Hash) -> Result<Option<BlobStatus>, StoreError>;
+
+    /// Reads bytes `range` of blob `hash` (clamped to its size). Every group the range
+    /// touches must be present.
+    fn read_range(&self, hash: Hash, range: Range<u64>) -> Result<Vec<u8>, ReadError>;
+
+    /// Writes the encoding of bytes `range` of blob `hash` with its proof (see [`range`])
+    /// to `out`; returns the bytes written. Every group the encoding holds must be present.
+    fn encode_range(
+        &self,
+        hash: Hash,
+        range: Range<u64>,
+        out: &mut dyn Write,
+    ) -> Result<u64, ReadError>;
+
+    /// Writes the whole of complete blob `hash` to `out`; returns its size.
+    fn export_writer(&self, hash: Hash, out: &mut dyn Write) -> Result<u64, ReadError>;
+
+    /// Writes complete blob `hash` to a new file at `path` (which must not exist), synced
+    /// to disk; returns its size.
+    fn export_file(&self, hash: Hash, path: &Path) -> Result<u64, ExportError> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(ExportError::Io)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+        let n = self.export_writer(hash, &mut w)?;
+        w.flush().map_err(ExportError::Io)?;
+        drop(w);
+        f.sync_all().map_err(ExportError::Io)?;
+        Ok(n)
+    }
+
+    /// Every blob, complete or partial, sorted by hash.
+    fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
+
+    /// Removes blob `hash` (complete or partial); returns whether it was there. Tags
+    /// naming it stay (and name a missing blob).
+    fn delete(&self, hash: Hash) -> Result<bool, StoreError>;
+
+    /// Sets tag `name` to `tag`, replacing any previous value. A tag pins its blob (and,
+    /// for a collection, the blobs it lists) against [`gc`](Self::gc).
+    fn set_tag(&self, name: &str, tag: Tag) -> Result<(), TagError>;
+
+    /// Removes tag `name`; returns its previous value.
+    fn remove_tag(&self, name: &str) -> Result<Option<Tag>, TagError>;
+
+    /// Every tag, sorted by name.
+    fn tags(&self) -> Result<Vec<(String, Tag)>, StoreError>;
+
+    /// Deletes every blob no tag reaches: a raw tag reaches its blob; a collection tag
+    /// reaches its manifest and, once the manifest is complete, every blob it lists.
+    /// Import and tag a blob before running `gc` concurrently with other users.
+    fn gc(&self) -> Result<GcReport, StoreError> {
+        let mut live = std::collections::BTreeSet::new();
+        for (_, tag) in self.tags()? {
+            live.insert(tag.hash);
+            if tag.format == BlobFormat::Collection {
+                if let Ok(m) = collection::read_manifest(self, tag.hash) {
+                    live.extend(m.entries.iter().filter_map(|e| e.hash().ok()));
+                }
+            }
+        }
+        let mut report = GcReport::default();
+        for info in self.list()? {
+            if !live.contains(&info.hash) && self.delete(info.hash)? {
+                report.deleted += 1;
+                report.bytes += info.size;
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,416 @@
+//! Verified range encoding: any byte range of a blob together with its proof, and an
+//! incremental decoder that checks every parent node and every group before handing it out.
+//!
+//! # Encoding
+//!
+//! ```text
+//! size             u64, little endian: the blob's size in bytes
+//! size proof       only when the requested groups do not include the last group:
+//!                  the pre-order walk from the root to the last group
+//! requested groups the pre-order walk over the groups overlapping the requested range
+//! ```
+//!
+//! A pre-order walk over a set of groups visits the tree from the root: at a parent node it
+//! emits the node's outboard entry (left and right child chaining values, 64 bytes), then
+//! walks the left child if it holds a wanted group, then the right child if it does; at a
+//! group it emits the group's bytes (16 KiB, the last group shorter). The decoder knows the
+//! root hash and the requested range, reads the size, and can thus tell the shape of
+//! everything that follows: nothing else is on the wire.
+//!
+//! The size is claimed by the sender. It is proven once the last group verifies (its
+//! length and position are bound by the root hash, as in Bao), which is why the size proof
+//! comes first: a decoder has a verified size before it yields its first group. The size
+//! proof costs at most one group and a path of entries; a range that includes the end of
+//! the blob needs none. A blob of one group is sent whole.
+
+use std::io::{self, Read, Write};
+
+use blake3::hazmat::ChainingValue;
+use bytes::Bytes;
+
+use crate::Hash;
+use crate::tree::{
+    GROUP_SIZE, MAX_BLOB_SIZE, PAIR_LEN, group_bytes, group_count, group_cv, groups_overlapping,
+    parent_cv, split,
+};
+
+/// Errors of [`RangeDecoder`] and [`decode_range`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The stream ended before the encoding did.
+    #[error("encoded range is truncated")]
+    Truncated,
+    /// The claimed blob size exceeds [`MAX_BLOB_SIZE`] or the caller's limit.
+    #[error("claimed blob size {size} exceeds the limit {limit}")]
+    SizeTooLarge {
+        /// The size read from the stream.
+        size: u64,
+        /// The limit it was checked against.
+        limit: u64,
+    },
+    /// A parent node's entry does not hash to the chaining value its parent (or the root
+    /// hash) committed to.
+    #[error("parent node at split {split} does not verify")]
+    ParentMismatch {
+        /// Split point (first group of the right subtree) of the rejected node.
+        split: u64,
+    },
+    /// A group's bytes do not hash to the chaining value the tree committed to.
+    #[error("group {index} does not verify")]
+    GroupMismatch {
+        /// Index of the rejected group.
+        index: u64,
+    },
+    /// [`decode_range`] found bytes after the end of the encoding.
+    #[error("{0} trailing bytes after the encoded range")]
+    TrailingBytes(usize),
+    /// Reading the stream failed.
+    #[error("reading the encoded range failed")]
+    Io(#[source] io::Error),
+}
+
+fn read_err(e: io::Error) -> DecodeError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        DecodeError::Truncated
+    } else {
+        DecodeError::Io(e)
+    }
+}
+
+/// One verified piece of an encoded range, yielded by [`RangeDecoder`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeItem {
+    /// A parent node's outboard entry, verified against its parent.
+    Parent {
+        /// Split point of the node: its entry belongs at outboard position `split - 1`.
+        split: u64,
+        /// Left and right child chaining values.
+        pair: [u8; PAIR_LEN],
+    },
+    /// A group's bytes, verified against the tree.
+    Group {
+        /// Group index.
+        index: u64,
+        /// Offset of the group's first byte in the blob.
+        offset: u64,
+        /// The group's bytes (16 KiB, or less for the last group).
+        data: Bytes,
+    },
+}
+
+/// Reads data and outboard entries of a blob for [`encode_range`]-style encoding.
+pub(crate) trait BlobSource {
+    /// Reads the bytes of `[offset, offset + buf.len())`.
+    fn read_data(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Reads the outboard entry of the node splitting at `split`.
+    fn read_pair(&mut self, split: u64) -> io::Result<[u8; PAIR_LEN]>;
+}
+
+/// An in-memory blob: its data and outboard.
+pub(crate) struct SliceSource<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) outboard: &'a [u8],
+}
+
+fn slice_at(s: &[u8], offset: u64, len: usize) -> io::Result<&[u8]> {
+    usize::try_from(offset)
+        .ok()
+        .and_then(|o| s.get(o..o.checked_add(len)?))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "blob source too short"))
+}
+
+impl BlobSource for SliceSource<'_> {
+    fn read_data(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        buf.copy_from_slice(slice_at(self.data, offset, buf.len())?);
+        Ok(())
+    }
+
+    fn read_pair(&mut self, split: u64) -> io::Result<[u8; PAIR_LEN]> {
+        let mut pair = [0u8; PAIR_LEN];
+        pair.copy_from_slice(slice_at(
+            self.outboard,
+            (split - 1) * PAIR_LEN as u64,
+            PAIR_LEN,
+        )?);
+        Ok(pair)
+    }
+}
+
+/// The group sections of an encoding of `[start, end)`: the size proof (if any), then the
+/// requested groups. Each is a group range `[a, b)`; empty ones are left out.
+fn sections(size: u64, start: u64, end: u64) -> [(u64, u64); 2] {
+    let n = group_count(size);
+    let (a, b) = groups_overlapping(size, start, end);
+    let proof = if b == n { (0, 0) } else { (n - 1, n) };
+    [proof, (a, b)]
+}
+
+fn walk_source(
+    src: &mut dyn BlobSource,
+    size: u64,
+    node: (u64, u64),
+    want: (u64, u64),
+    out: &mut dyn Write,
+    buf: &mut [u8],
+) -> io::Result<u64> {
+    let (s, e) = node;
+    if e - s == 1 {
+        let (lo, hi) = group_bytes(size, s);
+        let buf = &mut buf[..(hi - lo) as usize];
+        src.read_data(lo, buf)?;
+        out.write_all(buf)?;
+        return Ok(hi - lo);
+    }
+    let m = split(s, e);
+    out.write_all(&src.read_pair(m)?)?;
+    let mut n = PAIR_LEN as u64;
+    if want.0 < m {
+        n += walk_source(src, size, (s, m), want, out, buf)?;
+    }
+    if want.1 > m {
+        n += walk_source(src, size, (m, e), want, out, buf)?;
+    }
+    Ok(n)
+}
+
+/// Encodes `[start, end)` of a blob of `size` bytes read from `src`; returns the bytes
+/// written.
+pub(crate) fn encode_from(
+    src: &mut dyn BlobSource,
+    size: u64,
+    start: u64,
+    end: u64,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
+    out.write_all(&size.to_le_bytes())?;
+    let mut written = 8;
+    let mut buf = vec![0u8; GROUP_SIZE as usize];
+    for want in sections(size, start, end) {
+        if want.0 < want.1 {
+            written += walk_source(src, size, (0, group_count(size)), want, out, &mut buf)?;
+        }
+    }
+    Ok(written)
+}
+
+/// Encodes the byte range `[start, end)` of a blob held in memory with its proof (see the
+/// [module docs](self) for the format). `outboard` is the one [`outboard`](crate::outboard)
+/// computed for `data`. The range is clamped to the blob. Returns the bytes written.
+///
+/// ```
+/// let data = vec![1u8; 50_000];
+/// let (hash, ob) = kith_store::outboard(&data);
+/// let mut wire = Vec::new();
+/// kith_store::encode_range(&data, &ob, 20_000..20_010, &mut wire)?;
+/// let (size, bytes) = kith_store::decode_range(hash, 20_000..20_010, &wire)?;
+/// assert_eq!((size, &bytes[..]), (50_000, &data[20_000..20_010]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn encode_range(
+    data: &[u8],
+    outboard: &[u8],
+    range: std::ops::Range<u64>,
+    out: &mut impl Write,
+) -> io::Result<u64> {
+    let mut src = SliceSource { data, outboard };
+    encode_from(&mut src, data.len() as u64, range.start, range.end, out)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    start: u64,
+    end: u64,
+    cv: ChainingValue,
+    is_root: bool,
+}
+
+/// Incremental decoder of an encoded range (see the [module docs](self)).
+///
+/// It reads from any [`Read`] and yields [`DecodeItem`]s, each verified before it is
+/// yielded: the first parent entry or group that does not verify ends the decoding with an
+/// error, so a caller that writes what it is given never writes unverified bytes. After an
+/// error the decoder yields nothing more.
+#[derive(Debug)]
+pub struct RangeDecoder<R> {
+    reader: R,
+    root: Hash,
+    size: u64,
+    size_verified: bool,
+    sections: [(u64, u64); 2],
+    next_section: usize,
+    want: (u64, u64),
+    stack: Vec<Frame>,
+    done: bool,
+}
+
+impl<R: Read> RangeDecoder<R> {
+    /// Starts decoding the encoding of `range` of the blob `root`: reads the size header.
+    /// `max_size` bounds the claimed size (it is capped at [`MAX_BLOB_SIZE`] in any case).
+    pub fn new(
+        mut reader: R,
+        root: Hash,
+        range: std::ops::Range<u64>,
+        max_size: u64,
+    ) -> Result<Self, DecodeError> {
+        let mut hdr = [0u8; 8];
+        reader.read_exact(&mut hdr).map_err(read_err)?;
+        let size = u64::from_le_bytes(hdr);
+        let limit = max_size.min(MAX_BLOB_SIZE);
+        if size > limit {
+            return Err(DecodeError::SizeTooLarge { size, limit });
+        }
+        Ok(Self {
+            reader,
+            root,
+            size,
+            size_verified: false,
+            sections: sections(size, range.start, range.end),
+            next_section: 0,
+            want: (0, 0),
+            stack: Vec::with_capacity(64),
+            done: false,
+        })
+    }
+
+    /// The blob size claimed by the sender; see [`size_verified`](Self::size_verified).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the size has been proven (the last group has verified). This is the case
+    /// from the first yielded group on.
+    pub fn size_verified(&self) -> bool {
+        self.size_verified
+    }
+
+    /// Gives back the underlying reader.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
+    fn step(&mut self) -> Result<Option<DecodeItem>, DecodeError> {
+        let n = group_count(self.size);
+        let frame = loop {
+            if let Some(f) = self.stack.pop() {
+                break f;
+            }
+            let Some(&want) = self.sections.get(self.next_section) else {
+                return Ok(None);
+            };
+            self.next_section += 1;
+            if want.0 < want.1 {
+                self.want = want;
+                self.stack.push(Frame {
+                    start: 0,
+                    end: n,
+                    cv: *self.root.as_bytes(),
+                    is_root: true,
+                });
+            }
+        };
+        if frame.end - frame.start == 1 {
+            let index = frame.start;
+            let (lo, hi) = group_bytes(self.size, index);
+            let mut data = vec![0u8; (hi - lo) as usize];
+            self.reader.read_exact(&mut data).map_err(read_err)?;
+            let cv = if frame.is_root {
+                *blake3::hash(&data).as_bytes()
+            } else {
+                group_cv(index, &data)
+            };
+            if !constant_eq(&cv, &frame.cv) {
+                return Err(DecodeError::GroupMismatch { index });
+            }
+            if index == n - 1 {
+                self.size_verified = true;
+            }
+            return Ok(Some(DecodeItem::Group {
+                index,
+                offset: lo,
+                data: Bytes::from(data),
+            }));
+        }
+        let mut pair = [0u8; PAIR_LEN];
+        self.reader.read_exact(&mut pair).map_err(read_err)?;
+        let m = split(frame.start, frame.end);
+        if !constant_eq(&parent_cv(&pair, frame.is_root), &frame.cv) {
+            return Err(DecodeError::ParentMismatch { split: m });
+        }
+        let (l, r) = crate::tree::split_pair(&pair);
+        if self.want.1 > m {
+            self.stack.push(Frame {
+                start: m,
+                end: frame.end,
+                cv: r,
+                is_root: false,
+            });
+        }
+        if self.want.0 < m {
+            self.stack.push(Frame {
+                start: frame.start,
+                end: m,
+                cv: l,
+                is_root: false,
+            });
+        }
+        Ok(Some(DecodeItem::Parent { split: m, pair }))
+    }
+}
+
+fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    blake3::Hash::from(*a) == blake3::Hash::from(*b)
+}
+
+impl<R: Read> Iterator for RangeDecoder<R> {
+    type Item = Result<DecodeItem, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(item)) => Some(Ok(item)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Decodes a complete encoding of `range` of the blob `root` held in memory: verifies
+/// everything, requires that nothing follows, and returns the verified size and the bytes
+/// of the range (clamped to the blob).
+pub fn decode_range(
+    root: Hash,
+    range: std::ops::Range<u64>,
+    encoded: &[u8],
+) -> Result<(u64, Vec<u8>), DecodeError> {
+    let mut dec = RangeDecoder::new(encoded, root, range.clone(), MAX_BLOB_SIZE)?;
+    let size = dec.size();
+    let (start, end) = (
+        range.start.min(size),
+        range.end.min(size).max(range.start.min(size)),
+    );
+    // The output is bounded by the encoding's own length, not by the claimed size.
+    let mut out = Vec::with_capacity(((end - start) as usize).min(encoded.len()));
+    for item in dec.by_ref() {
+        if let DecodeItem::Group { offset, data, .. } = item? {
+            let g_end = offset + data.len() as u64;
+            let lo = start.max(offset);
+            let hi = end.min(g_end);
+            if lo < hi {
+                out.extend_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
+            }
+        }
+    }
+    let rest = dec.into_inner().len();
+    if rest != 0 {
+        return Err(DecodeError::TrailingBytes(rest));
+    }
+    Ok((size, out))
+}

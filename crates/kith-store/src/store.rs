@@ -1,0 +1,314 @@
+//! Types shared by the store implementations: configuration, blob and tag descriptions,
+//! errors, and the verified-import driver.
+
+use std::io::{self, Read};
+use std::ops::Range;
+
+use crate::range::{DecodeError, DecodeItem, RangeDecoder};
+use crate::tree::{MAX_BLOB_SIZE, PAIR_LEN};
+use crate::{Bitfield, Hash};
+
+/// Limits of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Largest blob the store accepts, in bytes (at most [`MAX_BLOB_SIZE`]). A partial
+    /// blob counts with its full size. Default: 1 TiB.
+    pub max_blob_size: u64,
+    /// Largest sum of blob sizes the store holds, in bytes. Default: unlimited.
+    pub max_total_size: u64,
+    /// For the filesystem store: how many verified groups [`Store::import_verified`]
+    /// writes before it syncs them and records them in the persisted bitfield. Larger
+    /// batches cost fewer syncs; a crash loses at most one unacknowledged batch.
+    /// Default: 64 (1 MiB).
+    ///
+    /// [`Store::import_verified`]: crate::Store::import_verified
+    pub sync_every_groups: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_blob_size: 1 << 40,
+            max_total_size: u64::MAX,
+            sync_every_groups: 64,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub(crate) fn blob_limit(&self) -> u64 {
+        self.max_blob_size.min(MAX_BLOB_SIZE)
+    }
+
+    /// Checks that a blob of `size` bytes fits, given `used` bytes already held.
+    pub(crate) fn check(&self, size: u64, used: u64) -> Result<(), ImportError> {
+        let limit = self.blob_limit();
+        if size > limit {
+            return Err(ImportError::TooLarge { size, limit });
+        }
+        let available = self.max_total_size.saturating_sub(used);
+        if size > available {
+            return Err(ImportError::StoreFull {
+                size,
+                available,
+                limit: self.max_total_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a tag's blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BlobFormat {
+    /// A plain blob.
+    Raw,
+    /// A collection manifest (see [`collection`](crate::collection)): its listed blobs are
+    /// pinned too.
+    Collection,
+}
+
+/// The target of a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tag {
+    /// The tagged blob.
+    pub hash: Hash,
+    /// How to read it.
+    pub format: BlobFormat,
+}
+
+impl Tag {
+    /// A tag for a plain blob.
+    pub fn raw(hash: Hash) -> Self {
+        Self {
+            hash,
+            format: BlobFormat::Raw,
+        }
+    }
+
+    /// A tag for a collection manifest.
+    pub fn collection(hash: Hash) -> Self {
+        Self {
+            hash,
+            format: BlobFormat::Collection,
+        }
+    }
+}
+
+/// Size and present groups of a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobStatus {
+    /// Verified size in bytes.
+    pub size: u64,
+    /// Present groups.
+    pub bitfield: Bitfield,
+}
+
+/// One entry of [`Store::list`](crate::Store::list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// The blob's hash.
+    pub hash: Hash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Whether every group is present.
+    pub complete: bool,
+}
+
+/// What [`Store::gc`](crate::Store::gc) removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs deleted.
+    pub deleted: u64,
+    /// Sum of their sizes.
+    pub bytes: u64,
+}
+
+/// Errors of the import operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The blob is larger than [`StoreConfig::max_blob_size`].
+    #[error("blob of {size} bytes exceeds the store's blob size limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the blob (for a streamed import: bytes read so far).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The store would exceed [`StoreConfig::max_total_size`].
+    #[error("blob of {size} bytes does not fit: {available} of {limit} bytes left in the store")]
+    StoreFull {
+        /// Size of the blob.
+        size: u64,
+        /// Bytes still available.
+        available: u64,
+        /// The store's total size limit.
+        limit: u64,
+    },
+    /// An encoded range did not verify or was truncated; what verified before is kept.
+    #[error("encoded range rejected")]
+    Decode(#[source] DecodeError),
+    /// The store already holds blob `hash` with a different verified size (only possible
+    /// if BLAKE3 had a collision, or the store's files were tampered with).
+    #[error("stored size {stored} disagrees with the verified size {verified}")]
+    SizeConflict {
+        /// Size on record.
+        stored: u64,
+        /// Size the stream proved.
+        verified: u64,
+    },
+    /// An I/O error reading the input or writing the store.
+    #[error("I/O error during import")]
+    Io(#[source] io::Error),
+}
+
+/// Errors of reading from a store.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The store has no part of the blob.
+    #[error("blob {0} not found")]
+    NotFound(Hash),
+    /// A group the read needs is missing from a partial blob.
+    #[error("group {index} of blob {hash} is not present")]
+    Missing {
+        /// The blob.
+        hash: Hash,
+        /// First missing group needed.
+        index: u64,
+    },
+    /// An I/O error reading the store or writing the output.
+    #[error("I/O error during read")]
+    Io(#[source] io::Error),
+}
+
+/// Errors of [`Store::export_file`](crate::Store::export_file).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Reading the blob failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Creating or syncing the target file failed (it may exist already).
+    #[error("I/O error writing the exported file")]
+    Io(#[source] io::Error),
+}
+
+/// Errors of the tag operations.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    /// Tag names are 1 to 255 bytes of ASCII letters, digits, `-`, `_` and `.`, not
+    /// starting with `.`.
+    #[error("invalid tag name {0:?}")]
+    InvalidName(String),
+    /// An I/O error persisting tags.
+    #[error("I/O error writing tags")]
+    Io(#[source] io::Error),
+}
+
+/// Errors of listing, deleting and garbage collection.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error on the store's files.
+    #[error("store I/O error")]
+    Io(#[source] io::Error),
+}
+
+pub(crate) fn check_tag_name(name: &str) -> Result<(), TagError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(TagError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Where [`import_verified`] writes verified pieces of one partial blob.
+pub(crate) trait PartialSink {
+    /// Stores a verified outboard entry.
+    fn put_pair(&mut self, split: u64, pair: &[u8; PAIR_LEN]) -> io::Result<()>;
+    /// Stores a verified group (not yet marked present).
+    fn put_group(&mut self, index: u64, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes the groups stored since the last commit durable and marks them present.
+    fn commit(&mut self, groups: &[u64]) -> io::Result<()>;
+    /// The current status.
+    fn status(&self) -> BlobStatus;
+}
+
+/// Decodes `encoded` and feeds what verifies to the sink that `open` returns for the
+/// verified size. Parent entries that precede the first group (whose arrival proves the
+/// size) are held back in a bounded buffer.
+pub(crate) fn import_verified<S: PartialSink>(
+    hash: Hash,
+    range: Range<u64>,
+    encoded: &mut dyn Read,
+    config: &StoreConfig,
+    on_durable: &mut dyn FnMut(u64),
+    open: impl FnOnce(u64) -> Result<S, ImportError>,
+) -> Result<BlobStatus, ImportError> {
+    let dec = RangeDecoder::new(encoded, hash, range, config.blob_limit())
+        .map_err(ImportError::Decode)?;
+    let mut open = Some(open);
+    let mut sink: Option<S> = None;
+    let mut held: Vec<(u64, [u8; PAIR_LEN])> = Vec::new();
+    let mut batch: Vec<u64> = Vec::new();
+    let every = config.sync_every_groups.max(1) as usize;
+    let size = dec.size();
+    let mut failure = None;
+    for item in dec {
+        let item = match item {
+            Ok(i) => i,
+            Err(e) => {
+                failure = Some(ImportError::Decode(e));
+                break;
+            }
+        };
+        match item {
+            DecodeItem::Parent { split, pair } => match sink.as_mut() {
+                Some(s) => s.put_pair(split, &pair).map_err(ImportError::Io)?,
+                // The size proof is a single root-to-leaf path: at most 64 entries.
+                None => held.push((split, pair)),
+            },
+            DecodeItem::Group {
+                index,
+                offset,
+                data,
+            } => {
+                if sink.is_none() {
+                    let Some(open) = open.take() else {
+                        break;
+                    };
+                    let mut s = open(size)?;
+                    for (split, pair) in held.drain(..) {
+                        s.put_pair(split, &pair).map_err(ImportError::Io)?;
+                    }
+                    sink = Some(s);
+                }
+                let Some(s) = sink.as_mut() else { break };
+                s.put_group(index, offset, &data).map_err(ImportError::Io)?;
+                batch.push(index);
+                if batch.len() >= every {
+                    s.commit(&batch).map_err(ImportError::Io)?;
+                    batch.drain(..).for_each(&mut *on_durable);
+                }
+            }
+        }
+    }
+    let Some(mut s) = sink else {
+        return match failure {
+            Some(e) => Err(e),
+            // An encoding without groups cannot exist: the size proof is always present.
+            None => Err(ImportError::Decode(DecodeError::Truncated)),
+        };
+    };
+    // Keep what verified, even when the stream failed later.
+    s.commit(&batch).map_err(ImportError::Io)?;
+    batch.drain(..).for_each(&mut *on_durable);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(s.status()),
+    }
+}
