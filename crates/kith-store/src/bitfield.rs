@@ -107,12 +107,10 @@ impl Bitfield {
     }
 
     /// The bitfield as little-endian 64-bit words (for persisting).
-    #[allow(dead_code)] // used by the filesystem store
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         self.words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
 
-    #[allow(dead_code)] // used by the filesystem store
     /// Reads a bitfield for a blob of `size` bytes from [`to_bytes`](Self::to_bytes)
     /// output; `None` when the length does not fit the size.
     pub(crate) fn from_bytes(size: u64, bytes: &[u8]) -> Option<Self> {

@@ -7,7 +7,7 @@
 //! before it is written, so blobs can be fetched in pieces from untrusted peers.
 //!
 //! The [`Store`] trait has two implementations: [`MemStore`] and the crash-safe
-//! `FsStore`. Both hold complete and partial blobs (a [`Bitfield`] says which groups
+//! [`FsStore`]. Both hold complete and partial blobs (a [`Bitfield`] says which groups
 //! are present), tags that pin blobs, and garbage-collect what no tag reaches.
 //! [`collection`] stores a directory as a manifest blob plus its files' blobs.
 //!
@@ -41,14 +41,14 @@ use std::path::Path;
 
 mod bitfield;
 pub mod collection;
-// mod fs;
+mod fs;
 mod mem;
 pub mod range;
 mod store;
 pub mod tree;
 
 pub use bitfield::Bitfield;
-// pub use fs::{FsStore, OpenError};
+pub use fs::{FsStore, OpenError};
 pub use mem::MemStore;
 pub use range::{DecodeError, DecodeItem, RangeDecoder, decode_range, encode_range};
 pub use store::{

@@ -1,0 +1,392 @@
+//! The Store trait against both implementations.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+
+use kith_store::collection::{self, CollectionError};
+use kith_store::{
+    BlobFormat, FsStore, GROUP_SIZE, Hash, ImportError, MemStore, ReadError, Store, StoreConfig,
+    Tag,
+};
+
+const SIZES: [usize; 9] = [0, 1, 1023, 1024, 1025, 16383, 16384, 16385, (1 << 20) + 7];
+
+fn stores(dir: &Path) -> Vec<(&'static str, Box<dyn Store>)> {
+    vec![
+        ("mem", Box::new(MemStore::new(StoreConfig::default()))),
+        (
+            "fs",
+            Box::new(FsStore::open(dir.join("fs"), StoreConfig::default()).unwrap()),
+        ),
+    ]
+}
+
+fn encode(src: &dyn Store, hash: Hash, range: std::ops::Range<u64>) -> Vec<u8> {
+    let mut wire = Vec::new();
+    src.encode_range(hash, range, &mut wire).unwrap();
+    wire
+}
+
+#[test]
+fn imports_give_blake3_content_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in stores(dir.path()) {
+        for size in SIZES {
+            let data = common::data(size as u64 + 11, size);
+            let want = blake3::hash(&data);
+            let h1 = store.import_bytes(&data).unwrap();
+            let h2 = store.import_reader(&mut &data[..]).unwrap();
+            let file = dir.path().join(format!("in-{name}-{size}"));
+            std::fs::write(&file, &data).unwrap();
+            let h3 = store.import_file(&file).unwrap();
+            for h in [h1, h2, h3] {
+                assert_eq!(h.as_bytes(), want.as_bytes(), "{name} size {size}");
+            }
+            assert_eq!(store.read_range(h1, 0..u64::MAX).unwrap(), data);
+            let out = dir.path().join(format!("out-{name}-{size}"));
+            assert_eq!(store.export_file(h1, &out).unwrap(), size as u64);
+            assert_eq!(std::fs::read(&out).unwrap(), data);
+            let st = store.status(h1).unwrap().unwrap();
+            assert_eq!(st.size, size as u64);
+            assert!(st.bitfield.is_complete());
+        }
+        assert_eq!(store.list().unwrap().len(), SIZES.len(), "{name}");
+    }
+}
+
+#[test]
+fn a_seeded_100_mib_file_hashes_like_blake3() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    let mut hasher = blake3::Hasher::new();
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut rng = common::Rng(100);
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..100 {
+            rng.fill(&mut buf);
+            hasher.update(&buf);
+            f.write_all(&buf).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let store = FsStore::open(dir.path().join("s"), StoreConfig::default()).unwrap();
+    let hash = store.import_file(&path).unwrap();
+    assert_eq!(hash.as_bytes(), hasher.finalize().as_bytes());
+    // The outboard serves a verified range from the middle.
+    let wire = encode(&store, hash, 50_000_000..50_000_100);
+    let (size, bytes) = kith_store::decode_range(hash, 50_000_000..50_000_100, &wire).unwrap();
+    assert_eq!(size, 100 << 20);
+    assert_eq!(
+        bytes,
+        store.read_range(hash, 50_000_000..50_000_100).unwrap()
+    );
+}
+
+#[test]
+fn partial_blobs_fill_up_from_verified_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = MemStore::new(StoreConfig::default());
+    let data = common::data(21, 10 * GROUP_SIZE as usize + 99);
+    let hash = src.import_bytes(&data).unwrap();
+    for (name, store) in stores(dir.path()) {
+        let g = GROUP_SIZE;
+        let mut acked = Vec::new();
+        let st = store
+            .import_verified(
+                hash,
+                3 * g..5 * g,
+                &mut &encode(&src, hash, 3 * g..5 * g)[..],
+                &mut |i| acked.push(i),
+            )
+            .unwrap();
+        // Groups 3 and 4, and the last one (the size proof).
+        assert_eq!(st.bitfield.ranges(), vec![3..5, 10..11], "{name}");
+        acked.sort();
+        assert_eq!(acked, vec![3, 4, 10]);
+        assert_eq!(st.size, data.len() as u64);
+        assert_eq!(
+            store.read_range(hash, 3 * g + 5..4 * g).unwrap(),
+            &data[(3 * g + 5) as usize..(4 * g) as usize]
+        );
+        assert!(matches!(
+            store.read_range(hash, 0..10),
+            Err(ReadError::Missing { index: 0, .. })
+        ));
+        // A partial blob serves what it has.
+        let wire = encode(store.as_ref(), hash, 3 * g..4 * g);
+        let (_, bytes) = kith_store::decode_range(hash, 3 * g..4 * g, &wire).unwrap();
+        assert_eq!(bytes, &data[(3 * g) as usize..(4 * g) as usize]);
+        let info = store.list().unwrap();
+        assert_eq!((info.len(), info[0].complete), (1, false));
+        // The rest completes it.
+        let st = store
+            .import_verified(
+                hash,
+                0..u64::MAX,
+                &mut &encode(&src, hash, 0..u64::MAX)[..],
+                &mut |_| {},
+            )
+            .unwrap();
+        assert!(st.bitfield.is_complete(), "{name}");
+        assert_eq!(store.read_range(hash, 0..u64::MAX).unwrap(), data);
+        assert!(store.list().unwrap()[0].complete);
+        let wire = encode(store.as_ref(), hash, 0..u64::MAX);
+        assert_eq!(
+            kith_store::decode_range(hash, 0..u64::MAX, &wire)
+                .unwrap()
+                .1,
+            data
+        );
+    }
+}
+
+#[test]
+fn a_bad_group_is_rejected_before_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = MemStore::new(StoreConfig::default());
+    let data = common::data(22, 6 * GROUP_SIZE as usize);
+    let hash = src.import_bytes(&data).unwrap();
+    let mut wire = encode(&src, hash, 0..u64::MAX);
+    // Full range: size header, then the pre-order walk. Corrupt the last byte of the wire
+    // (group 5) and the first data byte after group 2's position.
+    let last = wire.len() - 1;
+    wire[last] ^= 0x80;
+    for (name, store) in stores(dir.path()) {
+        let err = store
+            .import_verified(hash, 0..u64::MAX, &mut &wire[..], &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, ImportError::Decode(_)), "{name}: {err}");
+        let st = store.status(hash).unwrap().unwrap();
+        assert_eq!(st.bitfield.ranges(), vec![0..5], "{name}");
+        assert!(
+            store
+                .read_range(hash, 5 * GROUP_SIZE..5 * GROUP_SIZE + 1)
+                .is_err()
+        );
+    }
+}
+
+#[test]
+fn the_empty_blob_works_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in stores(dir.path()) {
+        let h = store.import_bytes(&[]).unwrap();
+        assert_eq!(h.as_bytes(), blake3::hash(&[]).as_bytes());
+        assert_eq!(store.read_range(h, 0..10).unwrap(), Vec::<u8>::new());
+        let wire = encode(store.as_ref(), h, 0..10);
+        assert_eq!(wire.len(), 8);
+        let other = MemStore::default();
+        let st = other
+            .import_verified(h, 0..0, &mut &wire[..], &mut |_| {})
+            .unwrap();
+        assert!(st.bitfield.is_complete(), "{name}");
+        let out = dir.path().join(format!("empty-{name}"));
+        assert_eq!(store.export_file(h, &out).unwrap(), 0);
+    }
+}
+
+#[test]
+fn size_limits_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        max_blob_size: 100_000,
+        max_total_size: 150_000,
+        ..StoreConfig::default()
+    };
+    let mem = MemStore::new(config);
+    let fs = FsStore::open(dir.path().join("fs"), config).unwrap();
+    for store in [&mem as &dyn Store, &fs] {
+        let err = store.import_bytes(&vec![1; 100_001]).unwrap_err();
+        assert!(
+            matches!(err, ImportError::TooLarge { limit: 100_000, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("limit of 100000"));
+        let err = store.import_reader(&mut &vec![1; 200_000][..]).unwrap_err();
+        assert!(matches!(err, ImportError::TooLarge { .. }), "{err}");
+        store.import_bytes(&vec![2; 90_000]).unwrap();
+        let err = store.import_bytes(&vec![3; 90_000]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImportError::StoreFull {
+                    available: 60_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A verified stream that claims too much is refused before anything is written.
+        let big = MemStore::default();
+        let data = vec![4u8; 120_000];
+        let h = big.import_bytes(&data).unwrap();
+        let err = store
+            .import_verified(h, 0..10, &mut &encode(&big, h, 0..10)[..], &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, ImportError::Decode(_)), "{err}");
+        assert!(store.status(h).unwrap().is_none());
+    }
+    assert!(
+        dir.path()
+            .join("fs/tmp")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn tags_pin_and_gc_collects_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(tree.join("sub/b.bin"), common::data(1, 40_000)).unwrap();
+    for (name, store) in stores(dir.path()) {
+        let keep = store.import_bytes(b"keep me").unwrap();
+        let drop1 = store.import_bytes(b"drop me").unwrap();
+        let coll = collection::import_dir(store.as_ref(), &tree).unwrap();
+        store.set_tag("keep", Tag::raw(keep)).unwrap();
+        store.set_tag("tree", Tag::collection(coll)).unwrap();
+        store.set_tag("gone", Tag::raw(drop1)).unwrap();
+        assert_eq!(store.remove_tag("gone").unwrap(), Some(Tag::raw(drop1)));
+        assert!(store.set_tag("../x", Tag::raw(keep)).is_err());
+        assert!(store.set_tag("a b", Tag::raw(keep)).is_err());
+        let report = store.gc().unwrap();
+        assert_eq!(report.deleted, 1, "{name}");
+        assert_eq!(report.bytes, 7);
+        assert!(store.status(drop1).unwrap().is_none());
+        assert_eq!(
+            store.list().unwrap().len(),
+            4,
+            "{name}: keep, manifest, two files"
+        );
+        assert_eq!(
+            store
+                .tags()
+                .unwrap()
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.format))
+                .collect::<Vec<_>>(),
+            vec![("keep", BlobFormat::Raw), ("tree", BlobFormat::Collection)]
+        );
+        store.remove_tag("tree").unwrap();
+        assert_eq!(store.gc().unwrap().deleted, 3);
+        assert!(store.delete(keep).unwrap());
+        assert!(!store.delete(keep).unwrap());
+    }
+}
+
+#[test]
+fn fs_store_keeps_everything_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("s");
+    let src = MemStore::default();
+    let data = common::data(5, 8 * GROUP_SIZE as usize + 1);
+    let hash = src.import_bytes(&data).unwrap();
+    let small;
+    {
+        let store = FsStore::open(&root, StoreConfig::default()).unwrap();
+        small = store.import_bytes(b"small").unwrap();
+        store.set_tag("s", Tag::raw(small)).unwrap();
+        let g = GROUP_SIZE;
+        store
+            .import_verified(
+                hash,
+                g..3 * g,
+                &mut &encode(&src, hash, g..3 * g)[..],
+                &mut |_| {},
+            )
+            .unwrap();
+    }
+    let store = FsStore::open(&root, StoreConfig::default()).unwrap();
+    assert_eq!(
+        store.tags().unwrap(),
+        vec![("s".to_owned(), Tag::raw(small))]
+    );
+    assert_eq!(store.read_range(small, 0..5).unwrap(), b"small");
+    let st = store.status(hash).unwrap().unwrap();
+    assert_eq!(st.bitfield.ranges(), vec![1..3, 8..9]);
+    store
+        .import_verified(
+            hash,
+            0..u64::MAX,
+            &mut &encode(&src, hash, 0..u64::MAX)[..],
+            &mut |_| {},
+        )
+        .unwrap();
+    drop(store);
+    let store = FsStore::open(&root, StoreConfig::default()).unwrap();
+    assert_eq!(store.read_range(hash, 0..u64::MAX).unwrap(), data);
+    assert!(root.join("partial").read_dir().unwrap().next().is_none());
+}
+
+#[cfg(unix)]
+#[test]
+fn collections_export_an_identical_tree() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("d/e")).unwrap();
+    std::fs::write(tree.join("empty"), b"").unwrap();
+    std::fs::write(tree.join("d/big"), common::data(2, 300_000)).unwrap();
+    std::fs::write(tree.join("d/e/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("d/e/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    for (name, store) in stores(dir.path()) {
+        let h = collection::import_dir(store.as_ref(), &tree).unwrap();
+        let m = collection::read_manifest(store.as_ref(), h).unwrap();
+        let paths: Vec<_> = m
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.executable))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![("d/big", false), ("d/e/run.sh", true), ("empty", false)]
+        );
+        let out = dir.path().join(format!("out-{name}"));
+        collection::export_dir(store.as_ref(), h, &out).unwrap();
+        for p in ["empty", "d/big", "d/e/run.sh"] {
+            assert_eq!(
+                std::fs::read(tree.join(p)).unwrap(),
+                std::fs::read(out.join(p)).unwrap()
+            );
+            let mode = |root: &Path| {
+                std::fs::metadata(root.join(p))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o111
+                    != 0
+            };
+            assert_eq!(mode(&tree), mode(&out), "{p}");
+        }
+        // Exporting over an existing directory is refused.
+        assert!(matches!(
+            collection::export_dir(store.as_ref(), h, &out),
+            Err(CollectionError::Io(..))
+        ));
+        // A manifest with a hostile path is rejected on export.
+        let evil = collection::Manifest {
+            entries: vec![collection::Entry {
+                path: "../evil".into(),
+                hash: h.as_bytes().to_vec(),
+                size: 1,
+                executable: false,
+            }],
+        };
+        let eh = store.import_bytes(&evil.encode_to_vec()).unwrap();
+        assert!(matches!(
+            collection::export_dir(store.as_ref(), eh, &dir.path().join(format!("evil-{name}"))),
+            Err(CollectionError::Manifest(_))
+        ));
+    }
+}
