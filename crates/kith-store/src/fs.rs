@@ -39,7 +39,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, mpsc};
 
 use crate::range::{BlobSource, encode_from};
 use crate::store::{PartialSink, check_tag_name, import_verified};
@@ -477,6 +477,32 @@ fn need(hash: Hash, bf: &Option<Bitfield>, first: u64, end: u64) -> Result<(), R
     Ok(())
 }
 
+/// Buffers queued between the hashing and the writing thread of an import.
+const WRITE_QUEUE: usize = 3;
+/// The writing thread of an import syncs after this many bytes, so the disk works while
+/// the hashing goes on rather than all at the end.
+const SYNC_EVERY: u64 = 32 << 20;
+
+/// Writes the buffers received to `file`, syncing as it goes and at the end; hands each
+/// buffer back for reuse.
+fn write_and_sync(
+    mut file: File,
+    rx: mpsc::Receiver<Vec<u8>>,
+    back: mpsc::SyncSender<Vec<u8>>,
+) -> io::Result<()> {
+    let mut unsynced = 0u64;
+    for buf in rx {
+        file.write_all(&buf)?;
+        unsynced += buf.len() as u64;
+        if unsynced >= SYNC_EVERY {
+            file.sync_data()?;
+            unsynced = 0;
+        }
+        let _ = back.try_send(buf);
+    }
+    file.sync_all()
+}
+
 /// Receives each buffer of a streaming import with the running total.
 type CopyFn<'a> = &'a mut dyn FnMut(&[u8], u64) -> Result<(), ImportError>;
 
@@ -598,16 +624,33 @@ impl Store for FsStore {
         let tmp_data = self.tmp_path("data");
         let tmp_ob = self.tmp_path("obao");
         let result = (|| {
-            let mut data = File::create(&tmp_data).map_err(ImportError::Io)?;
+            let data = File::create(&tmp_data).map_err(ImportError::Io)?;
             let ob = File::create(&tmp_ob).map_err(ImportError::Io)?;
             let used = self.lock().used;
             let config = self.config;
-            let mut copy = |bytes: &[u8], total: u64| {
-                config.check(total, used)?;
-                data.write_all(bytes).map_err(ImportError::Io)
-            };
-            let (hash, size) = hash_stream(reader, &ob, Some(&mut copy), self.config.blob_limit())?;
-            data.sync_all().map_err(ImportError::Io)?;
+            let (hash, size) = std::thread::scope(|scope| {
+                // Hash on this thread while another writes and syncs the copy.
+                let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE);
+                let (back_tx, back_rx) = mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE + 2);
+                let writer = scope.spawn(move || write_and_sync(data, rx, back_tx));
+                let mut copy = |bytes: &[u8], total: u64| {
+                    config.check(total, used)?;
+                    let mut buf = back_rx.try_recv().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(bytes);
+                    // A closed channel means the writer failed: its error is reported below.
+                    let _ = tx.send(buf);
+                    Ok(())
+                };
+                let hashed = hash_stream(reader, &ob, Some(&mut copy), config.blob_limit());
+                drop(tx);
+                let written = writer
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("writer thread panicked")));
+                let r = hashed?;
+                written.map_err(ImportError::Io)?;
+                Ok::<_, ImportError>(r)
+            })?;
             ob.sync_all().map_err(ImportError::Io)?;
             let mut inner = self.lock();
             if inner.complete.contains_key(&hash) {
