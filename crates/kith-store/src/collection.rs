@@ -349,4 +349,51 @@ mod tests {
         assert!(Manifest::decode_checked(&short.encode_to_vec()).is_err());
         assert!(Manifest::decode_checked(&[0xff, 0xff]).is_err());
     }
+
+    fn config() -> proptest::test_runner::Config {
+        proptest::test_runner::Config {
+            cases: 256,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6d61_6e69),
+            failure_persistence: None,
+            ..Default::default()
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = Manifest::decode_checked(&bytes);
+        }
+
+        #[test]
+        fn valid_manifests_roundtrip(
+            names in proptest::collection::btree_set("[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,2}", 0..12),
+            exec in proptest::prelude::any::<bool>(),
+        ) {
+            // Drop names that are a directory of another name (a file/dir clash).
+            let all: Vec<String> = names.iter().cloned().collect();
+            let entries: Vec<Entry> = all
+                .iter()
+                .filter(|n| !all.iter().any(|o| o.starts_with(&format!("{n}/"))))
+                .filter(|n| n.split('/').all(|c| c != "." && c != ".."))
+                .map(|n| Entry { path: n.clone(), hash: vec![3; 32], size: 9, executable: exec })
+                .collect();
+            let m = Manifest { entries };
+            let back = Manifest::decode_checked(&m.encode_to_vec());
+            proptest::prop_assert_eq!(back.ok(), Some(m));
+        }
+
+        #[test]
+        fn a_dotdot_anywhere_is_rejected(prefix in "[a-z]{0,3}", suffix in "[a-z]{0,3}") {
+            let mut path = String::new();
+            if !prefix.is_empty() { path.push_str(&prefix); path.push('/'); }
+            path.push_str("..");
+            if !suffix.is_empty() { path.push('/'); path.push_str(&suffix); }
+            let m = Manifest { entries: vec![entry(&path)] };
+            proptest::prop_assert!(Manifest::decode_checked(&m.encode_to_vec()).is_err());
+        }
+    }
 }

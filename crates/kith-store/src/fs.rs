@@ -871,3 +871,49 @@ impl Store for FsStore {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> proptest::test_runner::Config {
+        proptest::test_runner::Config {
+            cases: 256,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6269_7466),
+            failure_persistence: None,
+            ..Default::default()
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn bitfield_files_roundtrip_and_reject_corruption(
+            size in 0u64..(200 * GROUP_SIZE),
+            set in proptest::collection::vec(0u64..200, 0..50),
+            flip in proptest::prelude::any::<usize>(),
+        ) {
+            let mut bf = Bitfield::new(size);
+            for g in set {
+                bf.set(g);
+            }
+            let bytes = encode_bitfield(size, &bf);
+            proptest::prop_assert_eq!(decode_bitfield(&bytes, u64::MAX), Some((size, bf)));
+            let mut bad = bytes.clone();
+            let bit = flip % (bad.len() * 8);
+            bad[bit / 8] ^= 1 << (bit % 8);
+            proptest::prop_assert_eq!(decode_bitfield(&bad, u64::MAX), None);
+            proptest::prop_assert_eq!(decode_bitfield(&bytes[..bytes.len() - 1], u64::MAX), None);
+            if size > 0 {
+                proptest::prop_assert_eq!(decode_bitfield(&bytes, size - 1), None);
+            }
+        }
+
+        #[test]
+        fn bitfield_garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode_bitfield(&bytes, 1 << 30);
+        }
+    }
+}
