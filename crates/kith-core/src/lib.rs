@@ -30,3 +30,4 @@ pub mod net;
 
 pub use addr::{NodeAddr, NodeAddrError, RelayHint};
 pub use id::{NODE_ID_TEXT_LEN, NodeId, NodeIdError, SecretKey, Signature, SignatureError};
+pub use net::Transport;

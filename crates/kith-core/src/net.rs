@@ -228,6 +228,9 @@ pub enum StreamError {
     /// The stream ended before the expected data arrived.
     #[error("stream ended early")]
     UnexpectedEnd,
+    /// The stream was opened in 0-RTT and the peer rejected early data; open it again.
+    #[error("0-RTT data was rejected by the peer; retry on the same connection")]
+    ZeroRttRejected,
 }
 
 impl StreamError {

@@ -1,1 +1,70 @@
-//! placeholder
+//! kith-transport: QUIC between peers named by Ed25519 keys.
+//!
+//! An [`Endpoint`] binds UDP sockets (IPv4 and, where available, IPv6), authenticates
+//! every connection with mutual TLS 1.3 bound to [`NodeId`](kith_core::NodeId)s (raw
+//! public keys, RFC 7250), keeps one connection per peer pair, and routes each
+//! incoming stream or datagram to the [`ProtocolHandler`](kith_core::net::ProtocolHandler)
+//! mounted for the protocol it names. It implements kith-core's
+//! [`Transport`](kith_core::Transport) trait, so the overlay, store and share layers use it
+//! without naming quinn.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use kith_core::net::{BoxFuture, BoxRecvStream, BoxSendStream, Conn, Protocol, ProtocolHandler};
+//! use kith_core::{SecretKey, net::Connection};
+//! use kith_transport::{Endpoint, EndpointConfig};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! const ECHO: Protocol = Protocol::from_static("example/echo/1");
+//! struct Echo;
+//! impl ProtocolHandler for Echo {
+//!     fn accept_bi(&self, _c: Conn, mut send: BoxSendStream, mut recv: BoxRecvStream) -> BoxFuture<'static, ()> {
+//!         Box::pin(async move {
+//!             let _ = tokio::io::copy(&mut recv, &mut send).await;
+//!             let _ = send.finish();
+//!         })
+//!     }
+//! }
+//!
+//! let rng = &mut rand::rngs::OsRng;
+//! let server = Endpoint::bind(SecretKey::generate(rng), EndpointConfig::loopback()).await?;
+//! server.mount(ECHO, Arc::new(Echo))?;
+//! let client = Endpoint::bind(SecretKey::generate(rng), EndpointConfig::loopback()).await?;
+//!
+//! let conn = client.connect(server.node_addr()).await?;
+//! let (mut send, mut recv) = conn.open_bi(&ECHO).await?;
+//! send.write_all(b"hello").await?;
+//! send.finish()?;
+//! let mut reply = Vec::new();
+//! recv.read_to_end(&mut reply).await?;
+//! assert_eq!(reply, b"hello");
+//! client.close().await;
+//! server.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Connection rules
+//!
+//! * A dial to a node id fails with `ConnectError::Authentication` unless the peer proves
+//!   that key; a client that proves no key is refused during the handshake.
+//! * Peers that dial each other at the same moment end with one connection: the one
+//!   dialed by the smaller node id. The larger side's dial waits for the acceptor's
+//!   hello (a control stream that also reports the address the acceptor observes) and
+//!   resolves to the surviving connection.
+//! * Limits ([`Limits`]) bound connections, streams, stream headers, datagram buffers and
+//!   the handshake rate; every refusal is a typed error on the other side.
+#![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod config;
+mod conn;
+mod endpoint;
+mod identity;
+mod tls;
+
+pub use config::{EndpointConfig, Limits};
+pub use conn::{ConnectionStats, QuicConnection, ZeroRtt};
+pub use endpoint::{BindError, Endpoint};
+pub use identity::{IdentityError, load_or_create_secret_key};
+pub use tls::KITH_ALPN;

@@ -1,0 +1,98 @@
+//! Endpoint configuration and limits, with safe defaults.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// How an [`Endpoint`](crate::Endpoint) binds and behaves.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// IPv4 UDP socket address to bind (`None`: no IPv4). Default `0.0.0.0:0`.
+    pub bind_v4: Option<SocketAddr>,
+    /// IPv6 UDP socket address to bind (`None`: no IPv6). Default `[::]:0`. If binding
+    /// fails (no IPv6 on the host) the endpoint runs IPv4 only; failing to bind IPv4
+    /// when it was asked for is an error.
+    pub bind_v6: Option<SocketAddr>,
+    /// Close a connection after this long without any packet from the peer. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Send a keep-alive after this long without sending (`None`: never). Default 10 s.
+    pub keep_alive: Option<Duration>,
+    /// Give up a dial whose handshake has not completed after this long. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Try 0-RTT when a resumable session to the peer is cached. Default on.
+    ///
+    /// Early data is replay-protected by single-use session tickets held in memory.
+    /// A stream opened in 0-RTT fails with `StreamError::ZeroRttRejected` if the peer
+    /// rejects early data (for example after it restarted); open it again.
+    pub zero_rtt: bool,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            bind_v4: Some(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)),
+            bind_v6: Some(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0)),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Some(Duration::from_secs(10)),
+            handshake_timeout: Duration::from_secs(10),
+            zero_rtt: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl EndpointConfig {
+    /// IPv4 loopback only, on an ephemeral port: for tests and local demos.
+    pub fn loopback() -> Self {
+        Self {
+            bind_v4: Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0)),
+            bind_v6: None,
+            ..Self::default()
+        }
+    }
+}
+
+/// Limits that bound what peers can make the endpoint do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most simultaneous connections (incoming and outgoing, handshakes included).
+    /// Incoming connections over the limit are refused; dials fail with
+    /// `ConnectError::LimitReached`. Default 1024.
+    pub max_connections: usize,
+    /// Most concurrent bidirectional streams a peer may open on one connection. Default 128.
+    pub max_bi_streams: u32,
+    /// Most concurrent unidirectional streams a peer may open on one connection. Default 128.
+    pub max_uni_streams: u32,
+    /// A peer must send a stream's protocol header within this time or the stream is
+    /// refused. Default 5 s.
+    pub stream_header_timeout: Duration,
+    /// Opening a stream fails with `StreamError::StreamLimit` if the peer grants none
+    /// within this time. Default 10 s.
+    pub stream_open_timeout: Duration,
+    /// Bytes of received datagrams buffered per connection before new ones are dropped.
+    /// Default 1 MiB.
+    pub datagram_buffer: usize,
+    /// Largest frame the built-in protocols accept (see `kith_core::frame`). Default 1 MiB.
+    pub max_frame: usize,
+    /// Incoming handshakes allowed per second, sustained. Default 64.
+    pub handshake_rate: f64,
+    /// Incoming handshakes allowed in a burst above the sustained rate. Default 128.
+    pub handshake_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_bi_streams: 128,
+            max_uni_streams: 128,
+            stream_header_timeout: Duration::from_secs(5),
+            stream_open_timeout: Duration::from_secs(10),
+            datagram_buffer: 1 << 20,
+            max_frame: kith_core::frame::DEFAULT_MAX_FRAME,
+            handshake_rate: 64.0,
+            handshake_burst: 128,
+        }
+    }
+}

@@ -1,0 +1,879 @@
+//! The [`Endpoint`]: sockets, handshakes, one connection per peer, and stream routing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use kith_core::net::{
+    BoxFuture, Conn, ConnectError, ConnectionError, MountError, Protocol, ProtocolHandler,
+    RecvStream, Router, SendStream, codes, read_protocol_header, split_datagram,
+};
+use kith_core::{NodeAddr, NodeId, SecretKey, Transport};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{TransportErrorCode, VarInt};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::EndpointConfig;
+use crate::conn::{QuicConnection, QuicRecv, QuicSend, ZeroRtt, map_conn_err};
+use crate::tls;
+
+/// Internal control protocol: the acceptor's hello (observed address, "connection kept").
+const CTL: Protocol = Protocol::from_static("kith/ctl/1");
+
+/// TLS alert `no_application_protocol` (RFC 8446 §6.2), as a QUIC crypto error.
+const ALERT_NO_APPLICATION_PROTOCOL: u8 = 0x78;
+
+/// Error binding an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The TLS configuration could not be built from the key.
+    #[error("tls configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A UDP socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Io {
+        /// Address that failed.
+        addr: SocketAddr,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// No socket was configured (both `bind_v4` and `bind_v6` are `None`, or IPv6 failed).
+    #[error("no socket could be bound")]
+    NoSocket,
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A QUIC endpoint: this node on the network.
+///
+/// Cloning is cheap and shares the endpoint. The endpoint closes when the last clone
+/// is dropped, or explicitly with [`Endpoint::close`].
+#[derive(Clone)]
+pub struct Endpoint {
+    handle: Arc<Handle>,
+}
+
+/// Closes the endpoint when the last user handle goes away (tasks hold `Inner` only).
+struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.shutdown_now();
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("id", &self.handle.inner.id)
+            .field("addrs", &self.local_addrs())
+            .finish()
+    }
+}
+
+struct PeerSlot {
+    conn: Option<Arc<QuicConnection>>,
+    dialing: bool,
+    changed: watch::Sender<u64>,
+}
+
+impl PeerSlot {
+    fn new() -> Self {
+        Self {
+            conn: None,
+            dialing: false,
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn live(&self) -> Option<Arc<QuicConnection>> {
+        self.conn.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+pub(crate) struct Inner {
+    id: NodeId,
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
+    client_config: quinn::ClientConfig,
+    config: EndpointConfig,
+    router: Router,
+    peers: Mutex<HashMap<NodeId, PeerSlot>>,
+    active: AtomicUsize,
+    bucket: Mutex<TokenBucket>,
+    closing: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts a connection against `max_connections` while it lives.
+struct ConnGuard(Arc<Inner>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Inner {
+    fn try_reserve(self: &Arc<Self>) -> Option<ConnGuard> {
+        let max = self.config.limits.max_connections;
+        let mut cur = self.active.load(Ordering::Acquire);
+        loop {
+            if cur >= max {
+                return None;
+            }
+            match self
+                .active
+                .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(ConnGuard(self.clone())),
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    fn take_handshake_token(&self) -> bool {
+        let limits = &self.config.limits;
+        let mut b = lock(&self.bucket);
+        let now = Instant::now();
+        let elapsed = now.duration_since(b.last).as_secs_f64();
+        b.last = now;
+        b.tokens =
+            (b.tokens + elapsed * limits.handshake_rate).min(f64::from(limits.handshake_burst));
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn endpoints(&self) -> impl Iterator<Item = &quinn::Endpoint> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+
+    fn shutdown_now(&self) {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let conns: Vec<_> = lock(&self.peers)
+            .values()
+            .filter_map(|s| s.conn.clone())
+            .collect();
+        for c in conns {
+            c.inner
+                .close(VarInt::from_u32(codes::CLOSE_SHUTDOWN), b"shutdown");
+        }
+        for ep in self.endpoints() {
+            ep.close(VarInt::from_u32(codes::CLOSE_SHUTDOWN), b"shutdown");
+        }
+    }
+
+    /// Decides which of two connections to the same peer survives; returns true if
+    /// `conn` is kept. Both sides reach the same decision: the connection dialed by the
+    /// smaller node id wins; between two dialed by the same side, the newer wins.
+    fn register(&self, conn: &Arc<QuicConnection>) -> bool {
+        let mut peers = lock(&self.peers);
+        let slot = peers.entry(conn.remote).or_insert_with(PeerSlot::new);
+        let keep = match slot.live() {
+            Some(old) if !Arc::ptr_eq(&old, conn) => {
+                let min = self.id.min(conn.remote);
+                let new_wins = conn.client_id(self.id) == min || old.client_id(self.id) != min;
+                let loser = if new_wins { &old } else { conn };
+                loser
+                    .inner
+                    .close(VarInt::from_u32(codes::CLOSE_DUPLICATE), b"duplicate");
+                if new_wins {
+                    slot.conn = Some(conn.clone());
+                }
+                new_wins
+            }
+            _ => {
+                slot.conn = Some(conn.clone());
+                true
+            }
+        };
+        slot.notify();
+        keep
+    }
+
+    fn unregister(&self, conn: &Arc<QuicConnection>) {
+        let mut peers = lock(&self.peers);
+        if let Some(slot) = peers.get_mut(&conn.remote) {
+            if slot.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                slot.conn = None;
+                slot.notify();
+            }
+            if slot.conn.is_none() && !slot.dialing && slot.changed.receiver_count() == 0 {
+                peers.remove(&conn.remote);
+            }
+        }
+    }
+
+    /// Waits until a live connection to `id` is registered, or the deadline passes.
+    async fn wait_registered(
+        &self,
+        id: NodeId,
+        deadline: tokio::time::Instant,
+    ) -> Option<Arc<QuicConnection>> {
+        let mut rx = lock(&self.peers)
+            .entry(id)
+            .or_insert_with(PeerSlot::new)
+            .changed
+            .subscribe();
+        loop {
+            if let Some(c) = lock(&self.peers).get(&id).and_then(PeerSlot::live) {
+                return Some(c);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    fn new_connection(
+        &self,
+        inner: quinn::Connection,
+        remote: NodeId,
+        outgoing: bool,
+        zero_rtt: ZeroRtt,
+    ) -> Arc<QuicConnection> {
+        Arc::new(QuicConnection {
+            inner,
+            remote,
+            outgoing,
+            zero_rtt: watch::channel(zero_rtt).0,
+            observed: watch::channel(None).0,
+            open_timeout: self.config.limits.stream_open_timeout,
+        })
+    }
+}
+
+fn map_handshake_err(e: &quinn::ConnectionError, expected: NodeId) -> ConnectError {
+    use quinn::ConnectionError as Q;
+    let crypto = |code: TransportErrorCode| {
+        let c = u64::from(code);
+        (0x100..0x200).contains(&c).then_some((c & 0xff) as u8)
+    };
+    match e {
+        Q::TransportError(t) => match crypto(t.code) {
+            Some(_) => ConnectError::Authentication { expected },
+            None => ConnectError::Transport(t.to_string()),
+        },
+        Q::ConnectionClosed(c) => match crypto(c.error_code) {
+            Some(ALERT_NO_APPLICATION_PROTOCOL) => ConnectError::ProtocolMismatch,
+            Some(_) => ConnectError::Authentication { expected },
+            None if c.error_code == TransportErrorCode::CONNECTION_REFUSED => {
+                ConnectError::Refused(ConnectionError::Reset(c.to_string()))
+            }
+            None => ConnectError::Transport(c.to_string()),
+        },
+        Q::ApplicationClosed(_) => ConnectError::Refused(map_conn_err(e)),
+        Q::TimedOut => ConnectError::TimedOut,
+        Q::LocallyClosed => ConnectError::EndpointClosed,
+        other => ConnectError::Transport(other.to_string()),
+    }
+}
+
+fn transport_config(config: &EndpointConfig) -> Result<quinn::TransportConfig, BindError> {
+    let limits = &config.limits;
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_bi_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(limits.max_uni_streams));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(config.idle_timeout)
+            .map_err(|_| BindError::Config("idle_timeout too large".into()))?,
+    ));
+    t.keep_alive_interval(config.keep_alive);
+    t.datagram_receive_buffer_size(Some(limits.datagram_buffer));
+    Ok(t)
+}
+
+/// Builds the quinn server and client configurations an endpoint with `key` uses.
+/// Public within the crate so benchmarks can configure raw quinn alike.
+pub(crate) fn quinn_configs(
+    key: &SecretKey,
+    config: &EndpointConfig,
+    alpn: &[u8],
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), BindError> {
+    let transport = Arc::new(transport_config(config)?);
+    let server_tls = tls::server_config(key, vec![alpn.to_vec()])?;
+    let client_tls = tls::client_config(key, vec![alpn.to_vec()])?;
+    let server_crypto =
+        QuicServerConfig::try_from(server_tls).map_err(|e| BindError::Config(e.to_string()))?;
+    let client_crypto =
+        QuicClientConfig::try_from(client_tls).map_err(|e| BindError::Config(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+impl Endpoint {
+    /// Binds the configured sockets and starts accepting connections.
+    ///
+    /// Must be called inside a tokio runtime.
+    pub async fn bind(key: SecretKey, config: EndpointConfig) -> Result<Self, BindError> {
+        Self::bind_with_alpn(key, config, tls::KITH_ALPN).await
+    }
+
+    /// Like [`bind`](Self::bind) with a different TLS ALPN: only for testing version
+    /// negotiation (peers with different ALPNs refuse each other).
+    #[doc(hidden)]
+    pub async fn bind_with_alpn(
+        key: SecretKey,
+        config: EndpointConfig,
+        alpn: &[u8],
+    ) -> Result<Self, BindError> {
+        let (server, client_config) = quinn_configs(&key, &config, alpn)?;
+        let v4 = match config.bind_v4 {
+            Some(addr) => Some(
+                quinn::Endpoint::server(server.clone(), addr)
+                    .map_err(|source| BindError::Io { addr, source })?,
+            ),
+            None => None,
+        };
+        let v6 = match config.bind_v6 {
+            Some(addr) => match quinn::Endpoint::server(server, addr) {
+                Ok(ep) => Some(ep),
+                Err(e) => {
+                    tracing::info!(%addr, error = %e, "IPv6 unavailable; running IPv4 only");
+                    None
+                }
+            },
+            None => None,
+        };
+        if v4.is_none() && v6.is_none() {
+            return Err(BindError::NoSocket);
+        }
+        let burst = f64::from(config.limits.handshake_burst);
+        let inner = Arc::new(Inner {
+            id: key.node_id(),
+            v4,
+            v6,
+            client_config,
+            config,
+            router: Router::default(),
+            peers: Mutex::new(HashMap::new()),
+            active: AtomicUsize::new(0),
+            bucket: Mutex::new(TokenBucket {
+                tokens: burst,
+                last: Instant::now(),
+            }),
+            closing: AtomicBool::new(false),
+        });
+        for ep in inner.endpoints() {
+            let span = tracing::debug_span!("endpoint", id = %inner.id.fmt_short());
+            tokio::spawn(accept_loop(inner.clone(), ep.clone()).instrument(span));
+        }
+        Ok(Self {
+            handle: Arc::new(Handle { inner }),
+        })
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
+    }
+
+    /// This node's identity.
+    pub fn node_id(&self) -> NodeId {
+        self.inner().id
+    }
+
+    /// The bound socket addresses (unspecified addresses as bound, port filled in).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner()
+            .endpoints()
+            .filter_map(|ep| ep.local_addr().ok())
+            .collect()
+    }
+
+    /// This node's address for peers: its id and socket addresses. An unspecified bind
+    /// address (`0.0.0.0`, `::`) is reported as the loopback address of its family;
+    /// addresses seen from outside come from address discovery.
+    pub fn node_addr(&self) -> NodeAddr {
+        let direct = self.local_addrs().into_iter().map(|mut a| {
+            if a.ip().is_unspecified() {
+                a.set_ip(match a.ip() {
+                    IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            a
+        });
+        NodeAddr::new(self.node_id()).with_direct(direct)
+    }
+
+    /// The configuration the endpoint runs with.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.inner().config
+    }
+
+    /// Routes streams and datagrams of `protocol` to `handler`.
+    pub fn mount(
+        &self,
+        protocol: Protocol,
+        handler: Arc<dyn ProtocolHandler>,
+    ) -> Result<(), MountError> {
+        self.inner().router.mount(protocol, handler)
+    }
+
+    /// The live connection to `id`, if any.
+    pub fn connection(&self, id: &NodeId) -> Option<Arc<QuicConnection>> {
+        lock(&self.inner().peers).get(id).and_then(PeerSlot::live)
+    }
+
+    /// All live connections.
+    pub fn connections(&self) -> Vec<Arc<QuicConnection>> {
+        lock(&self.inner().peers)
+            .values()
+            .filter_map(PeerSlot::live)
+            .collect()
+    }
+
+    /// Connects to `addr.node_id`, trying its direct addresses in order, or returns the
+    /// live connection to it. Concurrent calls for one peer share one dial, and a dial
+    /// that races with the peer dialing us ends on the one connection both sides keep.
+    pub async fn connect(&self, addr: NodeAddr) -> Result<Arc<QuicConnection>, ConnectError> {
+        let inner = self.inner();
+        let id = addr.node_id;
+        if id == inner.id {
+            return Err(ConnectError::DialSelf);
+        }
+        if inner.closing.load(Ordering::Acquire) {
+            return Err(ConnectError::EndpointClosed);
+        }
+        let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
+        // Join a dial in flight, or become the dialer.
+        loop {
+            let mut rx = {
+                let mut peers = lock(&inner.peers);
+                let slot = peers.entry(id).or_insert_with(PeerSlot::new);
+                if let Some(c) = slot.live() {
+                    return Ok(c);
+                }
+                if !slot.dialing {
+                    slot.dialing = true;
+                    break;
+                }
+                slot.changed.subscribe()
+            };
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(ConnectError::TimedOut);
+            }
+        }
+        let result = self.dial_addrs(&addr, deadline).await;
+        let result = match result {
+            Ok(conn) if inner.register(&conn) => Ok(conn),
+            // Lost the tie-break to a connection the peer dialed: use that one.
+            Ok(_) | Err(DialFailure::Duplicate) => inner
+                .wait_registered(id, deadline)
+                .await
+                .ok_or(ConnectError::TimedOut),
+            Err(DialFailure::Error(e)) => Err(e),
+        };
+        let mut peers = lock(&inner.peers);
+        if let Some(slot) = peers.get_mut(&id) {
+            slot.dialing = false;
+            slot.notify();
+        }
+        result
+    }
+
+    async fn dial_addrs(
+        &self,
+        addr: &NodeAddr,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<QuicConnection>, DialFailure> {
+        if addr.direct.is_empty() {
+            return Err(DialFailure::Error(ConnectError::NoAddress(addr.node_id)));
+        }
+        let mut first_err = None;
+        for &sock in &addr.direct {
+            match self.dial_one(addr.node_id, sock, deadline).await {
+                Ok(c) => return Ok(c),
+                Err(DialFailure::Duplicate) => return Err(DialFailure::Duplicate),
+                Err(DialFailure::Error(e)) => {
+                    tracing::debug!(%sock, error = %e, "dial attempt failed");
+                    // Keep the most telling error: authentication and refusals over timeouts.
+                    let telling = !matches!(e, ConnectError::TimedOut | ConnectError::Transport(_));
+                    if first_err.is_none() || telling {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        Err(DialFailure::Error(
+            first_err.unwrap_or(ConnectError::NoAddress(addr.node_id)),
+        ))
+    }
+
+    async fn dial_one(
+        &self,
+        id: NodeId,
+        sock: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<QuicConnection>, DialFailure> {
+        let inner = self.inner();
+        let ep = match sock {
+            SocketAddr::V4(_) => inner.v4.as_ref(),
+            SocketAddr::V6(_) => inner.v6.as_ref(),
+        }
+        .ok_or_else(|| {
+            ConnectError::Transport(format!("no socket for the address family of {sock}"))
+        })?;
+        let guard = inner
+            .try_reserve()
+            .ok_or(ConnectError::LimitReached("max_connections"))?;
+        let connecting = ep
+            .connect_with(inner.client_config.clone(), sock, &tls::server_name(&id))
+            .map_err(|e| ConnectError::Transport(e.to_string()))?;
+        let span = tracing::debug_span!("conn", peer = %id.fmt_short(), dir = "out");
+        let (qconn, accepted) = if inner.config.zero_rtt {
+            match connecting.into_0rtt() {
+                Ok((c, acc)) => (c, Some(acc)),
+                Err(connecting) => (await_handshake(connecting, id, deadline).await?, None),
+            }
+        } else {
+            (await_handshake(connecting, id, deadline).await?, None)
+        };
+        let zr = if accepted.is_some() {
+            ZeroRtt::Pending
+        } else {
+            ZeroRtt::NotAttempted
+        };
+        let conn = inner.new_connection(qconn, id, true, zr);
+        if let Some(acc) = accepted {
+            let c = conn.clone();
+            tokio::spawn(async move {
+                let ok = acc.await;
+                let v = if ok {
+                    ZeroRtt::Accepted
+                } else {
+                    ZeroRtt::Rejected
+                };
+                c.zero_rtt.send_replace(v);
+            });
+        }
+        tokio::spawn(drive(inner.clone(), conn.clone(), guard).instrument(span));
+        // The smaller id's dial always wins the tie-break; the larger waits for the
+        // acceptor's hello, which it sends only for a connection it keeps.
+        if inner.id > id {
+            let mut hello = conn.observed.subscribe();
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, hello.wait_for(Option::is_some)) => {
+                    if !matches!(r, Ok(Ok(_))) {
+                        conn.inner.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"timeout");
+                        return Err(ConnectError::TimedOut.into());
+                    }
+                }
+                e = conn.inner.closed() => {
+                    if let quinn::ConnectionError::ApplicationClosed(c) = &e {
+                        if c.error_code == VarInt::from_u32(codes::CLOSE_DUPLICATE) {
+                            return Err(DialFailure::Duplicate);
+                        }
+                    }
+                    return Err(map_handshake_err(&e, id).into());
+                }
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Closes every connection (code [`codes::CLOSE_SHUTDOWN`]) and the sockets, and waits
+    /// until peers have been told (bounded by the handshake timeout).
+    pub async fn close(&self) {
+        let inner = self.inner();
+        inner.shutdown_now();
+        for ep in inner.endpoints() {
+            let _ = tokio::time::timeout(inner.config.handshake_timeout, ep.wait_idle()).await;
+        }
+    }
+}
+
+enum DialFailure {
+    /// The peer closed our connection because its own dial to us won the tie-break.
+    Duplicate,
+    Error(ConnectError),
+}
+
+impl From<ConnectError> for DialFailure {
+    fn from(e: ConnectError) -> Self {
+        DialFailure::Error(e)
+    }
+}
+
+async fn await_handshake(
+    connecting: quinn::Connecting,
+    id: NodeId,
+    deadline: tokio::time::Instant,
+) -> Result<quinn::Connection, DialFailure> {
+    match tokio::time::timeout_at(deadline, connecting).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(map_handshake_err(&e, id).into()),
+        Err(_) => Err(ConnectError::TimedOut.into()),
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, ep: quinn::Endpoint) {
+    while let Some(incoming) = ep.accept().await {
+        if inner.closing.load(Ordering::Acquire) {
+            incoming.refuse();
+            continue;
+        }
+        if !inner.take_handshake_token() {
+            tracing::debug!(remote = %incoming.remote_address(), "handshake rate limit: refused");
+            incoming.refuse();
+            continue;
+        }
+        let Some(guard) = inner.try_reserve() else {
+            tracing::debug!(remote = %incoming.remote_address(), "connection limit: refused");
+            incoming.refuse();
+            continue;
+        };
+        tokio::spawn(handle_incoming(inner.clone(), incoming, guard));
+    }
+}
+
+async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming, guard: ConnGuard) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "incoming connection failed");
+            return;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
+    // Servers always get a connection here (0.5-RTT). A resumed client is already
+    // authenticated by its session; others are once the handshake completes.
+    let (qconn, handshake_done) = match connecting.into_0rtt() {
+        Ok((c, done)) => (c, Some(done)),
+        Err(connecting) => match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(c)) => (c, None),
+            _ => return,
+        },
+    };
+    let id = match tls::peer_node_id(qconn.peer_identity()) {
+        Some(id) => id,
+        None => {
+            if let Some(done) = handshake_done {
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    qconn.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"handshake timeout");
+                    return;
+                }
+            }
+            match tls::peer_node_id(qconn.peer_identity()) {
+                Some(id) => id,
+                None => {
+                    tracing::debug!(%remote, "handshake failed or peer unauthenticated");
+                    qconn.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"unauthenticated");
+                    return;
+                }
+            }
+        }
+    };
+    let conn = inner.new_connection(qconn, id, false, ZeroRtt::NotAttempted);
+    let span = tracing::debug_span!("conn", peer = %id.fmt_short(), dir = "in");
+    async move {
+        // If our own dial to this peer is in flight and would win the tie-break (we have
+        // the smaller id), let it finish first.
+        if inner.id < id {
+            let rx = lock(&inner.peers)
+                .get(&id)
+                .filter(|s| s.dialing)
+                .map(|s| s.changed.subscribe());
+            if let Some(mut rx) = rx {
+                loop {
+                    if !lock(&inner.peers).get(&id).is_some_and(|s| s.dialing) {
+                        break;
+                    }
+                    if tokio::time::timeout_at(deadline, rx.changed())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        if !inner.register(&conn) {
+            return;
+        }
+        send_hello(&conn).await;
+        drive(inner, conn, guard).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Tells the dialer we keep this connection, and which address we observe for it.
+async fn send_hello(conn: &Arc<QuicConnection>) {
+    let observed = conn.inner.remote_address();
+    let msg = NodeAddr::new(conn.remote).with_direct([observed]).encode();
+    let res = async {
+        let mut s = conn.inner.open_uni().await.ok()?;
+        s.write_all(&CTL.header()).await.ok()?;
+        s.write_all(&msg).await.ok()?;
+        s.finish().ok()
+    }
+    .await;
+    if res.is_none() {
+        tracing::debug!("could not send hello");
+    }
+}
+
+/// Runs one connection: accepts its streams and datagrams and routes them.
+async fn drive(inner: Arc<Inner>, conn: Arc<QuicConnection>, guard: ConnGuard) {
+    loop {
+        tokio::select! {
+            bi = conn.inner.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let fut = route_stream(inner.clone(), conn.clone(), Some(send), recv);
+                    tokio::spawn(fut.in_current_span());
+                }
+                Err(_) => break,
+            },
+            uni = conn.inner.accept_uni() => match uni {
+                Ok(recv) => {
+                    let fut = route_stream(inner.clone(), conn.clone(), None, recv);
+                    tokio::spawn(fut.in_current_span());
+                }
+                Err(_) => break,
+            },
+            dg = conn.inner.read_datagram() => match dg {
+                Ok(data) => route_datagram(&inner, &(conn.clone() as Conn), data),
+                Err(_) => break,
+            },
+        }
+    }
+    let reason = conn.inner.close_reason();
+    tracing::debug!(?reason, "connection ended");
+    inner.unregister(&conn);
+    drop(guard);
+}
+
+fn route_datagram(inner: &Inner, conn: &Conn, data: Bytes) {
+    match split_datagram(data) {
+        Ok((proto, payload)) => match inner.router.get(&proto) {
+            Some(h) => h.datagram(conn, payload),
+            None => tracing::trace!(%proto, "datagram for unmounted protocol dropped"),
+        },
+        Err(_) => tracing::trace!("malformed datagram dropped"),
+    }
+}
+
+async fn route_stream(
+    inner: Arc<Inner>,
+    conn: Arc<QuicConnection>,
+    send: Option<quinn::SendStream>,
+    recv: quinn::RecvStream,
+) {
+    let mut recv = QuicRecv(recv);
+    let mut send = send.map(QuicSend);
+    let refuse = |send: &mut Option<QuicSend>, recv: &mut QuicRecv, code: u32| {
+        recv.stop(code);
+        if let Some(s) = send.as_mut() {
+            s.reset(code);
+        }
+    };
+    let header = tokio::time::timeout(
+        inner.config.limits.stream_header_timeout,
+        read_protocol_header(&mut recv),
+    )
+    .await;
+    let proto = match header {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "bad stream header");
+            refuse(&mut send, &mut recv, codes::BAD_HEADER);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("stream header timeout");
+            refuse(&mut send, &mut recv, codes::BAD_HEADER);
+            return;
+        }
+    };
+    if proto == CTL && send.is_none() {
+        handle_ctl(&inner, &conn, recv).await;
+        return;
+    }
+    let Some(handler) = inner.router.get(&proto) else {
+        tracing::debug!(%proto, "stream for unsupported protocol refused");
+        refuse(&mut send, &mut recv, codes::UNSUPPORTED_PROTOCOL);
+        return;
+    };
+    let conn: Conn = conn;
+    match send {
+        Some(send) => {
+            handler
+                .accept_bi(conn, Box::new(send), Box::new(recv))
+                .await
+        }
+        None => handler.accept_uni(conn, Box::new(recv)).await,
+    }
+}
+
+async fn handle_ctl(inner: &Inner, conn: &QuicConnection, mut recv: QuicRecv) {
+    let mut buf = Vec::new();
+    let limit = kith_core::addr::MAX_NODE_ADDR_LEN as u64 + 1;
+    if (&mut recv).take(limit).read_to_end(&mut buf).await.is_err() {
+        return;
+    }
+    // The hello names us and the address the peer observes for us.
+    match NodeAddr::decode(&buf) {
+        Ok(hello) if hello.node_id == inner.id => {
+            conn.observed.send_replace(hello.direct.first().copied());
+        }
+        _ => tracing::debug!("malformed hello ignored"),
+    }
+}
+
+impl Transport for Endpoint {
+    fn local_id(&self) -> NodeId {
+        self.node_id()
+    }
+
+    fn local_addr(&self) -> NodeAddr {
+        self.node_addr()
+    }
+
+    fn connect(&self, addr: NodeAddr) -> BoxFuture<'_, Result<Conn, ConnectError>> {
+        Box::pin(async move { Endpoint::connect(self, addr).await.map(|c| c as Conn) })
+    }
+
+    fn mount(
+        &self,
+        protocol: Protocol,
+        handler: Arc<dyn ProtocolHandler>,
+    ) -> Result<(), MountError> {
+        Endpoint::mount(self, protocol, handler)
+    }
+}

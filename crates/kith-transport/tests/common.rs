@@ -1,0 +1,104 @@
+//! Shared helpers for the transport tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use kith_core::SecretKey;
+use kith_core::frame::{FrameError, read_frame};
+use kith_core::net::{
+    BoxFuture, BoxRecvStream, BoxSendStream, Conn, Protocol, ProtocolHandler, codes,
+};
+use kith_transport::{Endpoint, EndpointConfig};
+use rand::SeedableRng;
+use tokio::io::AsyncWriteExt;
+
+pub const ECHO: Protocol = Protocol::from_static("test/echo/1");
+pub const FRAMED: Protocol = Protocol::from_static("test/framed/1");
+
+pub fn key(seed: u64) -> SecretKey {
+    SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
+}
+
+/// Copies every stream back to its sender.
+#[derive(Debug)]
+pub struct Echo;
+
+impl ProtocolHandler for Echo {
+    fn accept_bi(
+        &self,
+        _conn: Conn,
+        mut send: BoxSendStream,
+        mut recv: BoxRecvStream,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
+                let _ = send.finish();
+            }
+        })
+    }
+}
+
+/// Reads length-delimited frames capped at `max` and echoes each; resets the stream
+/// with PROTOCOL_ERROR on a bad frame.
+#[derive(Debug)]
+pub struct FramedEcho {
+    pub max: usize,
+}
+
+impl ProtocolHandler for FramedEcho {
+    fn accept_bi(
+        &self,
+        _conn: Conn,
+        mut send: BoxSendStream,
+        mut recv: BoxRecvStream,
+    ) -> BoxFuture<'static, ()> {
+        let max = self.max;
+        Box::pin(async move {
+            loop {
+                match read_frame(&mut recv, max).await {
+                    Ok(Some(body)) => {
+                        if send.write_all(&body).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = send.finish();
+                        return;
+                    }
+                    Err(FrameError::TooLarge { .. }) | Err(_) => {
+                        send.reset(codes::PROTOCOL_ERROR);
+                        recv.stop(codes::PROTOCOL_ERROR);
+                        return;
+                    }
+                }
+            }
+        })
+    }
+}
+
+pub async fn bind(seed: u64) -> Endpoint {
+    bind_with(seed, EndpointConfig::loopback()).await
+}
+
+pub async fn bind_with(seed: u64, config: EndpointConfig) -> Endpoint {
+    let ep = Endpoint::bind(key(seed), config).await.unwrap();
+    ep.mount(ECHO, Arc::new(Echo)).unwrap();
+    ep
+}
+
+/// Sends `msg` on a fresh echo stream and returns the reply.
+pub async fn echo(
+    conn: &dyn kith_core::net::Connection,
+    msg: &[u8],
+) -> Result<Vec<u8>, kith_core::net::StreamError> {
+    use kith_core::net::StreamError;
+    use tokio::io::AsyncReadExt;
+    let (mut send, mut recv) = conn.open_bi(&ECHO).await?;
+    send.write_all(msg).await.map_err(StreamError::from_io)?;
+    send.finish()?;
+    let mut out = Vec::new();
+    recv.read_to_end(&mut out)
+        .await
+        .map_err(StreamError::from_io)?;
+    Ok(out)
+}
