@@ -41,11 +41,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, mpsc};
 
-use crate::range::{BlobSource, encode_from};
-use crate::store::{PartialSink, check_tag_name, import_verified};
-use crate::tree::{
-    GROUP_SIZE, PAIR_LEN, PairSink, TreeBuilder, group_count, groups_overlapping, outboard_len,
+use crate::range::BlobSource;
+use crate::store::{
+    PartialSink, check_tag_name, encode_range_from, import_verified, need, read_range_from,
 };
+use crate::tree::{GROUP_SIZE, PAIR_LEN, PairSink, TreeBuilder, group_count, outboard_len};
 use crate::{
     Bitfield, BlobFormat, BlobInfo, BlobStatus, Hash, ImportError, ReadError, Store, StoreConfig,
     StoreError, Tag, TagError,
@@ -468,15 +468,6 @@ fn parse_name(p: &Path) -> Option<(Hash, &str)> {
     Some((stem.parse().ok()?, ext))
 }
 
-fn need(hash: Hash, bf: &Option<Bitfield>, first: u64, end: u64) -> Result<(), ReadError> {
-    if let Some(bf) = bf {
-        if let Some(index) = (first..end).find(|&i| !bf.get(i)) {
-            return Err(ReadError::Missing { hash, index });
-        }
-    }
-    Ok(())
-}
-
 /// Buffers queued between the hashing and the writing thread of an import.
 const WRITE_QUEUE: usize = 3;
 /// The writing thread of an import syncs after this many bytes, so the disk works while
@@ -763,13 +754,7 @@ impl Store for FsStore {
 
     fn read_range(&self, hash: Hash, range: Range<u64>) -> Result<Vec<u8>, ReadError> {
         let (mut src, size, bf) = self.open_blob(hash)?;
-        let start = range.start.min(size);
-        let end = range.end.min(size).max(start);
-        let (a, b) = groups_overlapping(size, start, end);
-        need(hash, &bf, a, b)?;
-        let mut out = vec![0u8; (end - start) as usize];
-        src.read_data(start, &mut out).map_err(ReadError::Io)?;
-        Ok(out)
+        read_range_from(&mut src, hash, size, bf.as_ref(), range)
     }
 
     fn encode_range(
@@ -779,15 +764,12 @@ impl Store for FsStore {
         out: &mut dyn Write,
     ) -> Result<u64, ReadError> {
         let (mut src, size, bf) = self.open_blob(hash)?;
-        for (a, b) in crate::mem::encoded_groups(size, &range) {
-            need(hash, &bf, a, b)?;
-        }
-        encode_from(&mut src, size, range.start, range.end, out).map_err(ReadError::Io)
+        encode_range_from(&mut src, hash, size, bf.as_ref(), range, out)
     }
 
     fn export_writer(&self, hash: Hash, out: &mut dyn Write) -> Result<u64, ReadError> {
         let (src, size, bf) = self.open_blob(hash)?;
-        need(hash, &bf, 0, group_count(size))?;
+        need(hash, bf.as_ref(), 0, group_count(size))?;
         let mut buf = vec![0u8; IO_BUF];
         let mut pos = 0;
         while pos < size {

@@ -7,8 +7,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use crate::range::{BlobSource, encode_from};
-use crate::store::{PartialSink, check_tag_name, import_verified};
+use crate::range::BlobSource;
+use crate::store::{
+    PartialSink, check_tag_name, encode_range_from, import_verified, need, read_range_from,
+};
 use crate::tree::{GROUP_SIZE, PAIR_LEN, group_bytes, group_count, outboard};
 use crate::{
     Bitfield, BlobInfo, BlobStatus, Hash, ImportError, ReadError, Store, StoreConfig, StoreError,
@@ -49,6 +51,13 @@ impl Blob {
         match self {
             Blob::Complete { data, .. } => data.len() as u64,
             Blob::Partial { size, .. } => *size,
+        }
+    }
+
+    fn partial_bitfield(&self) -> Option<&Bitfield> {
+        match self {
+            Blob::Complete { .. } => None,
+            Blob::Partial { bitfield, .. } => Some(bitfield),
         }
     }
 
@@ -145,24 +154,6 @@ impl MemStore {
         let blob = inner.blobs.get(&hash).ok_or(ReadError::NotFound(hash))?;
         f(blob)
     }
-}
-
-fn need_groups(hash: Hash, blob: &Blob, first: u64, end: u64) -> Result<(), ReadError> {
-    if let Blob::Partial { bitfield, .. } = blob {
-        if let Some(index) = (first..end).find(|&i| !bitfield.get(i)) {
-            return Err(ReadError::Missing { hash, index });
-        }
-    }
-    Ok(())
-}
-
-/// Groups an encoding of `range` holds: the requested ones and the last one.
-pub(crate) fn encoded_groups(size: u64, range: &Range<u64>) -> [(u64, u64); 2] {
-    let n = group_count(size);
-    [
-        crate::tree::groups_overlapping(size, range.start, range.end),
-        (n - 1, n),
-    ]
 }
 
 struct MemPartial<'a> {
@@ -321,15 +312,8 @@ impl Store for MemStore {
 
     fn read_range(&self, hash: Hash, range: Range<u64>) -> Result<Vec<u8>, ReadError> {
         self.with_blob(hash, |blob| {
-            let size = blob.size();
-            let start = range.start.min(size);
-            let end = range.end.min(size).max(start);
-            let (first, last) = crate::tree::groups_overlapping(size, start, end);
-            need_groups(hash, blob, first, last)?;
-            let mut out = vec![0u8; (end - start) as usize];
-            let mut src = blob;
-            src.read_data(start, &mut out).map_err(ReadError::Io)?;
-            Ok(out)
+            let bf = blob.partial_bitfield();
+            read_range_from(&mut { blob }, hash, blob.size(), bf, range)
         })
     }
 
@@ -340,19 +324,15 @@ impl Store for MemStore {
         out: &mut dyn Write,
     ) -> Result<u64, ReadError> {
         self.with_blob(hash, |blob| {
-            let size = blob.size();
-            for (a, b) in encoded_groups(size, &range) {
-                need_groups(hash, blob, a, b)?;
-            }
-            let mut src = blob;
-            encode_from(&mut src, size, range.start, range.end, out).map_err(ReadError::Io)
+            let bf = blob.partial_bitfield();
+            encode_range_from(&mut { blob }, hash, blob.size(), bf, range, out)
         })
     }
 
     fn export_writer(&self, hash: Hash, out: &mut dyn Write) -> Result<u64, ReadError> {
         self.with_blob(hash, |blob| {
             let size = blob.size();
-            need_groups(hash, blob, 0, group_count(size))?;
+            need(hash, blob.partial_bitfield(), 0, group_count(size))?;
             let mut src = blob;
             let mut buf = vec![0u8; GROUP_SIZE as usize];
             for g in 0..group_count(size) {

@@ -1,11 +1,11 @@
 //! Types shared by the store implementations: configuration, blob and tag descriptions,
 //! errors, and the verified-import driver.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::ops::Range;
 
-use crate::range::{DecodeError, DecodeItem, RangeDecoder};
-use crate::tree::{MAX_BLOB_SIZE, PAIR_LEN};
+use crate::range::{BlobSource, DecodeError, DecodeItem, RangeDecoder, encode_from};
+use crate::tree::{MAX_BLOB_SIZE, PAIR_LEN, group_count, groups_overlapping};
 use crate::{Bitfield, Hash};
 
 /// Limits of a store.
@@ -224,6 +224,56 @@ pub(crate) fn check_tag_name(name: &str) -> Result<(), TagError> {
     } else {
         Err(TagError::InvalidName(name.to_owned()))
     }
+}
+
+/// Fails with [`ReadError::Missing`] unless groups `[first, end)` are present; `None`
+/// stands for a complete blob.
+pub(crate) fn need(
+    hash: Hash,
+    bitfield: Option<&Bitfield>,
+    first: u64,
+    end: u64,
+) -> Result<(), ReadError> {
+    if let Some(bf) = bitfield {
+        if let Some(index) = (first..end).find(|&i| !bf.get(i)) {
+            return Err(ReadError::Missing { hash, index });
+        }
+    }
+    Ok(())
+}
+
+/// [`Store::read_range`](crate::Store::read_range) over any blob source.
+pub(crate) fn read_range_from(
+    src: &mut dyn BlobSource,
+    hash: Hash,
+    size: u64,
+    bitfield: Option<&Bitfield>,
+    range: Range<u64>,
+) -> Result<Vec<u8>, ReadError> {
+    let start = range.start.min(size);
+    let end = range.end.min(size).max(start);
+    let (first, last) = groups_overlapping(size, start, end);
+    need(hash, bitfield, first, last)?;
+    let mut out = vec![0u8; (end - start) as usize];
+    src.read_data(start, &mut out).map_err(ReadError::Io)?;
+    Ok(out)
+}
+
+/// [`Store::encode_range`](crate::Store::encode_range) over any blob source: checks that
+/// every group the encoding holds (the requested ones and the last one) is present.
+pub(crate) fn encode_range_from(
+    src: &mut dyn BlobSource,
+    hash: Hash,
+    size: u64,
+    bitfield: Option<&Bitfield>,
+    range: Range<u64>,
+    out: &mut dyn Write,
+) -> Result<u64, ReadError> {
+    let n = group_count(size);
+    let (first, last) = groups_overlapping(size, range.start, range.end);
+    need(hash, bitfield, first, last)?;
+    need(hash, bitfield, n - 1, n)?;
+    encode_from(src, size, range.start, range.end, out).map_err(ReadError::Io)
 }
 
 /// Where [`import_verified`] writes verified pieces of one partial blob.

@@ -18,6 +18,17 @@
 //! known. Outboard bytes / data bytes is thus `64 / 16384 = 1/256`. A blob of one group or
 //! less has no parent node and an empty outboard. The size is not part of the outboard: the
 //! store records it beside.
+//!
+//! # Why `blake3::hazmat` and not bao-tree
+//!
+//! The tree is built on the `blake3` crate's own hazmat API (`HasherExt::set_input_offset`,
+//! `finalize_non_root`, `merge_subtrees_non_root`/`merge_subtrees_root`). What the store
+//! needs on top of it — the geometry above, a streaming tree builder, and a pre-order range
+//! walk — is small, so a second crate would add more surface (its own outboard formats,
+//! async traits, and dependencies) than it saves. Owning the code also lets the layout be
+//! exactly the size-independent in-order array above, which the crash-safe store writes in
+//! place as groups arrive. The price is that correctness is ours to prove: every size class
+//! is tested against `blake3::hash`, and the range decoder is property-tested and fuzzed.
 
 use blake3::hazmat::{
     ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
