@@ -1,36 +1,4 @@
 //! The filesystem store.
-//!
-//! # Layout
-//!
-//! ```text
-//! ROOT/blobs/HASH.data       a complete blob
-//! ROOT/blobs/HASH.obao       its outboard (blobs of more than one group)
-//! ROOT/partial/HASH.data     a partial blob, written at group offsets
-//! ROOT/partial/HASH.obao     its outboard entries received so far
-//! ROOT/partial/HASH.bitfield the verified size and the groups that are durable
-//! ROOT/tags                  one line per tag: NAME raw|collection HASH
-//! ROOT/tmp/                  imports in progress, emptied on open
-//! ```
-//!
-//! # Crash safety
-//!
-//! Three invariants hold at every instant, so whatever point a process is killed at,
-//! reopening the store finds a consistent state:
-//!
-//! - *Nothing unverified is visible as verified.* A complete import is written and synced
-//!   in `tmp/`, and only then renamed into `blobs/` (outboard first, then data, the
-//!   directory synced after each). A `blobs/HASH.data` therefore always holds the whole,
-//!   hashed blob. A partial blob's groups count as present only once the bitfield file
-//!   says so, and it is rewritten (temporary file, sync, atomic rename, directory sync)
-//!   only after the groups and their outboard entries are synced.
-//! - *No acknowledged group is lost.* [`Store::import_verified`] reports a group durable
-//!   only after that bitfield update; groups written but not yet recorded are simply
-//!   fetched again.
-//! - *Partial blobs resume.* On open the store reads each bitfield file and continues from
-//!   it; a blob whose bitfield was complete but whose move into `blobs/` was interrupted
-//!   is finished on open.
-//!
-//! Only one process may use a store directory at a time.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -67,8 +35,39 @@ pub enum OpenError {
     Corrupt(PathBuf),
 }
 
-/// A crash-safe [`Store`] in a directory (see the [module docs](self) for the layout and
-/// the guarantees).
+/// A crash-safe [`Store`] in a directory.
+///
+/// # Layout
+///
+/// ```text
+/// ROOT/blobs/HASH.data       a complete blob
+/// ROOT/blobs/HASH.obao       its outboard (blobs of more than one group)
+/// ROOT/partial/HASH.data     a partial blob, written at group offsets
+/// ROOT/partial/HASH.obao     its outboard entries received so far
+/// ROOT/partial/HASH.bitfield the verified size and the groups that are durable
+/// ROOT/tags                  one line per tag: NAME raw|collection HASH
+/// ROOT/tmp/                  imports in progress, emptied on open
+/// ```
+///
+/// # Crash safety
+///
+/// Three invariants hold at every instant, so whatever point a process is killed at,
+/// reopening the store finds a consistent state:
+///
+/// - *Nothing unverified is visible as verified.* A complete import is written and synced
+///   in `tmp/`, and only then renamed into `blobs/` (outboard first, then data, the
+///   directory synced after each). A `blobs/HASH.data` therefore always holds the whole,
+///   hashed blob. A partial blob's groups count as present only once the bitfield file
+///   says so, and it is rewritten (temporary file, sync, atomic rename, directory sync)
+///   only after the groups and their outboard entries are synced.
+/// - *No acknowledged group is lost.* [`Store::import_verified`] reports a group durable
+///   only after that bitfield update; groups written but not yet recorded are simply
+///   fetched again.
+/// - *Partial blobs resume.* On open the store reads each bitfield file and continues from
+///   it; a blob whose bitfield was complete but whose move into `blobs/` was interrupted
+///   is finished on open.
+///
+/// Only one process may use a store directory at a time.
 #[derive(Debug)]
 pub struct FsStore {
     root: PathBuf,

@@ -1,6 +1,6 @@
 //! kith-store: BLAKE3 content-addressed blobs with verified streaming.
 //!
-//! A blob is named by its [`Hash`], the standard BLAKE3 hash of its bytes (what `b3sum`
+//! A blob is named by its [`Hash`](struct@Hash), the standard BLAKE3 hash of its bytes (what `b3sum`
 //! prints). Beside each blob larger than one 16 KiB chunk group the store keeps an
 //! *outboard*: BLAKE3's own hash tree above the groups (1/256 of the data, see [`tree`]).
 //! With it any byte range can be sent with a proof ([`range`]) and checked group by group
