@@ -68,3 +68,21 @@ pub use conn::{ConnectionStats, QuicConnection, ZeroRtt};
 pub use endpoint::{BindError, Endpoint};
 pub use identity::{IdentityError, load_or_create_secret_key};
 pub use tls::KITH_ALPN;
+
+/// quinn configurations identical to the ones an [`Endpoint`] uses (same TLS, same
+/// transport parameters), so a benchmark can compare kith with raw quinn configured
+/// alike. Not part of the stable API.
+#[doc(hidden)]
+pub fn raw_quinn_configs(
+    key: &kith_core::SecretKey,
+    config: &EndpointConfig,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), BindError> {
+    endpoint::quinn_configs(key, config, KITH_ALPN)
+}
+
+/// The TLS server name a raw quinn client must use to reach `id`. Not part of the
+/// stable API.
+#[doc(hidden)]
+pub fn raw_server_name(id: &kith_core::NodeId) -> String {
+    tls::server_name(id)
+}
