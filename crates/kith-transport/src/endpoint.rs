@@ -446,6 +446,13 @@ impl Endpoint {
         lock(&self.inner().peers).get(id).and_then(PeerSlot::live)
     }
 
+    /// Number of peers the endpoint keeps state for (live connections, dials in
+    /// flight). For tests that check nothing leaks; not part of the stable API.
+    #[doc(hidden)]
+    pub fn tracked_peers(&self) -> usize {
+        lock(&self.inner().peers).len()
+    }
+
     /// All live connections.
     pub fn connections(&self) -> Vec<Arc<QuicConnection>> {
         lock(&self.inner().peers)
@@ -502,6 +509,10 @@ impl Endpoint {
         if let Some(slot) = peers.get_mut(&id) {
             slot.dialing = false;
             slot.notify();
+            // Forget peers we failed to reach, unless someone is waiting on the slot.
+            if slot.conn.is_none() && slot.changed.receiver_count() == 0 {
+                peers.remove(&id);
+            }
         }
         result
     }
@@ -515,8 +526,14 @@ impl Endpoint {
             return Err(DialFailure::Error(ConnectError::NoAddress(addr.node_id)));
         }
         let mut first_err = None;
-        for &sock in &addr.direct {
-            match self.dial_one(addr.node_id, sock, deadline).await {
+        let n = addr.direct.len() as u32;
+        for (i, &sock) in addr.direct.iter().enumerate() {
+            // Each address gets an equal share of the time left, so a dead address
+            // early in the list cannot starve a live one after it.
+            let now = tokio::time::Instant::now();
+            let share = deadline.saturating_duration_since(now) / (n - i as u32);
+            let attempt_deadline = now + share;
+            match self.dial_one(addr.node_id, sock, attempt_deadline).await {
                 Ok(c) => return Ok(c),
                 Err(DialFailure::Duplicate) => return Err(DialFailure::Duplicate),
                 Err(DialFailure::Error(e)) => {

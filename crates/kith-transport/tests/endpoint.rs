@@ -376,3 +376,61 @@ async fn uni_streams_carry_sender_identity() {
     assert_eq!(from, a.node_id());
     assert_eq!(data, b"uni");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_dual_stack() {
+    use std::net::{Ipv6Addr, SocketAddr};
+    // IPv6 only, on ::1.
+    let v6 = EndpointConfig {
+        bind_v4: None,
+        bind_v6: Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0)),
+        ..EndpointConfig::loopback()
+    };
+    let a = bind_with(1, v6.clone()).await;
+    let b = bind_with(2, v6).await;
+    assert!(b.node_addr().direct.iter().all(|s| s.is_ipv6()));
+    let conn = a.connect(b.node_addr()).await.unwrap();
+    assert_eq!(echo(&*conn, b"v6").await.unwrap(), b"v6");
+    // Default config binds both families; a dial over the IPv6 address alone works,
+    // and node_addr() lists one address per family.
+    let c = bind_with(3, EndpointConfig::default()).await;
+    let d = bind_with(4, EndpointConfig::default()).await;
+    let families: Vec<bool> = d.node_addr().direct.iter().map(|s| s.is_ipv6()).collect();
+    assert_eq!(families, vec![false, true]);
+    let only_v6 = NodeAddr::new(d.node_id())
+        .with_direct(d.node_addr().direct.into_iter().filter(|s| s.is_ipv6()));
+    let conn = c.connect(only_v6).await.unwrap();
+    assert!(conn.remote_addr().unwrap().is_ipv6());
+    assert_eq!(echo(&*conn, b"dual").await.unwrap(), b"dual");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_dials_leave_no_state_and_fall_through_addresses() {
+    let mut cfg = EndpointConfig::loopback();
+    cfg.handshake_timeout = Duration::from_millis(300);
+    let a = bind_with(1, cfg).await;
+    // A UDP port with nobody behind it.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for seed in 10..15 {
+        let addr = NodeAddr::new(key(seed).node_id()).with_direct([dead]);
+        assert_eq!(a.connect(addr).await.unwrap_err(), ConnectError::TimedOut);
+    }
+    assert_eq!(a.tracked_peers(), 0);
+    assert_eq!(
+        a.connect(NodeAddr::new(key(9).node_id()))
+            .await
+            .unwrap_err(),
+        ConnectError::NoAddress(key(9).node_id())
+    );
+    assert_eq!(a.tracked_peers(), 0);
+    // With a dead address first and a live one second, the dial still succeeds.
+    let b = bind(2).await;
+    let mut addr = b.node_addr();
+    addr.direct.insert(0, dead);
+    // Each address gets a share of the deadline, so the live second one is reached.
+    let conn = a.connect(addr).await.unwrap();
+    assert_eq!(echo(&*conn, b"second").await.unwrap(), b"second");
+}
