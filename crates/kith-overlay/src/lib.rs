@@ -5,6 +5,12 @@
 //! ([`dht::Dht::spawn`], over any [`kith_core::net::Transport`]) and in the
 //! deterministic simulator `kith-sim`.
 //!
+//! The unstructured overlay lives beside it: [`gossip`] (HyParView membership and
+//! Plumtree broadcast per 32-byte topic, author-signed messages, for chat rooms and game
+//! lobbies; sans-IO [`gossip::TopicCore`] plus a tokio driver mounted as `kith/gossip/1`)
+//! and [`search`] (Gnutella-style keyword search by TTL flooding or k random walkers over
+//! the membership graph; sans-IO [`search::SearchCore`]).
+//!
 //! # How the DHT works
 //!
 //! * **Key space.** 256-bit XOR metric. A node sits at its [`NodeId`](kith_core::NodeId)
@@ -89,3 +95,5 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod dht;
+pub mod gossip;
+pub mod search;

@@ -37,7 +37,7 @@ pub struct Config {
     /// (default 1 h; keep it below the TTLs). `None` disables republishing.
     pub republish_interval: Option<Duration>,
     /// How often stale buckets are refreshed with a random lookup, and the node looks
-    /// itself up (default 15 min). `None` disables periodic refresh.
+    /// itself up (default 1 h, as in Kademlia; lookups count as refreshes). `None` disables periodic refresh.
     pub refresh_interval: Option<Duration>,
     /// After the bootstrap self-lookup, refresh every bucket (default on).
     pub refresh_on_join: bool,
@@ -90,7 +90,7 @@ impl Default for Config {
             record_ttl: Duration::from_secs(2 * 3600),
             provider_ttl: Duration::from_secs(2 * 3600),
             republish_interval: Some(Duration::from_secs(3600)),
-            refresh_interval: Some(Duration::from_secs(15 * 60)),
+            refresh_interval: Some(Duration::from_secs(3600)),
             refresh_on_join: true,
             max_per_subnet: 2,
             lookup_max_per_subnet: 2,

@@ -243,6 +243,7 @@ pub struct DhtCore {
 }
 
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+const SMALL_TABLE_RECHECK: Duration = Duration::from_secs(30);
 
 impl DhtCore {
     /// A node reachable at `local`, with all randomness drawn from `seed`.
@@ -311,6 +312,11 @@ impl DhtCore {
     /// The routing table.
     pub fn routing_table(&self) -> &RoutingTable {
         &self.table
+    }
+
+    /// Number of queries running (user and internal).
+    pub fn active_queries(&self) -> usize {
+        self.queries.len()
     }
 
     /// Lifetime counters.
@@ -813,6 +819,7 @@ impl DhtCore {
         };
         if q.join {
             self.refresh(now, true);
+            self.recheck_soon(now);
         }
         if q.user {
             let hops = match &q.found {
@@ -861,13 +868,21 @@ impl DhtCore {
         if !all {
             targets.push(self.local_key);
         }
-        for b in self.table.stale_buckets(now, interval) {
+        for b in self.table.stale_buckets(now, interval, all) {
             let t = self.local_key.random_with_prefix(b, &mut self.rng);
             targets.push(t);
         }
         for t in targets {
             let id = self.start_query(now, t, QKind::FindNode, false, 1);
             self.step(now, id);
+        }
+    }
+
+    /// Brings the next refresh forward while the table holds fewer than k peers.
+    fn recheck_soon(&mut self, now: Instant) {
+        if self.table.len() < self.cfg.k && self.cfg.refresh_interval.is_some() {
+            let soon = now + SMALL_TABLE_RECHECK;
+            self.next_refresh = Some(self.next_refresh.map_or(soon, |t| t.min(soon)));
         }
     }
 
@@ -1141,7 +1156,13 @@ impl DhtCore {
         if let (Some(t), Some(i)) = (self.next_refresh, self.cfg.refresh_interval) {
             if t <= now {
                 self.next_refresh = Some(now + i);
-                self.refresh(now, false);
+                // A node that could not fill its table (for example it joined through a
+                // node that knew few peers) refreshes everything again soon.
+                let small = self.table.len() < self.cfg.k;
+                self.refresh(now, small);
+                if small {
+                    self.recheck_soon(now);
+                }
             }
         }
         if let (Some(t), Some(i)) = (self.next_republish, self.cfg.republish_interval) {

@@ -29,6 +29,7 @@ pub use self::core::{
     Transmit,
 };
 
+pub use self::driver::{Dht, DhtError, DhtHandle, Resolve};
 pub use self::key::{Distance, Key, Subnet};
 pub use self::message::{Message, MessageError};
 pub use self::record::{Limits, MutableRecord, Record, RecordError, RecordKind, SignedNodeAddr};

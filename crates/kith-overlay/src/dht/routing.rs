@@ -239,14 +239,27 @@ impl RoutingTable {
     }
 
     /// Bucket indexes due for a refresh: every bucket up to one past the deepest
-    /// non-empty one that was not refreshed within `interval`.
-    pub(crate) fn stale_buckets(&self, now: Instant, interval: Duration) -> Vec<usize> {
+    /// non-empty one that was not refreshed within `interval` (and is not full, with
+    /// `skip_full`).
+    pub(crate) fn stale_buckets(
+        &self,
+        now: Instant,
+        interval: Duration,
+        skip_full: bool,
+    ) -> Vec<usize> {
         let deepest = self
             .buckets
             .iter()
             .rposition(|b| !b.entries.is_empty())
             .map_or(0, |d| d + 1);
         (0..=deepest.min(255))
+            .filter(|&i| {
+                !(skip_full
+                    && self
+                        .buckets
+                        .get(i)
+                        .is_some_and(|b| b.entries.len() >= self.cfg.k))
+            })
             .filter(|&i| {
                 self.buckets
                     .get(i)
@@ -391,6 +404,9 @@ mod tests {
         }
         let best = t.iter().map(|e| e.key().distance(&target)).min();
         assert_eq!(Some(c[0].key().distance(&target)), best);
-        assert!(!t.stale_buckets(now, Duration::from_secs(1)).is_empty());
+        assert!(
+            !t.stale_buckets(now, Duration::from_secs(1), false)
+                .is_empty()
+        );
     }
 }

@@ -1,0 +1,5 @@
+//! Keyword search over the unstructured overlay (in progress).
+
+/// Placeholder.
+#[derive(Debug)]
+pub struct SearchCore;
