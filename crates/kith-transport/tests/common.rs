@@ -102,3 +102,48 @@ pub async fn echo(
         .map_err(StreamError::from_io)?;
     Ok(out)
 }
+
+/// A one-client UDP forwarder that delays every packet by `delay` in each direction.
+/// Returns the address to send to instead of `target`. It stops when the test's
+/// runtime shuts down.
+pub async fn delaying_proxy(
+    target: std::net::SocketAddr,
+    delay: std::time::Duration,
+) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    use tokio::net::UdpSocket;
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let client = Arc::new(std::sync::Mutex::new(None::<std::net::SocketAddr>));
+    {
+        let (front, back, client) = (front.clone(), back.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                let pkt = buf[..n].to_vec();
+                let back = back.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = back.send_to(&pkt, target).await;
+                });
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, _)) = back.recv_from(&mut buf).await {
+            let Some(to) = *client.lock().unwrap() else {
+                continue;
+            };
+            let pkt = buf[..n].to_vec();
+            let front = front.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = front.send_to(&pkt, to).await;
+            });
+        }
+    });
+    addr
+}

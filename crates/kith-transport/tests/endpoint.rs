@@ -75,10 +75,18 @@ async fn unmounted_protocol_is_refused_with_typed_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dial_leaves_one_connection() {
-    for round in 0..8u64 {
+    // Each side reaches the other through a proxy adding 50 ms each way, so both
+    // handshakes are certainly in flight at once, whatever the scheduler does.
+    let delay = Duration::from_millis(50);
+    for round in 0..6u64 {
         let a = bind(100 + 2 * round).await;
         let b = bind(101 + 2 * round).await;
-        let (ra, rb) = tokio::join!(a.connect(b.node_addr()), b.connect(a.node_addr()));
+        let to_b = delaying_proxy(b.local_addrs()[0], delay).await;
+        let to_a = delaying_proxy(a.local_addrs()[0], delay).await;
+        let (ra, rb) = tokio::join!(
+            a.connect(NodeAddr::new(b.node_id()).with_direct([to_b])),
+            b.connect(NodeAddr::new(a.node_id()).with_direct([to_a]))
+        );
         let (ca, cb) = (ra.unwrap(), rb.unwrap());
         // Both sides hold the same connection: one dialed it, the other accepted it,
         // and it is the one dialed by the smaller node id.
