@@ -204,7 +204,9 @@ impl<A: Actor> Net<A> {
 
     /// Indexes of running nodes.
     pub fn alive(&self) -> Vec<u32> {
-        (0..self.nodes.len() as u32).filter(|&i| self.nodes[i as usize].alive).collect()
+        (0..self.nodes.len() as u32)
+            .filter(|&i| self.nodes[i as usize].alive)
+            .collect()
     }
 
     /// A random running node.
@@ -272,7 +274,13 @@ impl<A: Actor> Net<A> {
             if let Some(t) = s.conns.remove(&i) {
                 if now.saturating_sub(t) < idle {
                     let d = self.detect_delay();
-                    self.push(now + d, Kind::Failed { node: j, peer: dead });
+                    self.push(
+                        now + d,
+                        Kind::Failed {
+                            node: j,
+                            peer: dead,
+                        },
+                    );
                 }
             }
         }
@@ -297,12 +305,17 @@ impl<A: Actor> Net<A> {
         let (na, nb) = (&self.nodes[a as usize], &self.nodes[b as usize]);
         let d = ((na.x - nb.x).powi(2) + (na.y - nb.y).powi(2)).sqrt() / std::f32::consts::SQRT_2;
         let path = self.cfg.max_path_delay.as_secs_f32() * d;
-        Duration::from_secs_f32(path) + Duration::from_micros(u64::from(na.access_us + nb.access_us))
+        Duration::from_secs_f32(path)
+            + Duration::from_micros(u64::from(na.access_us + nb.access_us))
     }
 
     fn push(&mut self, at: u64, kind: Kind<A::Msg>) {
         self.seq += 1;
-        self.queue.push(Ev { at, seq: self.seq, kind });
+        self.queue.push(Ev {
+            at,
+            seq: self.seq,
+            kind,
+        });
     }
 
     fn flush(&mut self, i: u32) {
@@ -328,7 +341,13 @@ impl<A: Actor> Net<A> {
         let Some(&dst) = self.index.get(&to) else {
             self.stats.undeliverable += 1;
             let d = self.detect_delay();
-            self.push(now + d, Kind::Failed { node: from, peer: to });
+            self.push(
+                now + d,
+                Kind::Failed {
+                    node: from,
+                    peer: to,
+                },
+            );
             return;
         };
         if self.cfg.loss > 0.0 && self.rng.gen_bool(self.cfg.loss.clamp(0.0, 1.0)) {
@@ -386,7 +405,9 @@ impl<A: Actor> Net<A> {
                     self.stats.delivered += 1;
                     let now = self.now();
                     let sender = self.nodes[from as usize].actor.id();
-                    self.nodes[to as usize].actor.handle_message(now, sender, *msg);
+                    self.nodes[to as usize]
+                        .actor
+                        .handle_message(now, sender, *msg);
                     self.flush(to);
                 }
                 Kind::Timer { node } => {

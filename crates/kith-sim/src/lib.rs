@@ -31,6 +31,9 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod gossip;
+pub mod gossip_cli;
+pub mod gossip_net;
 pub mod scenario;
 
 use std::cmp::Ordering;
