@@ -91,9 +91,9 @@ async fn twenty_processes_store_find_and_resolve() {
     for (i, n) in nodes.iter_mut().enumerate() {
         keys.push(n.ask(&format!("put value number {i}")).await.unwrap());
     }
-    for i in 0..NODES {
+    for (i, key) in keys.iter().enumerate() {
         let reader = (i + 7) % NODES;
-        let got = nodes[reader].ask(&format!("get {}", keys[i])).await;
+        let got = nodes[reader].ask(&format!("get {key}")).await;
         assert_eq!(
             got,
             Ok(format!("value number {i}")),
