@@ -10,6 +10,8 @@
 //! cargo xtask fuzz [SECONDS] [TARGET…]           run fuzz targets briefly (default 30 s each)
 //! ```
 
+mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -27,7 +29,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&root, args.get(1).map(String::as_str).unwrap_or("all")),
         Some("sim") => sim(&root, &args[1..]),
         Some("fuzz") => fuzz(&root, &args[1..]),
-        Some("lab") => Err("the NAT lab is not built yet (issue 3: NAT traversal)".into()),
+        Some("lab") => lab::run(&root, &args[1..]),
         _ => {
             eprintln!("{}", USAGE);
             Err("unknown or missing command".into())
