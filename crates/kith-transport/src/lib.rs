@@ -61,6 +61,7 @@ mod config;
 mod conn;
 mod endpoint;
 mod identity;
+pub mod relay;
 mod tls;
 
 pub use config::{EndpointConfig, Limits};
