@@ -620,12 +620,25 @@ impl TopicCore {
     }
 
     fn on_neighbor_reply(&mut self, now: Instant, from: NodeId, accepted: bool) {
-        let Some(p) = self.pending.remove(&from) else {
+        let Some(p) = self
+            .pending
+            .remove(&from)
+            .filter(|p| p.kind == PendingKind::Neighbor)
+        else {
+            // An answer we no longer wait for (the request timed out): if the peer made
+            // us its neighbour, undo that so the views stay symmetric.
+            if accepted && !self.is_neighbor(&from) {
+                // The reply came over a live connection: the id alone reaches the peer.
+                let a = self
+                    .passive
+                    .iter()
+                    .find(|a| a.node_id == from)
+                    .cloned()
+                    .unwrap_or_else(|| NodeAddr::new(from));
+                self.send(a, Body::Disconnect { alive: true });
+            }
             return;
         };
-        if p.kind != PendingKind::Neighbor {
-            return;
-        }
         if accepted {
             self.add_active(p.addr);
             self.repair_backoff = self.cfg.repair_interval;

@@ -55,7 +55,7 @@
 //! [`BroadcastError::TooLarge`]; frames are capped at that size plus the envelope before
 //! any allocation; every list on the wire is bounded ([`message`]); the driver's send
 //! queues are bounded and `broadcast().await` waits when they are full
-//! ([`driver::TopicHandle::try_broadcast`] fails instead).
+//! ([`driver::TopicSender::try_broadcast`] fails instead).
 //!
 //! # Example
 //!
