@@ -356,7 +356,7 @@ impl DhtCore {
         let target = self.local_key;
         let id = self.start_query(now, target, QKind::FindNode, true, 1);
         if let Some(q) = self.queries.get_mut(&id) {
-            q.join = self.cfg.refresh_on_join;
+            q.join = true;
         }
         self.step(now, id);
         id
@@ -561,7 +561,10 @@ impl DhtCore {
                 .filter(|c| c.state == CState::Waiting)
                 .count();
             let mut active = false;
-            for c in p.cands.iter().filter(|c| c.state != CState::Failed).take(k) {
+            // A stalled peer is passed over like a failed one (the next candidate takes
+            // its place among the k closest); a late answer from it still counts.
+            let live = |c: &&Cand| !matches!(c.state, CState::Failed | CState::Stalled);
+            for c in p.cands.iter().filter(live).take(k) {
                 match c.state {
                     CState::New => {
                         active = true;
@@ -570,8 +573,8 @@ impl DhtCore {
                             sends.push((pi, c.addr.clone()));
                         }
                     }
-                    CState::Waiting | CState::Stalled => active = true,
-                    CState::Ok | CState::Failed => {}
+                    CState::Waiting => active = true,
+                    CState::Ok | CState::Failed | CState::Stalled => {}
                 }
             }
             all_done &= !active;
@@ -818,7 +821,9 @@ impl DhtCore {
             }
         };
         if q.join {
-            self.refresh(now, true);
+            if self.cfg.refresh_on_join {
+                self.refresh(now, true);
+            }
             self.recheck_soon(now);
         }
         if q.user {
@@ -1026,7 +1031,11 @@ impl DhtCore {
         }
         // A server-mode peer we do not know: check that it answers before adding it.
         if let (false, Some(addr)) = (client_mode, &sender) {
+            let subnet = from
+                .addr
+                .and_then(|a| Subnet::of(a.ip(), self.cfg.exempt_loopback));
             if self.table.get(&from.id).is_none()
+                && self.table.has_room_for(&from.id, subnet)
                 && !self.pinging.contains(&from.id)
                 && self.pinging.len() < self.cfg.max_pending_pings
             {

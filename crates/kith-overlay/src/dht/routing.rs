@@ -174,6 +174,23 @@ impl RoutingTable {
         InsertOutcome::Cached
     }
 
+    /// Whether a peer that answers would get a bucket slot now (the bucket has room or a
+    /// failing entry, and the subnet cap allows it). Used to skip pointless pings.
+    pub(crate) fn has_room_for(&self, id: &NodeId, subnet: Option<Subnet>) -> bool {
+        let Some(i) = self.index(&Key::from_node(id)) else {
+            return false;
+        };
+        let Some(b) = self.buckets.get(i) else {
+            return true;
+        };
+        if let (Some(s), cap) = (subnet, self.cfg.max_per_subnet) {
+            if cap > 0 && b.entries.iter().filter(|e| e.subnet == Some(s)).count() >= cap {
+                return false;
+            }
+        }
+        b.entries.len() < self.cfg.k || b.entries.iter().any(|e| e.failures > 0)
+    }
+
     /// Records that `id` did not answer. It is evicted after `max_failures` consecutive
     /// failures, or at once when the replacement cache has a candidate, which then
     /// takes its place (lowest RTT first, within the diversity cap).
