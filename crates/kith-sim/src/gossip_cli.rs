@@ -84,7 +84,68 @@ pub fn gossip(args: impl Iterator<Item = String>) -> ExitCode {
 
 /// `kith-sim search [--nodes N] [--seed S]` (arguments after the command name).
 pub fn search(args: impl Iterator<Item = String>) -> ExitCode {
-    let _ = args;
-    eprintln!("search: not yet implemented");
-    ExitCode::from(2)
+    let a = match parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}\nusage: kith-sim search [--nodes N] [--seed S]");
+            return ExitCode::from(2);
+        }
+    };
+    let wall = Instant::now();
+    let p = crate::search::SearchParams::new(a.nodes.unwrap_or(1000), a.seed);
+    let r = crate::search::run(&p);
+    println!(
+        "# {} members, seed {}, mean degree {:.2}; {} popular items on {:.1} % of members each, {} rare items on {} members each; {} queries per mode and class",
+        p.nodes,
+        a.seed,
+        r.mean_degree,
+        p.popular_items,
+        p.popular_replication * 100.0,
+        p.rare_items,
+        p.rare_copies,
+        p.queries
+    );
+    println!(
+        "# flood ttl {}; walk: {} walkers, ttl {}, stop at first match",
+        p.config.flood_ttl, p.config.walkers, p.config.walk_ttl
+    );
+    println!("# mode   class    hit rate  msgs/query");
+    for (mode, class, m) in [
+        ("flood", "popular", r.flood_popular),
+        ("walk", "popular", r.walk_popular),
+        ("flood", "rare", r.flood_rare),
+        ("walk", "rare", r.walk_rare),
+    ] {
+        println!(
+            "# {mode:<6} {class:<8} {:>8.4}  {:>10.1}",
+            m.hit_rate(),
+            m.msgs_per_query()
+        );
+    }
+    for (name, m) in [
+        ("flood.popular", r.flood_popular),
+        ("walk.popular", r.walk_popular),
+        ("flood.rare", r.flood_rare),
+        ("walk.rare", r.walk_rare),
+    ] {
+        println!("figure search.{name}.hit_rate {:.4}", m.hit_rate());
+        println!(
+            "figure search.{name}.msgs_per_query {:.1}",
+            m.msgs_per_query()
+        );
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    println!(
+        "figure search.popular.walk_vs_flood_hit_rate {:.4}",
+        ratio(r.walk_popular.hit_rate(), r.flood_popular.hit_rate())
+    );
+    println!(
+        "figure search.popular.walk_vs_flood_msgs {:.4}",
+        ratio(
+            r.walk_popular.msgs_per_query(),
+            r.flood_popular.msgs_per_query()
+        )
+    );
+    println!("# {:.1}s wall", wall.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
 }

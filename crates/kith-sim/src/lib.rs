@@ -35,6 +35,7 @@ pub mod gossip;
 pub mod gossip_cli;
 pub mod gossip_net;
 pub mod scenario;
+pub mod search;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use super::cache::TimedCache;
 use super::config::Config;
 use super::message::{Body, Gossip, IHaveEntry, MAX_IHAVE, Message, MessageId, Scope, TopicId};
 
@@ -136,8 +137,7 @@ pub struct TopicCore {
     // Broadcast.
     eager: HashSet<NodeId>,
     lazy: HashSet<NodeId>,
-    seen: HashMap<MessageId, Seen>,
-    seen_order: VecDeque<(Instant, MessageId)>,
+    seen: TimedCache<MessageId, Seen>,
     history: HashMap<MessageId, Gossip>,
     history_order: VecDeque<(Instant, MessageId)>,
     missing: HashMap<MessageId, Missing>,
@@ -155,6 +155,7 @@ impl TopicCore {
     pub fn new(topic: TopicId, key: SecretKey, local: NodeAddr, config: Config, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let cfg = config.sanitized();
+        let seen = TimedCache::new(cfg.dedup_capacity, cfg.dedup_ttl);
         Self {
             topic,
             local: NodeAddr {
@@ -174,8 +175,7 @@ impl TopicCore {
             last_shuffle_sent: Vec::new(),
             eager: HashSet::new(),
             lazy: HashSet::new(),
-            seen: HashMap::new(),
-            seen_order: VecDeque::new(),
+            seen,
             history: HashMap::new(),
             history_order: VecDeque::new(),
             missing: HashMap::new(),
@@ -801,27 +801,11 @@ impl TopicCore {
 
     fn remember(&mut self, now: Instant, id: MessageId, seen: Seen) {
         self.expire(now);
-        if self.seen.insert(id, seen).is_none() {
-            self.seen_order.push_back((now, id));
-        }
-        while self.seen.len() > self.cfg.dedup_capacity {
-            match self.seen_order.pop_front() {
-                Some((_, old)) => {
-                    self.seen.remove(&old);
-                }
-                None => break,
-            }
-        }
+        self.seen.insert(now, id, seen);
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some(&(t, id)) = self.seen_order.front() {
-            if now.saturating_duration_since(t) < self.cfg.dedup_ttl {
-                break;
-            }
-            self.seen_order.pop_front();
-            self.seen.remove(&id);
-        }
+        self.seen.expire(now);
         while let Some(&(t, id)) = self.history_order.front() {
             if now.saturating_duration_since(t) < self.cfg.history_ttl
                 && self.history.len() <= self.cfg.history_capacity
@@ -885,7 +869,7 @@ impl TopicCore {
         }
         let signed = g.signed_bytes(&self.topic);
         let id = MessageId(*blake3::hash(&signed).as_bytes());
-        if self.seen.contains_key(&id) {
+        if self.seen.contains(&id) {
             self.stats.duplicates += 1;
             if g.scope == Scope::Swarm && self.eager.remove(&from) {
                 self.lazy.insert(from);

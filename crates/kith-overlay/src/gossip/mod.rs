@@ -118,6 +118,7 @@
 //! # Ok::<(), kith_overlay::gossip::BroadcastError>(())
 //! ```
 
+pub(crate) mod cache;
 mod config;
 mod core;
 pub mod driver;

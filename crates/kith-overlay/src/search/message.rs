@@ -1,0 +1,440 @@
+//! Search messages: domain types, protobuf wire form (schema: `docs/proto/gossip.proto`,
+//! package `kith.search`) and the checked conversion.
+
+use bytes::Bytes;
+use kith_core::NodeAddr;
+use prost::Message as _;
+
+/// Largest encoded search message.
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+/// Most keywords in a query.
+pub const MAX_KEYWORDS: usize = 8;
+/// Longest keyword, in bytes.
+pub const MAX_KEYWORD_LEN: usize = 64;
+/// Most items in one `Hits` message.
+pub const MAX_HITS: usize = 32;
+/// Longest item name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+/// Largest TTL a query may carry.
+pub const MAX_TTL: u8 = 128;
+/// Most random walkers a query may ask for.
+pub const MAX_WALKERS: u8 = 64;
+
+/// Something a peer shares and announces to searchers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Item {
+    /// File name (at most [`MAX_NAME_LEN`] bytes); keywords match its words.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// BLAKE3 content hash (what kith-share fetches by).
+    pub hash: [u8; 32],
+}
+
+/// How a query travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Every node forwards the query to all its neighbours until the TTL runs out.
+    Flood,
+    /// Each walker is forwarded to one random neighbour per hop until the TTL runs out
+    /// (or, by default, until it finds a match).
+    Walk,
+}
+
+/// A search query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Chosen by the querier; with its id, names the query for duplicate suppression.
+    pub id: u64,
+    /// Where hits go, straight back (not along the query's path).
+    pub querier: NodeAddr,
+    /// Lowercase keywords; an item matches when each is a word of its name (or, for a
+    /// 64-character hex keyword, its content hash).
+    pub keywords: Vec<String>,
+    /// Flooding or random walk.
+    pub mode: Mode,
+    /// Hops left.
+    pub ttl: u8,
+}
+
+/// One search message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A query being forwarded.
+    Query(Query),
+    /// Matches, sent by the node that has them straight to the querier.
+    Hits {
+        /// The query's id.
+        id: u64,
+        /// Matching items.
+        items: Vec<Item>,
+    },
+}
+
+/// Error converting wire bytes into a search [`Message`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The encoded message is longer than [`MAX_MESSAGE_LEN`].
+    #[error("message of {0} bytes exceeds {MAX_MESSAGE_LEN}")]
+    TooLong(usize),
+    /// The bytes are not valid protobuf for this schema.
+    #[error("message does not decode: {0}")]
+    Decode(String),
+    /// The message has no body.
+    #[error("missing body")]
+    Missing,
+    /// The querier's address is malformed.
+    #[error("invalid querier address")]
+    InvalidQuerier,
+    /// No keyword, more than [`MAX_KEYWORDS`], or one empty, too long or not lowercase.
+    #[error("invalid keywords")]
+    BadKeywords,
+    /// More than [`MAX_HITS`] items, or an item with a bad name or hash.
+    #[error("invalid hits")]
+    BadHits,
+    /// TTL above [`MAX_TTL`].
+    #[error("ttl {0} exceeds {MAX_TTL}")]
+    TtlTooLarge(u32),
+    /// Unknown mode.
+    #[error("unknown query mode {0}")]
+    UnknownMode(i32),
+}
+
+/// The protobuf messages, hand-written with prost.
+#[allow(missing_docs)]
+pub mod wire {
+    /// `kith.search.SearchMessage`.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct SearchMessage {
+        #[prost(oneof = "search_message::Body", tags = "1, 2")]
+        pub body: Option<search_message::Body>,
+    }
+
+    /// Nested types of [`SearchMessage`].
+    pub mod search_message {
+        /// The `body` oneof.
+        #[derive(Clone, PartialEq, ::prost::Oneof)]
+        pub enum Body {
+            #[prost(message, tag = "1")]
+            Query(super::QueryMsg),
+            #[prost(message, tag = "2")]
+            Hits(super::HitsMsg),
+        }
+    }
+
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct QueryMsg {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        /// Encoded `kith.core.NodeAddr`.
+        #[prost(bytes = "bytes", tag = "2")]
+        pub querier: ::bytes::Bytes,
+        #[prost(string, repeated, tag = "3")]
+        pub keywords: Vec<String>,
+        /// 0 = flood, 1 = walk.
+        #[prost(int32, tag = "4")]
+        pub mode: i32,
+        #[prost(uint32, tag = "5")]
+        pub ttl: u32,
+    }
+
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct ItemMsg {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(uint64, tag = "2")]
+        pub size: u64,
+        #[prost(bytes = "bytes", tag = "3")]
+        pub hash: ::bytes::Bytes,
+    }
+
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct HitsMsg {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(message, repeated, tag = "2")]
+        pub items: Vec<ItemMsg>,
+    }
+}
+
+use wire::search_message::Body as W;
+
+fn valid_keyword(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= MAX_KEYWORD_LEN
+        && k.chars().all(|c| !c.is_uppercase() && !c.is_whitespace())
+}
+
+impl Message {
+    /// The protobuf form.
+    pub fn to_wire(&self) -> wire::SearchMessage {
+        let body = match self {
+            Message::Query(q) => W::Query(wire::QueryMsg {
+                id: q.id,
+                querier: q.querier.encode().into(),
+                keywords: q.keywords.clone(),
+                mode: match q.mode {
+                    Mode::Flood => 0,
+                    Mode::Walk => 1,
+                },
+                ttl: u32::from(q.ttl),
+            }),
+            Message::Hits { id, items } => W::Hits(wire::HitsMsg {
+                id: *id,
+                items: items
+                    .iter()
+                    .map(|i| wire::ItemMsg {
+                        name: i.name.clone(),
+                        size: i.size,
+                        hash: Bytes::copy_from_slice(&i.hash),
+                    })
+                    .collect(),
+            }),
+        };
+        wire::SearchMessage { body: Some(body) }
+    }
+
+    /// Validates a protobuf message and converts it to the domain type.
+    pub fn from_wire(m: &wire::SearchMessage) -> Result<Self, MessageError> {
+        match m.body.as_ref().ok_or(MessageError::Missing)? {
+            W::Query(q) => {
+                let querier =
+                    NodeAddr::decode(&q.querier).map_err(|_| MessageError::InvalidQuerier)?;
+                if q.keywords.is_empty()
+                    || q.keywords.len() > MAX_KEYWORDS
+                    || !q.keywords.iter().all(|k| valid_keyword(k))
+                {
+                    return Err(MessageError::BadKeywords);
+                }
+                let mode = match q.mode {
+                    0 => Mode::Flood,
+                    1 => Mode::Walk,
+                    m => return Err(MessageError::UnknownMode(m)),
+                };
+                if q.ttl > u32::from(MAX_TTL) {
+                    return Err(MessageError::TtlTooLarge(q.ttl));
+                }
+                Ok(Message::Query(Query {
+                    id: q.id,
+                    querier,
+                    keywords: q.keywords.clone(),
+                    mode,
+                    ttl: q.ttl as u8,
+                }))
+            }
+            W::Hits(h) => {
+                if h.items.len() > MAX_HITS {
+                    return Err(MessageError::BadHits);
+                }
+                let items = h
+                    .items
+                    .iter()
+                    .map(|i| {
+                        if i.name.is_empty() || i.name.len() > MAX_NAME_LEN {
+                            return Err(MessageError::BadHits);
+                        }
+                        let hash: [u8; 32] =
+                            i.hash[..].try_into().map_err(|_| MessageError::BadHits)?;
+                        Ok(Item {
+                            name: i.name.clone(),
+                            size: i.size,
+                            hash,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Message::Hits { id: h.id, items })
+            }
+        }
+    }
+
+    /// Encodes to protobuf bytes (without a frame prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_wire().encode_to_vec()
+    }
+
+    /// Decodes and validates protobuf bytes (one frame body).
+    pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(MessageError::TooLong(bytes.len()));
+        }
+        let m =
+            wire::SearchMessage::decode(bytes).map_err(|e| MessageError::Decode(e.to_string()))?;
+        Self::from_wire(&m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kith_core::SecretKey;
+    use proptest::prelude::*;
+
+    fn addr(n: u64) -> NodeAddr {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&n.to_le_bytes());
+        NodeAddr::new(SecretKey::from_bytes(&seed).node_id())
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        let query = (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec("[a-z0-9]{1,10}", 1..MAX_KEYWORDS),
+            any::<bool>(),
+            0..=MAX_TTL,
+        )
+            .prop_map(|(id, q, keywords, walk, ttl)| {
+                Message::Query(Query {
+                    id,
+                    querier: addr(q),
+                    keywords,
+                    mode: if walk { Mode::Walk } else { Mode::Flood },
+                    ttl,
+                })
+            });
+        let hits = (
+            any::<u64>(),
+            proptest::collection::vec(
+                ("[a-zA-Z0-9 ._-]{1,40}", any::<u64>(), any::<[u8; 32]>()),
+                0..MAX_HITS,
+            ),
+        )
+            .prop_map(|(id, items)| Message::Hits {
+                id,
+                items: items
+                    .into_iter()
+                    .map(|(name, size, hash)| Item { name, size, hash })
+                    .collect(),
+            });
+        prop_oneof![query, hits]
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        let q = Message::Query(Query {
+            id: 1,
+            querier: addr(1),
+            keywords: vec!["cat".into()],
+            mode: Mode::Walk,
+            ttl: 5,
+        });
+        let base = match q.to_wire().body {
+            Some(W::Query(q)) => q,
+            _ => unreachable!(),
+        };
+        let cases = [
+            (
+                wire::QueryMsg {
+                    keywords: vec![],
+                    ..base.clone()
+                },
+                MessageError::BadKeywords,
+            ),
+            (
+                wire::QueryMsg {
+                    keywords: vec!["Cat".into()],
+                    ..base.clone()
+                },
+                MessageError::BadKeywords,
+            ),
+            (
+                wire::QueryMsg {
+                    keywords: vec!["x".repeat(65)],
+                    ..base.clone()
+                },
+                MessageError::BadKeywords,
+            ),
+            (
+                wire::QueryMsg {
+                    keywords: vec!["a".into(); 9],
+                    ..base.clone()
+                },
+                MessageError::BadKeywords,
+            ),
+            (
+                wire::QueryMsg {
+                    mode: 7,
+                    ..base.clone()
+                },
+                MessageError::UnknownMode(7),
+            ),
+            (
+                wire::QueryMsg {
+                    ttl: 129,
+                    ..base.clone()
+                },
+                MessageError::TtlTooLarge(129),
+            ),
+            (
+                wire::QueryMsg {
+                    querier: Bytes::from_static(b"x"),
+                    ..base.clone()
+                },
+                MessageError::InvalidQuerier,
+            ),
+        ];
+        for (m, e) in cases {
+            let w = wire::SearchMessage {
+                body: Some(W::Query(m)),
+            };
+            assert_eq!(Message::from_wire(&w), Err(e));
+        }
+        let item = wire::ItemMsg {
+            name: "a".into(),
+            size: 1,
+            hash: Bytes::from_static(&[0; 32]),
+        };
+        for items in [
+            vec![item.clone(); MAX_HITS + 1],
+            vec![wire::ItemMsg {
+                name: String::new(),
+                ..item.clone()
+            }],
+            vec![wire::ItemMsg {
+                name: "n".repeat(256),
+                ..item.clone()
+            }],
+            vec![wire::ItemMsg {
+                hash: Bytes::from_static(&[0; 31]),
+                ..item.clone()
+            }],
+        ] {
+            let w = wire::SearchMessage {
+                body: Some(W::Hits(wire::HitsMsg { id: 1, items })),
+            };
+            assert_eq!(Message::from_wire(&w), Err(MessageError::BadHits));
+        }
+        assert_eq!(
+            Message::from_wire(&wire::SearchMessage { body: None }),
+            Err(MessageError::Missing)
+        );
+        assert_eq!(
+            Message::decode(&vec![0; MAX_MESSAGE_LEN + 1]),
+            Err(MessageError::TooLong(MAX_MESSAGE_LEN + 1))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(m in arb_message()) {
+            prop_assert_eq!(Message::decode(&m.encode()), Ok(m));
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = Message::decode(&data);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(m in arb_message(), idx in any::<usize>(), byte in any::<u8>()) {
+            let mut bytes = m.encode();
+            if !bytes.is_empty() {
+                let i = idx % bytes.len();
+                bytes[i] = byte;
+            }
+            if let Ok(d) = Message::decode(&bytes) {
+                prop_assert_eq!(Message::decode(&d.encode()), Ok(d));
+            }
+        }
+    }
+}
