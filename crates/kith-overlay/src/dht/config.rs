@@ -24,8 +24,9 @@ pub struct Config {
     pub disjoint_all: bool,
     /// A request without an answer after this long fails (default 5 s).
     pub request_timeout: Duration,
-    /// A request without an answer after this long no longer counts against α, so a
-    /// slow peer does not hold a lookup back (default 1 s).
+    /// A request without an answer after three smoothed round-trip times (at least
+    /// 200 ms, at most this; default 1 s) no longer counts against α and is passed
+    /// over, so a slow or dead peer does not hold a lookup back.
     pub stall_timeout: Duration,
     /// A whole query (lookup plus store phase) ends after this long (default 60 s).
     pub query_timeout: Duration,

@@ -239,11 +239,14 @@ pub struct DhtCore {
     next_refresh: Option<Instant>,
     next_republish: Option<Instant>,
     next_expire: Option<Instant>,
+    /// Smoothed round-trip time over all answers, for adaptive stall detection.
+    srtt: Option<Duration>,
     stats: NodeStats,
 }
 
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 const SMALL_TABLE_RECHECK: Duration = Duration::from_secs(30);
+const MIN_STALL: Duration = Duration::from_millis(200);
 
 impl DhtCore {
     /// A node reachable at `local`, with all randomness drawn from `seed`.
@@ -283,6 +286,7 @@ impl DhtCore {
             next_refresh: None,
             next_republish: None,
             next_expire: None,
+            srtt: None,
             stats: NodeStats::default(),
         }
     }
@@ -614,8 +618,8 @@ impl DhtCore {
                 break t;
             }
         };
-        let stall_at =
-            matches!(purpose, Purpose::Lookup { .. }).then(|| now + self.cfg.stall_timeout);
+        let stall = self.stall_after();
+        let stall_at = matches!(purpose, Purpose::Lookup { .. }).then(|| now + stall);
         self.pending.insert(
             txid,
             Pending {
@@ -629,6 +633,19 @@ impl DhtCore {
         self.stats.requests_sent += 1;
         let msg = self.message(txid, Body::Request(req));
         self.transmits.push_back(Transmit { to, msg });
+    }
+
+    /// How long a lookup request may go unanswered before it stops counting against α:
+    /// three smoothed RTTs (enough for a handshake plus the request), at least
+    /// `MIN_STALL`, at most `stall_timeout`.
+    fn stall_after(&self) -> Duration {
+        match self.srtt {
+            Some(rtt) => (rtt * 3).clamp(
+                MIN_STALL.min(self.cfg.stall_timeout),
+                self.cfg.stall_timeout,
+            ),
+            None => self.cfg.stall_timeout,
+        }
     }
 
     fn message(&self, txid: u64, body: Body) -> Message {
@@ -929,6 +946,8 @@ impl DhtCore {
                     return;
                 };
                 let rate_limited = matches!(resp, Response::Error(ErrorCode::RateLimited));
+                let sample = now.saturating_duration_since(p.sent);
+                self.srtt = Some(self.srtt.map_or(sample, |s| (s * 7 + sample) / 8));
                 if !msg.client_mode && !rate_limited {
                     if let Some(addr) = sender {
                         let subnet = from
