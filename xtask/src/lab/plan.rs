@@ -371,6 +371,7 @@ impl Plan {
     }
 
     /// The address of `node`'s interface `iface`.
+    #[cfg(test)]
     pub(crate) fn addr(&self, node: &str, iface: &str) -> Option<Ipv4Addr> {
         self.node(node)?
             .ifaces
@@ -383,6 +384,32 @@ impl Plan {
     /// first interface (`eth0` for hosts, `wan` for routers).
     pub(crate) fn primary_addr(&self, node: &str) -> Option<Ipv4Addr> {
         self.node(node)?.ifaces.first().map(|i| i.addr)
+    }
+
+    /// Checks the invariants the lab relies on: every address is a host address in a
+    /// documentation range, no address is used twice, and different subnets do not
+    /// overlap. Run before anything is created.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let ifaces: Vec<(&str, &Iface)> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.ifaces.iter().map(move |i| (n.name.as_str(), i)))
+            .collect();
+        for (x, (node, i)) in ifaces.iter().enumerate() {
+            let documented = ALLOWED.iter().any(|r| i.subnet.within(r));
+            if !documented || !i.subnet.is_host(i.addr) {
+                return Err(format!(
+                    "{node} {}: {} is not a host address of a documentation subnet ({})",
+                    i.name, i.addr, i.subnet
+                ));
+            }
+            for (other, j) in &ifaces[x + 1..] {
+                if i.addr == j.addr || (i.subnet != j.subnet && i.subnet.overlaps(&j.subnet)) {
+                    return Err(format!("{node} {} clashes with {other} {}", i.addr, j.addr));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Namespace name of `node` in the lab run `id`.
@@ -462,6 +489,10 @@ mod tests {
     #[test]
     fn addresses_are_unique_and_subnets_do_not_overlap() {
         let plan = Plan::standard();
+        plan.validate().unwrap();
+        let mut broken = plan.clone();
+        broken.nodes[1].ifaces[0].addr = Ipv4Addr::new(10, 0, 0, 1);
+        assert!(broken.validate().is_err());
         let ifaces: Vec<&Iface> = plan.nodes.iter().flat_map(|n| &n.ifaces).collect();
         for (x, a) in ifaces.iter().enumerate() {
             for b in &ifaces[x + 1..] {
@@ -531,6 +562,7 @@ mod tests {
             .collect();
         let many: Vec<(&str, HomeKind)> = many.iter().map(|(n, k)| (n.as_str(), *k)).collect();
         let plan = Plan::new(MAX_PUBLICS, &many).unwrap();
+        plan.validate().unwrap();
         for n in &plan.nodes {
             for i in &n.ifaces {
                 assert!(allowed(i.addr) && i.subnet.is_host(i.addr), "{}", i.addr);

@@ -221,6 +221,7 @@ impl Lab {
             );
         }
         let plan = Plan::standard();
+        plan.validate()?;
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the xtask binary: {e}"))?
             .to_string_lossy()
