@@ -501,6 +501,7 @@ fn report(root: &Path, lab: &Lab, rows: &[Row], seconds: f64) -> Result<(), Stri
     );
     let opt_addr = |a: Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
     let opt_flag = |f: Option<bool>| f.map_or("-", arrival);
+    let fig_flag = |f: Option<bool>| f.map_or("n/a", arrival);
     for r in rows {
         let o = &r.observed;
         let _ = writeln!(
@@ -532,12 +533,12 @@ fn report(root: &Path, lab: &Lab, rows: &[Row], seconds: f64) -> Result<(), Stri
         let _ = writeln!(
             figures,
             "figure {key}.unsolicited {}",
-            opt_flag(o.unsolicited)
+            fig_flag(o.unsolicited)
         );
         let _ = writeln!(
             figures,
             "figure {key}.punch_after_send {}",
-            opt_flag(o.punch_m1)
+            fig_flag(o.punch_m1)
         );
         let _ = writeln!(
             figures,
