@@ -1,5 +1,5 @@
 //! Search messages: domain types, protobuf wire form (schema: `docs/proto/gossip.proto`,
-//! package `kith.search`) and the checked conversion.
+//! messages `SearchMessage`, `QueryMsg`, `HitsMsg`) and the checked conversion.
 
 use bytes::Bytes;
 use kith_core::NodeAddr;
@@ -103,7 +103,7 @@ pub enum MessageError {
 /// The protobuf messages, hand-written with prost.
 #[allow(missing_docs)]
 pub mod wire {
-    /// `kith.search.SearchMessage`.
+    /// `kith.gossip.SearchMessage`.
     #[derive(Clone, PartialEq, ::prost::Message)]
     pub struct SearchMessage {
         #[prost(oneof = "search_message::Body", tags = "1, 2")]

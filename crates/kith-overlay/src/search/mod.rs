@@ -22,7 +22,7 @@
 //!
 //! The core is sans-IO like [`crate::gossip::TopicCore`]: `query`/`handle_message`/
 //! `handle_timeout` in, `poll_transmit`/`poll_event`/`poll_timeout` out. Its messages
-//! ([`message`]) are specified in `docs/proto/gossip.proto` (package `kith.search`) for
+//! ([`message`]) are specified in `docs/proto/gossip.proto` (messages `SearchMessage`, `QueryMsg`, `HitsMsg`) for
 //! the protocol name [`PROTOCOL`]; a tokio driver is not written yet.
 //!
 //! ```
