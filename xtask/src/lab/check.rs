@@ -26,9 +26,9 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use super::Options;
 use super::plan::HomeKind;
 use super::topology::{Lab, state_dir};
+use super::{Options, hygiene};
 
 /// UDP and TCP port of the reflectors.
 const SERVER_PORT: u16 = 3478;
@@ -385,11 +385,14 @@ struct Row {
 /// Entry point of `cargo xtask lab check`.
 pub(crate) fn run(root: &Path, opts: &Options) -> Result<(), String> {
     let start = Instant::now();
+    super::sys::require_tools()?;
+    let root_before = hygiene::root_links()?;
     let lab = Lab::up(root, &opts.lab)?;
-    let result = check(&lab, opts);
+    let result =
+        hygiene::audit(&lab, &root_before).and_then(|fences| Ok((fences, check(&lab, opts)?)));
     let seconds = start.elapsed().as_secs_f64();
     let outcome = match result {
-        Ok(rows) => report(root, &lab, &rows, seconds),
+        Ok((fences, rows)) => report(root, &lab, &rows, &fences, seconds),
         Err(e) => Err(e),
     };
     if opts.keep {
@@ -482,7 +485,13 @@ fn check(lab: &Lab, opts: &Options) -> Result<Vec<Row>, String> {
 
 /// Prints the table and the figures, writes them to `target/kith-lab/check-<id>.txt`,
 /// and fails if any host misbehaved.
-fn report(root: &Path, lab: &Lab, rows: &[Row], seconds: f64) -> Result<(), String> {
+fn report(
+    root: &Path,
+    lab: &Lab,
+    rows: &[Row],
+    fences: &[String],
+    seconds: f64,
+) -> Result<(), String> {
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -555,9 +564,17 @@ fn report(root: &Path, lab: &Lab, rows: &[Row], seconds: f64) -> Result<(), Stri
         );
     }
     let _ = writeln!(figures, "figure lab.delay_ms {}", lab.delay_ms);
+    let _ = writeln!(
+        figures,
+        "figure lab.fences.ok {}",
+        u8::from(fences.is_empty())
+    );
     let _ = writeln!(figures, "figure lab.check.passed {passed}/{}", rows.len());
     let _ = writeln!(figures, "figure lab.check.seconds {seconds:.1}");
     let mut failures = String::new();
+    for f in fences {
+        let _ = writeln!(failures, "fences: {f}");
+    }
     for r in rows {
         for f in &r.failures {
             let _ = writeln!(failures, "{} ({}): {f}", r.node, r.kind);
@@ -571,16 +588,18 @@ fn report(root: &Path, lab: &Lab, rows: &[Row], seconds: f64) -> Result<(), Stri
     let _ = std::fs::write(&path, format!("{table}\n{figures}{failures}"));
     if failures.is_empty() {
         println!(
-            "lab check: all {} hosts behave as their NAT type claims",
+            "lab check: all {} hosts behave as their NAT type claims; only documentation \
+             addresses, no IPv6, root namespace untouched",
             rows.len()
         );
         Ok(())
     } else {
         eprint!("{failures}");
         Err(format!(
-            "lab check: {} of {} hosts misbehave",
+            "lab check: {} of {} hosts misbehave, {} fence violations",
             rows.len() - passed,
-            rows.len()
+            rows.len(),
+            fences.len()
         ))
     }
 }

@@ -18,9 +18,10 @@
 //!
 //! Module map: [`plan`] (addresses, pure), [`nft`] (rule text, pure), [`sys`] (running
 //! tools with timeouts), [`topology`] (build/teardown/state file), [`tool`] (the probe
-//! tool), [`check`] (the behaviour checks).
+//! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences).
 
 mod check;
+mod hygiene;
 mod nft;
 mod plan;
 mod sys;
