@@ -1,4 +1,5 @@
-//! `kith-sim dht --nodes N [--seed S] [--churn-minutes M]`: builds an N-node DHT in the
+//! `kith-sim dht --nodes N [--seed S] [--churn-minutes M] [--attackers A] [--gets G]
+//! [--loss PERCENT]`: builds an N-node DHT in the
 //! simulator and prints its `figure` lines (lookup success without churn, under 30 %
 //! per hour churn, and under a 1,000-id Sybil attack from one /24).
 
@@ -14,6 +15,7 @@ struct Args {
     churn_minutes: u64,
     attackers: usize,
     gets: usize,
+    loss_percent: f64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -28,6 +30,7 @@ fn parse() -> Result<Args, String> {
         churn_minutes: 60,
         attackers: 1000,
         gets: 1000,
+        loss_percent: 0.0,
     };
     while let Some(flag) = it.next() {
         let val = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -38,6 +41,12 @@ fn parse() -> Result<Args, String> {
             "--churn-minutes" => a.churn_minutes = num()?,
             "--attackers" => a.attackers = num()? as usize,
             "--gets" => a.gets = num()? as usize,
+            "--loss" => {
+                a.loss_percent = val.parse::<f64>().map_err(|e| format!("{flag}: {e}"))?;
+                if !(0.0..=50.0).contains(&a.loss_percent) {
+                    return Err("--loss must be a percentage from 0 to 50".into());
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -57,13 +66,14 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             eprintln!(
-                "error: {e}\nusage: kith-sim dht --nodes N [--seed S] [--churn-minutes M] [--attackers A] [--gets G]"
+                "error: {e}\nusage: kith-sim dht --nodes N [--seed S] [--churn-minutes M] [--attackers A] [--gets G] [--loss PERCENT]"
             );
             return ExitCode::from(2);
         }
     };
     let wall = Instant::now();
-    let params = NetParams::new(args.nodes, args.seed);
+    let mut params = NetParams::new(args.nodes, args.seed);
+    params.sim.loss = args.loss_percent / 100.0;
     let mut sim = scenario::build(&params);
     let rtt = sim.median_rtt(10_000);
     println!(

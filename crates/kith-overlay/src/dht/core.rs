@@ -1,7 +1,7 @@
 //! [`DhtCore`]: the sans-IO Kademlia node — routing table, iterative queries, record
 //! storage, expiry, republish and refresh. No sockets, no clock, no task spawning.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -193,6 +193,14 @@ struct Pending {
     purpose: Purpose,
 }
 
+impl Pending {
+    /// When the core must look at this request again.
+    fn wake(&self) -> Instant {
+        self.stall_at
+            .map_or(self.deadline, |s| s.min(self.deadline))
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Published {
     Record(Record),
@@ -230,6 +238,8 @@ pub struct DhtCore {
     queries: BTreeMap<QueryId, Query>,
     next_query: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Next wake-up (stall or deadline) of every pending request, earliest first.
+    timers: BTreeSet<(Instant, u64)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     published: BTreeMap<(Key, u8), Published>,
@@ -239,13 +249,18 @@ pub struct DhtCore {
     next_refresh: Option<Instant>,
     next_republish: Option<Instant>,
     next_expire: Option<Instant>,
+    /// When to check again for thin buckets after a join, and the current backoff.
+    next_recheck: Option<Instant>,
+    recheck_delay: Duration,
     /// Smoothed round-trip time over all answers, for adaptive stall detection.
     srtt: Option<Duration>,
     stats: NodeStats,
 }
 
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
-const SMALL_TABLE_RECHECK: Duration = Duration::from_secs(30);
+const RECHECK_FIRST: Duration = Duration::from_secs(30);
+const RECHECK_MAX: Duration = Duration::from_secs(3600);
+const RECHECK_SLACK: usize = 3;
 const MIN_STALL: Duration = Duration::from_millis(200);
 
 impl DhtCore {
@@ -277,6 +292,7 @@ impl DhtCore {
             queries: BTreeMap::new(),
             next_query: 1,
             pending: BTreeMap::new(),
+            timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             published: BTreeMap::new(),
@@ -286,6 +302,8 @@ impl DhtCore {
             next_refresh: None,
             next_republish: None,
             next_expire: None,
+            next_recheck: None,
+            recheck_delay: RECHECK_FIRST,
             srtt: None,
             stats: NodeStats::default(),
         }
@@ -620,16 +638,15 @@ impl DhtCore {
         };
         let stall = self.stall_after();
         let stall_at = matches!(purpose, Purpose::Lookup { .. }).then(|| now + stall);
-        self.pending.insert(
-            txid,
-            Pending {
-                to: to.node_id,
-                sent: now,
-                deadline: now + self.cfg.request_timeout,
-                stall_at,
-                purpose,
-            },
-        );
+        let p = Pending {
+            to: to.node_id,
+            sent: now,
+            deadline: now + self.cfg.request_timeout,
+            stall_at,
+            purpose,
+        };
+        self.timers.insert((p.wake(), txid));
+        self.pending.insert(txid, p);
         self.stats.requests_sent += 1;
         let msg = self.message(txid, Body::Request(req));
         self.transmits.push_back(Transmit { to, msg });
@@ -841,7 +858,8 @@ impl DhtCore {
             if self.cfg.refresh_on_join {
                 self.refresh(now, true);
             }
-            self.recheck_soon(now);
+            self.recheck_delay = RECHECK_FIRST;
+            self.next_recheck = Some(now + RECHECK_FIRST);
         }
         if q.user {
             let hops = match &q.found {
@@ -900,12 +918,35 @@ impl DhtCore {
         }
     }
 
-    /// Brings the next refresh forward while the table holds fewer than k peers.
-    fn recheck_soon(&mut self, now: Instant) {
-        if self.table.len() < self.cfg.k && self.cfg.refresh_interval.is_some() {
-            let soon = now + SMALL_TABLE_RECHECK;
-            self.next_refresh = Some(self.next_refresh.map_or(soon, |t| t.min(soon)));
+    /// After a join, checks for thin buckets (for example after joining through a node
+    /// that knew few peers, or losing answers to packet loss, a node can end up in a
+    /// small clique that only knows itself) and refreshes them, backing off while the
+    /// network stays too small to fill them.
+    fn recheck(&mut self, now: Instant) {
+        let thin = if self.table.len() < self.cfg.k {
+            self.table.stale_buckets(now, Duration::ZERO, true)
+        } else {
+            self.table.deficient_buckets(self.cfg.k / 2, RECHECK_SLACK)
+        };
+        if thin.is_empty() {
+            self.next_recheck = None;
+            return;
         }
+        let targets: Vec<Key> = thin
+            .into_iter()
+            .map(|b| self.local_key.random_with_prefix(b, &mut self.rng))
+            .collect();
+        for t in targets {
+            let id = self.start_query(now, t, QKind::FindNode, false, 1);
+            self.step(now, id);
+        }
+        let cap = self
+            .cfg
+            .refresh_interval
+            .unwrap_or(RECHECK_MAX)
+            .min(RECHECK_MAX);
+        self.recheck_delay = (self.recheck_delay * 2).min(cap);
+        self.next_recheck = Some(now + self.recheck_delay);
     }
 
     fn republish(&mut self, now: Instant) {
@@ -942,7 +983,7 @@ impl DhtCore {
                 if p.to != from.id {
                     return;
                 }
-                let Some(p) = self.pending.remove(&msg.txid) else {
+                let Some(p) = self.remove_pending(msg.txid) else {
                     return;
                 };
                 let rate_limited = matches!(resp, Response::Error(ErrorCode::RateLimited));
@@ -979,10 +1020,16 @@ impl DhtCore {
         }
     }
 
+    fn remove_pending(&mut self, txid: u64) -> Option<Pending> {
+        let p = self.pending.remove(&txid)?;
+        self.timers.remove(&(p.wake(), txid));
+        Some(p)
+    }
+
     /// Tells the core a request could not be delivered (for example the dial failed),
     /// so it need not wait for the timeout.
     pub fn request_failed(&mut self, now: Instant, txid: u64) {
-        if let Some(p) = self.pending.remove(&txid) {
+        if let Some(p) = self.remove_pending(txid) {
             self.fail(now, p);
         }
     }
@@ -1131,40 +1178,41 @@ impl DhtCore {
     /// and expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.ensure_timers(now);
-        let expired: Vec<u64> = self
-            .pending
+        let due: Vec<u64> = self
+            .timers
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(t, _)| *t)
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, txid)| *txid)
             .collect();
-        for t in expired {
-            if let Some(p) = self.pending.remove(&t) {
-                self.fail(now, p);
-            }
-        }
-        let stalled: Vec<(u64, QueryId, usize, NodeId)> = self
-            .pending
-            .iter()
-            .filter_map(|(t, p)| match (p.stall_at, p.purpose) {
-                (Some(s), Purpose::Lookup { qid, path }) if s <= now => Some((*t, qid, path, p.to)),
-                _ => None,
-            })
-            .collect();
-        for (t, qid, path, to) in stalled {
-            if let Some(p) = self.pending.get_mut(&t) {
-                p.stall_at = None;
-            }
-            if let Some(c) = self
-                .queries
-                .get_mut(&qid)
-                .and_then(|q| q.paths.get_mut(path))
-                .and_then(|p| p.cands.iter_mut().find(|c| c.addr.node_id == to))
-            {
-                if c.state == CState::Waiting {
-                    c.state = CState::Stalled;
+        for txid in due {
+            let Some(p) = self.pending.get(&txid) else {
+                continue;
+            };
+            if p.deadline <= now {
+                if let Some(p) = self.remove_pending(txid) {
+                    self.fail(now, p);
                 }
+                continue;
             }
-            self.step(now, qid);
+            let (to, purpose, wake) = (p.to, p.purpose, p.wake());
+            self.timers.remove(&(wake, txid));
+            if let Some(p) = self.pending.get_mut(&txid) {
+                p.stall_at = None;
+                self.timers.insert((p.wake(), txid));
+            }
+            if let Purpose::Lookup { qid, path } = purpose {
+                if let Some(c) = self
+                    .queries
+                    .get_mut(&qid)
+                    .and_then(|q| q.paths.get_mut(path))
+                    .and_then(|p| p.cands.iter_mut().find(|c| c.addr.node_id == to))
+                {
+                    if c.state == CState::Waiting {
+                        c.state = CState::Stalled;
+                    }
+                }
+                self.step(now, qid);
+            }
         }
         let late: Vec<QueryId> = self
             .queries
@@ -1177,6 +1225,9 @@ impl DhtCore {
             // `finish`; one already storing ends with what it has.
             self.finish(now, id);
         }
+        if self.next_recheck.is_some_and(|t| t <= now) {
+            self.recheck(now);
+        }
         if self.next_expire.is_some_and(|t| t <= now) {
             self.store.expire(now);
             self.next_expire = Some(now + EXPIRE_EVERY);
@@ -1184,13 +1235,7 @@ impl DhtCore {
         if let (Some(t), Some(i)) = (self.next_refresh, self.cfg.refresh_interval) {
             if t <= now {
                 self.next_refresh = Some(now + i);
-                // A node that could not fill its table (for example it joined through a
-                // node that knew few peers) refreshes everything again soon.
-                let small = self.table.len() < self.cfg.k;
-                self.refresh(now, small);
-                if small {
-                    self.recheck_soon(now);
-                }
+                self.refresh(now, false);
             }
         }
         if let (Some(t), Some(i)) = (self.next_republish, self.cfg.republish_interval) {
@@ -1215,11 +1260,7 @@ impl DhtCore {
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let pend = self
-            .pending
-            .values()
-            .map(|p| p.stall_at.map_or(p.deadline, |s| s.min(p.deadline)))
-            .min();
+        let pend = self.timers.first().map(|(t, _)| *t);
         let qs = self.queries.values().map(|q| q.deadline).min();
         [
             pend,
@@ -1227,6 +1268,7 @@ impl DhtCore {
             self.next_expire,
             self.next_refresh,
             self.next_republish,
+            self.next_recheck,
         ]
         .into_iter()
         .flatten()

@@ -7,6 +7,20 @@ use kith_core::{NodeAddr, NodeId};
 
 use super::key::{Distance, Key, Subnet};
 
+/// Appends `entries` to `out`, sorted by distance to `target` among themselves.
+fn take<'a>(
+    entries: impl Iterator<Item = &'a Entry>,
+    target: &Key,
+    out: &mut Vec<(Distance, &'a Entry)>,
+) {
+    let start = out.len();
+    out.extend(entries.map(|e| (e.key().distance(target), e)));
+    out[start..].sort_unstable_by_key(|a| a.0);
+}
+
+/// Spare capacity reserved when collecting the closest peers.
+const KEEP_SLACK: usize = 4;
+
 /// One peer in the routing table.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -235,15 +249,32 @@ impl RoutingTable {
     }
 
     /// The `n` peers closest to `target`, closest first.
+    ///
+    /// Buckets are visited in XOR order, so only the buckets needed are sorted: with
+    /// `c` the prefix `target` shares with us, bucket `c` holds the closest peers, then
+    /// all deeper buckets together, then buckets `c - 1` down to 0.
     pub fn closest(&self, target: &Key, n: usize) -> Vec<&Entry> {
-        let mut all: Vec<(Distance, &Entry)> =
-            self.iter().map(|e| (e.key().distance(target), e)).collect();
-        if all.len() > n && n > 0 {
-            all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
-            all.truncate(n);
+        let c = self.local.common_prefix_len(target);
+        let len = self.buckets.len();
+        let mut out: Vec<(Distance, &Entry)> = Vec::with_capacity(n + KEEP_SLACK);
+        if c < len {
+            take(self.buckets[c].entries.iter(), target, &mut out);
         }
-        all.sort_unstable_by_key(|a| a.0);
-        all.into_iter().map(|(_, e)| e).collect()
+        if out.len() < n && c + 1 < len {
+            take(
+                self.buckets[c + 1..].iter().flat_map(|b| b.entries.iter()),
+                target,
+                &mut out,
+            );
+        }
+        for b in (0..c.min(len)).rev() {
+            if out.len() >= n {
+                break;
+            }
+            take(self.buckets[b].entries.iter(), target, &mut out);
+        }
+        out.truncate(n);
+        out.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Marks the bucket `target` falls in as refreshed at `now`.
@@ -283,6 +314,18 @@ impl RoutingTable {
                     .and_then(|b| b.last_refresh)
                     .is_none_or(|t| now.saturating_duration_since(t) >= interval)
             })
+            .collect()
+    }
+
+    /// Buckets that should be well filled but hold fewer than `min` peers: every bucket
+    /// shallower than the deepest non-empty one minus `slack` (deep buckets are sparse
+    /// by nature: few nodes share a long prefix with us).
+    pub(crate) fn deficient_buckets(&self, min: usize, slack: usize) -> Vec<usize> {
+        let Some(deepest) = self.buckets.iter().rposition(|b| !b.entries.is_empty()) else {
+            return Vec::new();
+        };
+        (0..deepest.saturating_sub(slack))
+            .filter(|&i| self.buckets[i].entries.len() < min)
             .collect()
     }
 
@@ -421,6 +464,28 @@ mod tests {
         }
         let best = t.iter().map(|e| e.key().distance(&target)).min();
         assert_eq!(Some(c[0].key().distance(&target)), best);
+        // Bucket-ordered selection equals a brute-force sort, for targets at every depth.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+        for cpl in 0..12 {
+            let target = t.local_key().random_with_prefix(cpl, &mut rng);
+            for n in [1, 5, 21, 500] {
+                let mut all: Vec<_> = t.iter().map(|e| e.key().distance(&target)).collect();
+                all.sort();
+                all.truncate(n);
+                let got: Vec<_> = t
+                    .closest(&target, n)
+                    .iter()
+                    .map(|e| e.key().distance(&target))
+                    .collect();
+                assert_eq!(got, all, "cpl {cpl} n {n}");
+            }
+        }
+        let own: Vec<_> = t
+            .closest(&t.local_key(), 3)
+            .iter()
+            .map(|e| e.key())
+            .collect();
+        assert_eq!(own.len(), 3);
         assert!(
             !t.stale_buckets(now, Duration::from_secs(1), false)
                 .is_empty()
