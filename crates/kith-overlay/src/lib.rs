@@ -19,11 +19,18 @@
 //!   record at the node's own position.
 //! * **Routing table.** Bucket *i* holds up to k (20) peers sharing *i* leading bits with
 //!   us, plus a replacement cache ordered by RTT. A full bucket keeps its old peers;
-//!   when one fails, the lowest-RTT replacement takes its place.
+//!   when one fails, the lowest-RTT replacement takes its place (a peer is evicted at
+//!   once if a replacement waits, else after `max_failures`).
+//! * **Joining and refresh.** A node joins from any one bootstrap address with a lookup
+//!   of its own id, then refreshes every non-full bucket with a random lookup in it.
+//!   After the join it rechecks for thin buckets (backing off from 30 s), and every
+//!   `refresh_interval` (1 h) it looks itself up and refreshes buckets no lookup
+//!   touched.
 //! * **Lookups.** Iterative, α (3) requests in flight per path; a request unanswered
-//!   after `stall_timeout` stops counting against α; when α responses bring nothing
-//!   closer, all of the k closest are queried at once. Mutable and node-address gets
-//!   run `disjoint_paths` (3) paths that never share a node.
+//!   after three smoothed RTTs (at most `stall_timeout`) stops counting against α and
+//!   is passed over; when α responses bring nothing closer, all of the k closest are
+//!   queried at once. Mutable and node-address gets run `disjoint_paths` (3) paths that
+//!   never share a node, and return the highest valid sequence seen.
 //! * **Records.** Puts go to the k closest nodes that answered the lookup; the
 //!   publisher republishes every `republish_interval`, storers drop records after
 //!   `record_ttl`. Gets cache the record at the closest node on the path that lacked it.
@@ -44,6 +51,15 @@
 //!   at [`dht::message::MAX_MESSAGE_LEN`], lists and values are bounded, each peer is
 //!   rate-limited, and the record store has a capacity.
 //! * The core owns no clock, socket, task or entropy source.
+//!
+//! # Running it on a transport
+//!
+//! [`dht::Dht::spawn`] mounts `kith/dht/1` on any [`kith_core::net::Transport`] and
+//! returns a cloneable [`dht::DhtHandle`] with async operations (`bootstrap`,
+//! `put_immutable`, `get_mutable`, `announce_provider`, `publish_addr`, …). The handle
+//! implements [`dht::Resolve`], the discovery hook that turns a bare `NodeId` into the
+//! addresses the node published. See `tests/mem_network.rs` for 24 nodes on the
+//! in-memory transport.
 //!
 //! # Example
 //!

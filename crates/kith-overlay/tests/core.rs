@@ -138,3 +138,75 @@ fn a_flooding_peer_is_rate_limited() {
         Some(Body::Response(Response::Pong))
     ));
 }
+
+/// After a get, the record is stored at the closest node on the path that lacked it.
+#[test]
+fn get_caches_the_record_along_the_path() {
+    let now = Instant::now();
+    let (_, mut a) = node(1);
+    let value = Record::Immutable(Bytes::from_static(b"cache me"));
+    let key = value.key();
+    // Two peers; `near` is the closer of the two to the key.
+    let (p, q) = (
+        NodeAddr::new(SecretKey::from_bytes(&[2; 32]).node_id()),
+        NodeAddr::new(SecretKey::from_bytes(&[3; 32]).node_id()),
+    );
+    let dist = |x: &NodeAddr| kith_overlay::dht::Key::from_node(&x.node_id).distance(&key);
+    let (near, far) = if dist(&p) < dist(&q) { (p, q) } else { (q, p) };
+    a.start_bootstrap(now, vec![near.clone(), far.clone()]);
+    while let Some(t) = a.poll_transmit() {
+        let peer = if t.to.node_id == near.node_id {
+            &near
+        } else {
+            &far
+        };
+        reply(
+            &mut a,
+            now,
+            peer,
+            &t.msg,
+            Response::Nodes { closer: vec![] },
+        );
+    }
+    while a.poll_event().is_some() {}
+    while a.poll_transmit().is_some() {}
+    assert_eq!(a.routing_table().len(), 2);
+
+    let id = a.start_get(now, key, RecordKind::Immutable);
+    let reqs: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert_eq!(reqs.len(), 2);
+    // `near` answers first, without the value; `far` has it.
+    for t in [&reqs[0], &reqs[1]] {
+        if t.to.node_id == near.node_id {
+            reply(
+                &mut a,
+                now,
+                &near,
+                &t.msg,
+                Response::Value {
+                    record: None,
+                    closer: vec![],
+                },
+            );
+        }
+    }
+    for t in [&reqs[0], &reqs[1]] {
+        if t.to.node_id == far.node_id {
+            let resp = Response::Value {
+                record: Some(value.clone()),
+                closer: vec![],
+            };
+            reply(&mut a, now, &far, &t.msg, resp);
+        }
+    }
+    assert!(matches!(
+        a.poll_event(),
+        Some(Event::QueryDone { id: q, result: QueryResult::Get(Ok(_)), .. }) if q == id
+    ));
+    let cache = a.poll_transmit().unwrap_or_else(|| panic!("no cache put"));
+    assert_eq!(cache.to.node_id, near.node_id);
+    assert!(matches!(
+        cache.msg.body,
+        Body::Request(Request::Put { ref record, cas: None }) if *record == value
+    ));
+}
