@@ -69,6 +69,7 @@ enum Command {
     AddProvider(Key),
     GetProviders(Key),
     TableSize(oneshot::Sender<usize>),
+    SetLocalAddr(NodeAddr),
 }
 
 type Reply = oneshot::Sender<Result<QueryResult, DhtError>>;
@@ -94,14 +95,16 @@ pub struct Dht;
 pub struct DhtHandle {
     cmd: mpsc::Sender<(Command, Option<Reply>)>,
     secret: SecretKey,
-    local: NodeAddr,
+    node_id: NodeId,
+    /// The advertised address, shared by all handles.
+    local: Arc<std::sync::Mutex<NodeAddr>>,
     limits: super::record::Limits,
 }
 
 impl fmt::Debug for DhtHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DhtHandle")
-            .field("node_id", &self.local.node_id)
+            .field("node_id", &self.node_id)
             .finish_non_exhaustive()
     }
 }
@@ -112,7 +115,8 @@ const INBOUND_QUEUE: usize = 1024;
 impl Dht {
     /// Mounts the DHT on `transport` and starts its driver on the current tokio
     /// runtime. `secret` must be the transport's identity (it signs node-address
-    /// records). Call [`DhtHandle::bootstrap`] to join through `bootstrap`.
+    /// records and mutable values). The node starts joining through `bootstrap` at
+    /// once; [`DhtHandle::bootstrap`] joins again and waits for the result.
     pub fn spawn(
         transport: Arc<dyn Transport>,
         secret: SecretKey,
@@ -135,7 +139,11 @@ impl Dht {
         let local = transport.local_addr();
         let limits = config.limits;
         let seed = rand::random();
-        let core = DhtCore::new(local.clone(), config, seed);
+        let mut core = DhtCore::new(local.clone(), config, seed);
+        if !bootstrap.is_empty() {
+            // Join at once; `DhtHandle::bootstrap` runs (and awaits) another join.
+            core.start_bootstrap(Instant::now(), bootstrap.clone());
+        }
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let driver = Driver {
@@ -150,7 +158,8 @@ impl Dht {
         Ok(DhtHandle {
             cmd: cmd_tx,
             secret,
-            local,
+            node_id: local.node_id,
+            local: Arc::new(std::sync::Mutex::new(local)),
             limits,
         })
     }
@@ -168,7 +177,7 @@ impl DhtHandle {
 
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
-        self.local.node_id
+        self.node_id
     }
 
     /// Joins through the bootstrap nodes given to [`Dht::spawn`]; returns the number of
@@ -273,7 +282,8 @@ impl DhtHandle {
     /// Signs this node's address (sequence: microseconds since the Unix epoch) and
     /// stores it at the node's own key, so others can [`resolve`](Self::resolve) it.
     pub async fn publish_addr(&self) -> Result<usize, DhtError> {
-        self.publish_addr_of(self.local.clone()).await
+        let addr = self.local.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.publish_addr_of(addr).await
     }
 
     /// Like [`publish_addr`](Self::publish_addr) with explicit addresses (for example
@@ -292,6 +302,20 @@ impl DhtHandle {
             Record::NodeAddr(n) => Ok(n.addr),
             _ => Err(GetError::NotFound.into()),
         }
+    }
+
+    /// Changes the address this node advertises in its messages (for example once the
+    /// transport has learned its public address). Call
+    /// [`publish_addr_of`](Self::publish_addr_of) to update the node-address record.
+    pub async fn set_local_addr(&self, addr: NodeAddr) -> Result<(), DhtError> {
+        if addr.node_id != self.node_id {
+            return Err(PutError::from(super::record::RecordError::WrongSigner).into());
+        }
+        *self.local.lock().unwrap_or_else(|e| e.into_inner()) = addr.clone();
+        self.cmd
+            .send((Command::SetLocalAddr(addr), None))
+            .await
+            .map_err(|_| DhtError::Stopped)
     }
 
     /// Number of peers in the routing table.
@@ -474,6 +498,10 @@ impl Driver {
             Command::GetProviders(k) => Some(self.core.start_get_providers(now, k)),
             Command::TableSize(tx) => {
                 let _ = tx.send(self.core.routing_table().len());
+                None
+            }
+            Command::SetLocalAddr(addr) => {
+                self.core.set_local_addr(addr);
                 None
             }
         };
