@@ -26,6 +26,15 @@ pub struct EndpointConfig {
     pub zero_rtt: bool,
     /// Resource limits.
     pub limits: Limits,
+    /// Home relay: reserved at bind and advertised in [`node_addr`](crate::Endpoint::node_addr)
+    /// so peers that cannot reach us directly come through it. Default none.
+    pub relay: Option<kith_core::NodeAddr>,
+    /// Offer relaying to others with these limits (opt-in). Default none.
+    pub relay_server: Option<crate::relay::RelayConfig>,
+    /// Wait this long after a relayed connection starts before probing for a direct
+    /// path. Default zero; tests use it to hold a connection on the relay.
+    #[doc(hidden)]
+    pub path_probe_delay: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -38,6 +47,9 @@ impl Default for EndpointConfig {
             handshake_timeout: Duration::from_secs(10),
             zero_rtt: true,
             limits: Limits::default(),
+            relay: None,
+            relay_server: None,
+            path_probe_delay: Duration::ZERO,
         }
     }
 }

@@ -13,6 +13,8 @@ use kith_core::net::{
     RecvStream, SendStream, StreamError, codes,
 };
 use quinn::VarInt;
+
+use crate::paths::PathKind;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Whether a connection used 0-RTT.
@@ -41,6 +43,8 @@ pub struct ConnectionStats {
     pub bytes_received: u64,
     /// Packets declared lost.
     pub lost_packets: u64,
+    /// Path probes (pings) sent to find or confirm a direct path.
+    pub probes_sent: u64,
 }
 
 /// One authenticated QUIC connection to a peer.
@@ -53,6 +57,12 @@ pub struct QuicConnection {
     /// The address the peer says it observes for us; set when its hello arrives.
     pub(crate) observed: tokio::sync::watch::Sender<Option<SocketAddr>>,
     pub(crate) open_timeout: Duration,
+    /// The path this connection takes (fixed for a connection to a real address).
+    pub(crate) path: tokio::sync::watch::Receiver<PathKind>,
+    /// Wakes the path prober (new candidates arrived).
+    pub(crate) path_kick: tokio::sync::Notify,
+    /// The path table, for a relayed (mapped) connection.
+    pub(crate) table: Option<std::sync::Arc<crate::paths::PathTable>>,
 }
 
 impl fmt::Debug for QuicConnection {
@@ -75,6 +85,10 @@ impl QuicConnection {
             bytes_sent: s.udp_tx.bytes,
             bytes_received: s.udp_rx.bytes,
             lost_packets: s.path.lost_packets,
+            probes_sent: self
+                .table
+                .as_ref()
+                .map_or(0, |t| t.pings_sent(&self.remote)),
         }
     }
 
@@ -129,6 +143,17 @@ impl QuicConnection {
             .await
             .map_err(|e| map_write_err(&e))?;
         Ok((Box::new(QuicSend(send)), Box::new(QuicRecv(recv))))
+    }
+
+    /// The path the connection takes now: direct to an address, or through a relay.
+    pub fn path(&self) -> PathKind {
+        *self.path.borrow()
+    }
+
+    /// A watch of the connection's path: it changes when a relayed connection moves to a
+    /// direct path (or falls back to the relay).
+    pub fn path_events(&self) -> tokio::sync::watch::Receiver<PathKind> {
+        self.path.clone()
     }
 
     /// True once the connection has ended.

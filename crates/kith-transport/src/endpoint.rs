@@ -12,7 +12,7 @@ use kith_core::net::{
     BoxFuture, Conn, ConnectError, ConnectionError, MountError, Protocol, ProtocolHandler,
     RecvStream, Router, SendStream, codes, read_protocol_header, split_datagram,
 };
-use kith_core::{NodeAddr, NodeId, SecretKey, Transport};
+use kith_core::{NodeAddr, NodeId, RelayHint, SecretKey, Transport};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{TransportErrorCode, VarInt};
 use tokio::io::AsyncReadExt;
@@ -21,10 +21,18 @@ use tracing::Instrument;
 
 use crate::config::EndpointConfig;
 use crate::conn::{QuicConnection, QuicRecv, QuicSend, ZeroRtt, map_conn_err};
+use crate::paths::{PathKind, PathSocket, PathTable, is_synthetic};
+use crate::relay::{RELAY_PROTOCOL, RelayClient, RelayError, RelayEvent, RelayServer};
 use crate::tls;
 
 /// Internal control protocol: the acceptor's hello (observed address, "connection kept").
 const CTL: Protocol = Protocol::from_static("kith/ctl/1");
+
+/// Internal path protocol: probe key and direct candidates, for relayed connections.
+const PATHS: Protocol = Protocol::from_static("kith/paths/1");
+
+/// Most candidate addresses sent to a peer.
+const MAX_ADVERTISED: usize = 8;
 
 /// TLS alert `no_application_protocol` (RFC 8446 §6.2), as a QUIC crypto error.
 const ALERT_NO_APPLICATION_PROTOCOL: u8 = 0x78;
@@ -109,10 +117,21 @@ struct TokenBucket {
     last: Instant,
 }
 
+/// One bound UDP socket: quinn's endpoint over the path socket, and the path table.
+pub(crate) struct Sock {
+    ep: quinn::Endpoint,
+    socket: Arc<PathSocket>,
+    table: Arc<PathTable>,
+}
+
 pub(crate) struct Inner {
     id: NodeId,
-    v4: Option<quinn::Endpoint>,
-    v6: Option<quinn::Endpoint>,
+    v4: Option<Sock>,
+    v6: Option<Sock>,
+    /// Relay reservations by relay id.
+    relays: Mutex<HashMap<NodeId, RelayClient>>,
+    /// The home relay, once reserved.
+    home_relay: Mutex<Option<RelayHint>>,
     client_config: quinn::ClientConfig,
     config: EndpointConfig,
     router: Router,
@@ -170,7 +189,42 @@ impl Inner {
     }
 
     fn endpoints(&self) -> impl Iterator<Item = &quinn::Endpoint> {
+        self.socks().map(|s| &s.ep)
+    }
+
+    fn socks(&self) -> impl Iterator<Item = &Sock> {
         self.v4.iter().chain(self.v6.iter())
+    }
+
+    /// The socket relayed traffic uses (IPv4 if bound, else IPv6).
+    fn primary(&self) -> Option<&Sock> {
+        self.v4.as_ref().or(self.v6.as_ref())
+    }
+
+    /// The socket (and its path table) whose synthetic block `addr` is in, if any.
+    fn sock_for_mapped(&self, addr: &SocketAddr) -> Option<&Sock> {
+        self.socks().find(|s| s.table.node_of(addr).is_some())
+    }
+
+    /// Addresses to offer a peer for hole punching: bound addresses and the addresses
+    /// peers observe for us.
+    fn candidates(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .socks()
+            .filter_map(|s| s.ep.local_addr().ok())
+            .filter(|a| !a.ip().is_unspecified())
+            .collect();
+        let observed: Vec<SocketAddr> = lock(&self.peers)
+            .values()
+            .filter_map(|s| s.conn.as_ref().and_then(|c| c.observed_addr()))
+            .collect();
+        for a in observed {
+            if !out.contains(&a) && !is_synthetic(&a) {
+                out.push(a);
+            }
+        }
+        out.truncate(MAX_ADVERTISED);
+        out
     }
 
     fn shutdown_now(&self) {
@@ -260,6 +314,14 @@ impl Inner {
         outgoing: bool,
         zero_rtt: ZeroRtt,
     ) -> Arc<QuicConnection> {
+        let addr = inner.remote_address();
+        let path = match self
+            .sock_for_mapped(&addr)
+            .and_then(|s| s.table.path(&remote))
+        {
+            Some(rx) => rx,
+            None => watch::channel(PathKind::Direct(addr)).1,
+        };
         Arc::new(QuicConnection {
             inner,
             remote,
@@ -267,6 +329,9 @@ impl Inner {
             zero_rtt: watch::channel(zero_rtt).0,
             observed: watch::channel(None).0,
             open_timeout: self.config.limits.stream_open_timeout,
+            path,
+            path_kick: tokio::sync::Notify::new(),
+            table: self.sock_for_mapped(&addr).map(|s| s.table.clone()),
         })
     }
 }
@@ -349,16 +414,17 @@ impl Endpoint {
         alpn: &[u8],
     ) -> Result<Self, BindError> {
         let (server, client_config) = quinn_configs(&key, &config, alpn)?;
+        let id = key.node_id();
         let v4 = match config.bind_v4 {
             Some(addr) => Some(
-                quinn::Endpoint::server(server.clone(), addr)
+                bind_socket(addr, server.clone(), id)
                     .map_err(|source| BindError::Io { addr, source })?,
             ),
             None => None,
         };
         let v6 = match config.bind_v6 {
-            Some(addr) => match quinn::Endpoint::server(server, addr) {
-                Ok(ep) => Some(ep),
+            Some(addr) => match bind_socket(addr, server, id) {
+                Ok(s) => Some(s),
                 Err(e) => {
                     tracing::info!(%addr, error = %e, "IPv6 unavailable; running IPv4 only");
                     None
@@ -371,9 +437,11 @@ impl Endpoint {
         }
         let burst = f64::from(config.limits.handshake_burst);
         let inner = Arc::new(Inner {
-            id: key.node_id(),
+            id,
             v4,
             v6,
+            relays: Mutex::new(HashMap::new()),
+            home_relay: Mutex::new(None),
             client_config,
             config,
             router: Router::default(),
@@ -389,9 +457,59 @@ impl Endpoint {
             let span = tracing::debug_span!("endpoint", id = %inner.id.fmt_short());
             tokio::spawn(accept_loop(inner.clone(), ep.clone()).instrument(span));
         }
-        Ok(Self {
+        let endpoint = Self {
             handle: Arc::new(Handle { inner }),
-        })
+        };
+        if let Some(rc) = endpoint.config().relay_server.clone() {
+            endpoint
+                .mount(RELAY_PROTOCOL, Arc::new(RelayServer::new(rc)))
+                .map_err(|e| BindError::Config(e.to_string()))?;
+        }
+        if let Some(home) = endpoint.config().relay.clone() {
+            // A relay that is down now is not fatal: the node still works directly.
+            match endpoint.ensure_relay(home.clone()).await {
+                Ok(_) => {
+                    if let Some(addr) = home.direct.first() {
+                        *lock(&endpoint.inner().home_relay) = Some(RelayHint {
+                            node_id: home.node_id,
+                            addr: *addr,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(relay = ?home.node_id, error = %e, "home relay unavailable")
+                }
+            }
+        }
+        Ok(endpoint)
+    }
+
+    /// The reservation on `relay`, made if needed. Packets from it feed the path layer.
+    async fn ensure_relay(&self, relay: NodeAddr) -> Result<RelayClient, RelayError> {
+        let inner = self.inner();
+        if let Some(c) = lock(&inner.relays).get(&relay.node_id) {
+            return Ok(c.clone());
+        }
+        let relay_id = relay.node_id;
+        let (client, mut events) = RelayClient::connect(self, relay).await?;
+        let table = inner
+            .primary()
+            .map(|s| s.table.clone())
+            .ok_or(RelayError::Closed)?;
+        lock(&inner.relays).insert(relay_id, client.clone());
+        let weak = Arc::downgrade(inner);
+        let pump_client = client.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                if let RelayEvent::Packet { from, packet } = ev {
+                    table.on_relay_packet(&pump_client, from, packet);
+                }
+            }
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner.relays).remove(&relay_id);
+            }
+        });
+        Ok(client)
     }
 
     fn inner(&self) -> &Arc<Inner> {
@@ -424,7 +542,11 @@ impl Endpoint {
             }
             a
         });
-        NodeAddr::new(self.node_id()).with_direct(direct)
+        let mut addr = NodeAddr::new(self.node_id()).with_direct(direct);
+        if let Some(hint) = *lock(&self.inner().home_relay) {
+            addr.relays.push(hint);
+        }
+        addr
     }
 
     /// The configuration the endpoint runs with.
@@ -522,6 +644,18 @@ impl Endpoint {
         addr: &NodeAddr,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<QuicConnection>, DialFailure> {
+        if let Some(hint) = addr.relays.first() {
+            // Start through the relay; the path layer moves to a direct path once a
+            // probe to one of the peer's candidates is answered.
+            let relay = NodeAddr::new(hint.node_id).with_direct([hint.addr]);
+            let client = self
+                .ensure_relay(relay)
+                .await
+                .map_err(|e| ConnectError::Transport(format!("relay: {e}")))?;
+            let sock = self.inner().primary().ok_or(ConnectError::EndpointClosed)?;
+            let mapped = sock.table.map(addr.node_id, Some(client), &addr.direct);
+            return self.dial_one(addr.node_id, mapped, deadline).await;
+        }
         if addr.direct.is_empty() {
             return Err(DialFailure::Error(ConnectError::NoAddress(addr.node_id)));
         }
@@ -559,8 +693,8 @@ impl Endpoint {
     ) -> Result<Arc<QuicConnection>, DialFailure> {
         let inner = self.inner();
         let ep = match sock {
-            SocketAddr::V4(_) => inner.v4.as_ref(),
-            SocketAddr::V6(_) => inner.v6.as_ref(),
+            SocketAddr::V4(_) => inner.v4.as_ref().map(|s| &s.ep),
+            SocketAddr::V6(_) => inner.v6.as_ref().map(|s| &s.ep),
         }
         .ok_or_else(|| {
             ConnectError::Transport(format!("no socket for the address family of {sock}"))
@@ -598,6 +732,7 @@ impl Endpoint {
                 c.zero_rtt.send_replace(v);
             });
         }
+        start_paths(inner, &conn);
         tokio::spawn(drive(inner.clone(), conn.clone(), guard).instrument(span));
         // The smaller id's dial always wins the tie-break; the larger waits for the
         // acceptor's hello, which it sends only for a connection it keeps.
@@ -740,9 +875,21 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming, guard: Co
                 }
             }
         }
+        // A relayed connection must come from the node the relay vouched for.
+        let remote = conn.inner.remote_address();
+        if let Some(s) = inner.sock_for_mapped(&remote) {
+            if s.table.node_of(&remote) != Some(id) {
+                conn.inner.close(
+                    VarInt::from_u32(codes::CLOSE_NORMAL),
+                    b"relay identity mismatch",
+                );
+                return;
+            }
+        }
         if !inner.register(&conn) {
             return;
         }
+        start_paths(&inner, &conn);
         send_hello(&conn).await;
         drive(inner, conn, guard).await;
     }
@@ -842,6 +989,10 @@ async fn route_stream(
         handle_ctl(&inner, &conn, recv).await;
         return;
     }
+    if proto == PATHS && send.is_none() {
+        handle_paths(&inner, &conn, recv).await;
+        return;
+    }
     let Some(handler) = inner.router.get(&proto) else {
         tracing::debug!(%proto, "stream for unsupported protocol refused");
         refuse(&mut send, &mut recv, codes::UNSUPPORTED_PROTOCOL);
@@ -893,4 +1044,129 @@ impl Transport for Endpoint {
     ) -> Result<(), MountError> {
         Endpoint::mount(self, protocol, handler)
     }
+}
+
+/// Binds one UDP socket under the path layer and starts quinn on it.
+fn bind_socket(addr: SocketAddr, server: quinn::ServerConfig, id: NodeId) -> std::io::Result<Sock> {
+    let std_sock = std::net::UdpSocket::bind(addr)?;
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let raw = runtime.wrap_udp_socket(std_sock)?;
+    let local = raw.local_addr()?;
+    let table = PathTable::new(id, local.is_ipv6());
+    let socket = Arc::new(PathSocket::new(raw, table.clone()));
+    let mut ep_config = quinn::EndpointConfig::default();
+    // Probes are told apart from QUIC by a clear fixed bit; never let peers grease it.
+    ep_config.grease_quic_bit(false);
+    let ep = quinn::Endpoint::new_with_abstract_socket(
+        ep_config,
+        Some(server),
+        socket.clone() as Arc<dyn quinn::AsyncUdpSocket>,
+        runtime,
+    )?;
+    Ok(Sock { ep, socket, table })
+}
+
+/// For a connection over a mapped (relayed) address: exchange probe keys and candidates
+/// with the peer, then probe until a direct path is validated, and keep it confirmed.
+fn start_paths(inner: &Arc<Inner>, conn: &Arc<QuicConnection>) {
+    let remote = conn.inner.remote_address();
+    let Some(sock) = inner.sock_for_mapped(&remote) else {
+        return;
+    };
+    let (table, socket) = (sock.table.clone(), sock.socket.clone());
+    let inner = inner.clone();
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let node = conn.remote;
+        let my_key: [u8; 32] = rand::random();
+        table.set_my_key(node, my_key);
+        let mut msg = Vec::with_capacity(32 + 1 + MAX_ADVERTISED * 19);
+        msg.extend_from_slice(&my_key);
+        let cands = inner.candidates();
+        msg.push(cands.len() as u8);
+        for c in &cands {
+            let enc = NodeAddr::new(inner.id).with_direct([*c]).encode();
+            msg.push(enc.len() as u8);
+            msg.extend_from_slice(&enc);
+        }
+        let sent = async {
+            let mut s = conn.inner.open_uni().await.ok()?;
+            s.write_all(&PATHS.header()).await.ok()?;
+            s.write_all(&msg).await.ok()?;
+            s.finish().ok()
+        }
+        .await;
+        if sent.is_none() {
+            tracing::debug!("could not send path candidates");
+        }
+        let delay = inner.config.path_probe_delay;
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = conn.inner.closed() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        let mut round = 0u32;
+        loop {
+            let wait = if round < 20 {
+                std::time::Duration::from_millis(150)
+            } else {
+                std::time::Duration::from_secs(2)
+            };
+            tokio::select! {
+                _ = conn.inner.closed() => break,
+                _ = conn.path_kick.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            round = round.saturating_add(1);
+            let now = Instant::now();
+            table.expire(&node, now);
+            for (to, probe) in table.make_pings(&node, now) {
+                socket.send_raw(to, &probe);
+            }
+        }
+        table.remove(&node);
+    });
+}
+
+/// The peer's probe key and candidates for a relayed connection.
+async fn handle_paths(inner: &Inner, conn: &QuicConnection, mut recv: QuicRecv) {
+    let mut buf = Vec::new();
+    let limit = (32 + 1 + MAX_ADVERTISED * (1 + 255)) as u64;
+    if (&mut recv).take(limit).read_to_end(&mut buf).await.is_err() {
+        return;
+    }
+    let Some(sock) = inner.sock_for_mapped(&conn.inner.remote_address()) else {
+        return;
+    };
+    let Some(parsed) = parse_paths(&buf, &inner.id) else {
+        tracing::debug!("malformed path message ignored");
+        return;
+    };
+    sock.table.set_their_key(conn.remote, parsed.0);
+    sock.table.add_candidates(conn.remote, &parsed.1);
+    conn.path_kick.notify_one();
+}
+
+/// Parses `key | count | (len | NodeAddr naming `local`)*`: the peer's probe key and the
+/// addresses it can be reached at.
+fn parse_paths(buf: &[u8], local: &NodeId) -> Option<([u8; 32], Vec<SocketAddr>)> {
+    let key: [u8; 32] = buf.get(..32)?.try_into().ok()?;
+    let count = *buf.get(32)? as usize;
+    if count > MAX_ADVERTISED {
+        return None;
+    }
+    let mut rest = buf.get(33..)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = *rest.first()? as usize;
+        let enc = rest.get(1..1 + len)?;
+        let addr = NodeAddr::decode(enc).ok()?;
+        // Candidates are carried as NodeAddrs naming the sender's peer (us) only to reuse
+        // one bounded decoder; the id is not otherwise used.
+        let _ = local;
+        out.extend(addr.direct.into_iter().filter(|a| !is_synthetic(a)).take(1));
+        rest = &rest[1 + len..];
+    }
+    rest.is_empty().then_some((key, out))
 }

@@ -61,6 +61,7 @@ mod config;
 mod conn;
 mod endpoint;
 mod identity;
+mod paths;
 pub mod relay;
 mod tls;
 
@@ -68,6 +69,7 @@ pub use config::{EndpointConfig, Limits};
 pub use conn::{ConnectionStats, QuicConnection, ZeroRtt};
 pub use endpoint::{BindError, Endpoint};
 pub use identity::{IdentityError, load_or_create_secret_key};
+pub use paths::PathKind;
 pub use tls::KITH_ALPN;
 
 /// quinn configurations identical to the ones an [`Endpoint`] uses (same TLS, same

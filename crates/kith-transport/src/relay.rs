@@ -222,6 +222,7 @@ pub struct RelayServer {
 }
 
 struct ServerInner {
+    tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     config: RelayConfig,
     clients: Mutex<HashMap<NodeId, Client>>,
     next_generation: AtomicU64,
@@ -268,6 +269,7 @@ impl RelayServer {
     pub fn new(config: RelayConfig) -> Self {
         Self {
             inner: Arc::new(ServerInner {
+                tap: Mutex::new(None),
                 config,
                 clients: Mutex::new(HashMap::new()),
                 next_generation: AtomicU64::new(1),
@@ -284,6 +286,15 @@ impl RelayServer {
     /// Number of reservations held.
     pub fn clients(&self) -> usize {
         lock(&self.inner.clients).len()
+    }
+
+    /// Copies every forwarded packet to the returned channel: what an observer on the
+    /// relay sees. For tests; not part of the stable API.
+    #[doc(hidden)]
+    pub fn tap(&self) -> mpsc::UnboundedReceiver<Bytes> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.inner.tap) = Some(tx);
+        rx
     }
 }
 
@@ -351,6 +362,9 @@ impl ServerInner {
             if !bucket.take(packet.len()) {
                 self.stats.dropped_rate.fetch_add(1, Ordering::Relaxed);
                 continue;
+            }
+            if let Some(tap) = lock(&self.tap).as_ref() {
+                let _ = tap.send(packet.clone());
             }
             let target = lock(&self.clients).get(&dest).map(|c| c.tx.clone());
             match target {
@@ -590,9 +604,21 @@ mod tests {
             RelayFrame::decode(Bytes::from_static(&[3, 7])),
             Err(RelayFrameError::Malformed)
         );
+        // The first byte string of the form [n, 0, …] that is not a curve point.
+        let invalid = (0u8..=255)
+            .map(|n| {
+                let mut b = [0u8; 32];
+                b[0] = n;
+                b
+            })
+            .find(|b| NodeId::from_bytes(b).is_err())
+            .unwrap_or_else(|| panic!("some small y is not on the curve"));
         let mut bad_id = BytesMut::from(&[2u8][..]);
-        bad_id.put_slice(&[0xffu8; 32]);
-        assert!(RelayFrame::decode(bad_id.freeze()).is_err());
+        bad_id.put_slice(&invalid);
+        assert_eq!(
+            RelayFrame::decode(bad_id.freeze()),
+            Err(RelayFrameError::InvalidPeer)
+        );
     }
 
     proptest! {

@@ -1,0 +1,782 @@
+//! Paths under QUIC: a UDP socket wrapper that gives each relayed peer a stable
+//! address and picks, per datagram, the path it takes (a validated direct UDP address or
+//! a relay), so a connection that starts relayed moves to a direct path without QUIC
+//! noticing: no migration, no reconnect, no stream broken.
+//!
+//! * **Mapped addresses.** A peer reached through a relay gets a synthetic address from
+//!   a reserved block (`240.107.0.0/16` for IPv4 sockets, `fd6b:6974:6800::/48` for IPv6).
+//!   quinn only ever sees that address. A datagram to it goes to the peer's validated
+//!   direct address if it has one, otherwise through the relay. Nothing is ever sent to a
+//!   synthetic address on the wire: an unknown one is dropped.
+//! * **Probes** share the UDP socket with QUIC and are told apart by their first byte
+//!   (0x00; QUIC packets always have the fixed bit 0x40 set, as this endpoint disables
+//!   QUIC-bit greasing). A probe carries a random transaction id and a 16-byte BLAKE3
+//!   keyed MAC under a key the *receiver* chose and sent to the sender over their
+//!   encrypted connection. A direct path is adopted only when a pong answers one of our
+//!   own pings: a forged probe fails the MAC, a replayed pong matches no outstanding
+//!   ping, so neither can steer a path.
+//! * **Receiving**: datagrams from a peer's validated direct address are rewritten to the
+//!   peer's mapped address; datagrams from relays arrive with the sender's mapped address.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kith_core::NodeId;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::sync::watch;
+
+use crate::relay::RelayClient;
+
+/// Size of a probe datagram.
+pub(crate) const PROBE_LEN: usize = 1 + 4 + 1 + 12 + 32 + 16;
+const PROBE_MAGIC: &[u8; 4] = b"kPRB";
+const PING: u8 = 1;
+const PONG: u8 = 2;
+/// Most direct candidates kept per peer.
+const MAX_CANDIDATES: usize = 8;
+/// Most addresses labelled as some peer's on receive.
+const MAX_KNOWN_ADDRS: usize = 4096;
+/// Most outstanding pings per peer.
+const MAX_PENDING_PINGS: usize = 64;
+/// Relayed packets buffered for quinn before new ones are dropped.
+const RELAY_QUEUE: usize = 1024;
+/// A direct path not confirmed by a pong for this long is abandoned.
+pub(crate) const PATH_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// The path a connection currently uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Straight to this UDP address.
+    Direct(SocketAddr),
+    /// Through the relay with this node id.
+    Relayed(NodeId),
+    /// No usable path right now.
+    None,
+}
+
+/// A decoded probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Probe {
+    pub(crate) pong: bool,
+    pub(crate) tx: [u8; 12],
+    pub(crate) sender: NodeId,
+}
+
+fn mac(key: &[u8; 32], body: &[u8]) -> [u8; 16] {
+    let h = blake3::keyed_hash(key, body);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.as_bytes()[..16]);
+    out
+}
+
+/// Encodes a probe authenticated under `key` (the receiver's key).
+pub(crate) fn encode_probe(p: &Probe, key: &[u8; 32]) -> [u8; PROBE_LEN] {
+    let mut out = [0u8; PROBE_LEN];
+    out[0] = 0;
+    out[1..5].copy_from_slice(PROBE_MAGIC);
+    out[5] = if p.pong { PONG } else { PING };
+    out[6..18].copy_from_slice(&p.tx);
+    out[18..50].copy_from_slice(p.sender.as_bytes());
+    let m = mac(key, &out[..50]);
+    out[50..].copy_from_slice(&m);
+    out
+}
+
+/// True if `data` looks like a probe (it may still fail authentication).
+pub(crate) fn is_probe(data: &[u8]) -> bool {
+    data.len() == PROBE_LEN && data[0] == 0 && &data[1..5] == PROBE_MAGIC
+}
+
+/// Parses a probe's unauthenticated fields; the MAC is checked by [`verify_probe`].
+pub(crate) fn parse_probe(data: &[u8]) -> Option<Probe> {
+    if !is_probe(data) {
+        return None;
+    }
+    let pong = match data[5] {
+        PING => false,
+        PONG => true,
+        _ => return None,
+    };
+    let mut tx = [0u8; 12];
+    tx.copy_from_slice(&data[6..18]);
+    let sender = NodeId::try_from_slice(&data[18..50]).ok()?;
+    Some(Probe { pong, tx, sender })
+}
+
+/// Checks the MAC of a probe against `key` in constant time.
+pub(crate) fn verify_probe(data: &[u8], key: &[u8; 32]) -> bool {
+    if data.len() != PROBE_LEN {
+        return false;
+    }
+    let want = blake3::keyed_hash(key, &data[..50]);
+    // Compare through blake3::Hash's constant-time equality on a re-hash of both sides.
+    let mut got = [0u8; 32];
+    got[..16].copy_from_slice(&data[50..]);
+    let mut exp = [0u8; 32];
+    exp[..16].copy_from_slice(&want.as_bytes()[..16]);
+    blake3::Hash::from(got) == blake3::Hash::from(exp)
+}
+
+struct DirectPath {
+    addr: SocketAddr,
+    rtt: Duration,
+    confirmed: Instant,
+}
+
+struct NodePaths {
+    mapped: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    direct: Option<DirectPath>,
+    relay: Option<RelayClient>,
+    /// Key the peer authenticates probes to us with (we chose it).
+    my_key: Option<[u8; 32]>,
+    /// Key we authenticate probes to the peer with (it chose it).
+    their_key: Option<[u8; 32]>,
+    pending: HashMap<[u8; 12], (SocketAddr, Instant)>,
+    path_tx: watch::Sender<PathKind>,
+    /// Pings sent, for reporting (for example the probes a hole punch spent).
+    pings_sent: u64,
+}
+
+impl NodePaths {
+    fn kind(&self) -> PathKind {
+        match (&self.direct, &self.relay) {
+            (Some(d), _) => PathKind::Direct(d.addr),
+            (None, Some(r)) => PathKind::Relayed(r.relay()),
+            (None, None) => PathKind::None,
+        }
+    }
+
+    fn publish(&self) {
+        let k = self.kind();
+        self.path_tx.send_if_modified(|cur| {
+            if *cur != k {
+                *cur = k;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+#[derive(Default)]
+struct TableState {
+    next: u32,
+    by_mapped: HashMap<SocketAddr, NodeId>,
+    nodes: HashMap<NodeId, NodePaths>,
+    /// Addresses a peer proved (by an authenticated probe) it sends from.
+    by_direct: HashMap<SocketAddr, NodeId>,
+    relay_queue: VecDeque<(SocketAddr, Bytes)>,
+    relay_waker: Option<Waker>,
+    /// Probes to send, queued by the receive path (which cannot send itself).
+    outbox: VecDeque<(SocketAddr, [u8; PROBE_LEN])>,
+}
+
+/// Shared path state of one socket: mapped addresses, candidates, validated paths.
+pub(crate) struct PathTable {
+    local: NodeId,
+    v6: bool,
+    state: Mutex<TableState>,
+}
+
+impl fmt::Debug for PathTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathTable")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True if `addr` lies in the synthetic block mapped addresses come from.
+pub(crate) fn is_synthetic(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(ip) => ip.octets()[0] == 240 && ip.octets()[1] == 107,
+        IpAddr::V6(ip) => ip.segments()[..3] == [0xfd6b, 0x6974, 0x6800],
+    }
+}
+
+impl PathTable {
+    pub(crate) fn new(local: NodeId, v6: bool) -> Arc<Self> {
+        Arc::new(Self {
+            local,
+            v6,
+            state: Mutex::new(TableState::default()),
+        })
+    }
+
+    fn alloc(&self, st: &mut TableState, node: NodeId) -> SocketAddr {
+        if let Some(p) = st.nodes.get(&node) {
+            return p.mapped;
+        }
+        st.next = st.next.wrapping_add(1);
+        let n = st.next;
+        let ip: IpAddr = if self.v6 {
+            Ipv6Addr::new(0xfd6b, 0x6974, 0x6800, 0, 0, 0, (n >> 16) as u16, n as u16).into()
+        } else {
+            Ipv4Addr::new(240, 107, (n >> 8) as u8, n as u8).into()
+        };
+        // Port 1..=65535 keeps quinn's address checks happy; the pair is unique enough
+        // for 2^24 peers per socket.
+        let port = ((n >> 16) as u16).max(1);
+        let mapped = SocketAddr::new(ip, port);
+        st.by_mapped.insert(mapped, node);
+        st.nodes.insert(
+            node,
+            NodePaths {
+                mapped,
+                candidates: Vec::new(),
+                direct: None,
+                relay: None,
+                my_key: None,
+                their_key: None,
+                pending: HashMap::new(),
+                path_tx: watch::channel(PathKind::None).0,
+                pings_sent: 0,
+            },
+        );
+        mapped
+    }
+
+    /// The mapped address of `node`, creating it with `relay` and `candidates`.
+    pub(crate) fn map(
+        &self,
+        node: NodeId,
+        relay: Option<RelayClient>,
+        candidates: &[SocketAddr],
+    ) -> SocketAddr {
+        let mut st = lock(&self.state);
+        let mapped = self.alloc(&mut st, node);
+        if let Some(p) = st.nodes.get_mut(&node) {
+            if relay.is_some() {
+                p.relay = relay;
+            }
+            for c in candidates {
+                if p.candidates.len() < MAX_CANDIDATES
+                    && !p.candidates.contains(c)
+                    && !is_synthetic(c)
+                {
+                    p.candidates.push(*c);
+                }
+            }
+            p.publish();
+        }
+        mapped
+    }
+
+    /// The node behind a mapped address.
+    pub(crate) fn node_of(&self, mapped: &SocketAddr) -> Option<NodeId> {
+        lock(&self.state).by_mapped.get(mapped).copied()
+    }
+
+    /// Current path to `node` and a watch of its changes.
+    pub(crate) fn path(&self, node: &NodeId) -> Option<watch::Receiver<PathKind>> {
+        lock(&self.state)
+            .nodes
+            .get(node)
+            .map(|p| p.path_tx.subscribe())
+    }
+
+    /// Pings sent to `node` so far.
+    pub(crate) fn pings_sent(&self, node: &NodeId) -> u64 {
+        lock(&self.state)
+            .nodes
+            .get(node)
+            .map_or(0, |p| p.pings_sent)
+    }
+
+    /// Sets the key the peer must authenticate probes to us with (we send it to the peer).
+    pub(crate) fn set_my_key(&self, node: NodeId, key: [u8; 32]) {
+        if let Some(p) = lock(&self.state).nodes.get_mut(&node) {
+            p.my_key = Some(key);
+        }
+    }
+
+    /// Sets the key we authenticate probes to the peer with (the peer sent it).
+    pub(crate) fn set_their_key(&self, node: NodeId, key: [u8; 32]) {
+        if let Some(p) = lock(&self.state).nodes.get_mut(&node) {
+            p.their_key = Some(key);
+        }
+    }
+
+    /// Adds candidates the peer advertised.
+    pub(crate) fn add_candidates(&self, node: NodeId, candidates: &[SocketAddr]) {
+        let mut st = lock(&self.state);
+        if let Some(p) = st.nodes.get_mut(&node) {
+            for c in candidates {
+                if p.candidates.len() < MAX_CANDIDATES
+                    && !p.candidates.contains(c)
+                    && !is_synthetic(c)
+                {
+                    p.candidates.push(*c);
+                }
+            }
+        }
+    }
+
+    /// Builds pings to every candidate of `node` (and the current direct path, to keep
+    /// it confirmed). Returns them for the caller to send.
+    pub(crate) fn make_pings(
+        &self,
+        node: &NodeId,
+        now: Instant,
+    ) -> Vec<(SocketAddr, [u8; PROBE_LEN])> {
+        let mut st = lock(&self.state);
+        let Some(p) = st.nodes.get_mut(node) else {
+            return Vec::new();
+        };
+        let Some(key) = p.their_key else {
+            return Vec::new();
+        };
+        // Forget pings nobody answered.
+        p.pending
+            .retain(|_, (_, at)| now.duration_since(*at) < PATH_TIMEOUT);
+        let mut targets = p.candidates.clone();
+        if let Some(d) = &p.direct {
+            if !targets.contains(&d.addr) {
+                targets.push(d.addr);
+            }
+        }
+        let mut out = Vec::new();
+        for addr in targets {
+            if p.pending.len() >= MAX_PENDING_PINGS {
+                break;
+            }
+            let tx: [u8; 12] = rand::random();
+            p.pending.insert(tx, (addr, now));
+            p.pings_sent += 1;
+            out.push((
+                addr,
+                encode_probe(
+                    &Probe {
+                        pong: false,
+                        tx,
+                        sender: self.local,
+                    },
+                    &key,
+                ),
+            ));
+        }
+        out
+    }
+
+    /// Drops a direct path that has not been confirmed recently; returns true if the
+    /// path fell back.
+    pub(crate) fn expire(&self, node: &NodeId, now: Instant) -> bool {
+        let mut st = lock(&self.state);
+        let Some(p) = st.nodes.get_mut(node) else {
+            return false;
+        };
+        if p.direct
+            .as_ref()
+            .is_some_and(|d| now.duration_since(d.confirmed) > PATH_TIMEOUT)
+        {
+            p.direct = None;
+            p.publish();
+            return true;
+        }
+        false
+    }
+
+    /// Forgets a peer (its connection ended).
+    pub(crate) fn remove(&self, node: &NodeId) {
+        let mut st = lock(&self.state);
+        if let Some(p) = st.nodes.remove(node) {
+            st.by_mapped.remove(&p.mapped);
+            st.by_direct.retain(|_, n| n != node);
+        }
+    }
+
+    /// A packet arrived through a relay from `from`.
+    pub(crate) fn on_relay_packet(&self, relay: &RelayClient, from: NodeId, packet: Bytes) {
+        let mut st = lock(&self.state);
+        let mapped = self.alloc(&mut st, from);
+        if let Some(p) = st.nodes.get_mut(&from) {
+            if p.relay.is_none() {
+                p.relay = Some(relay.clone());
+                p.publish();
+            }
+        }
+        if st.relay_queue.len() >= RELAY_QUEUE {
+            return;
+        }
+        st.relay_queue.push_back((mapped, packet));
+        if let Some(w) = st.relay_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Handles a received probe; returns a pong to send, if any.
+    fn on_probe(
+        &self,
+        data: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Option<(SocketAddr, [u8; PROBE_LEN])> {
+        let probe = parse_probe(data)?;
+        let mut st = lock(&self.state);
+        let TableState {
+            nodes, by_direct, ..
+        } = &mut *st;
+        let p = nodes.get_mut(&probe.sender)?;
+        let key = p.my_key?;
+        if !verify_probe(data, &key) {
+            tracing::debug!(%from, "probe with a bad MAC dropped");
+            return None;
+        }
+        // The peer proved it sends from `from`: label what arrives from there as the
+        // peer's, so quinn never sees the address change when either side moves paths.
+        // (Receiving is safe to relabel: QUIC authenticates every packet. Where we
+        // *send* changes only on a pong to our own ping, below.)
+        if by_direct.len() < MAX_KNOWN_ADDRS {
+            by_direct.insert(from, probe.sender);
+        }
+        if probe.pong {
+            // Only an answer to one of our own pings, from the address we pinged, counts.
+            let (addr, sent) = *p.pending.get(&probe.tx)?;
+            if addr != from {
+                return None;
+            }
+            p.pending.remove(&probe.tx);
+            let rtt = now.duration_since(sent);
+            let better = match &p.direct {
+                None => true,
+                Some(d) if d.addr == from => true,
+                Some(d) => {
+                    rtt + Duration::from_millis(2) < d.rtt
+                        || now.duration_since(d.confirmed) > PATH_TIMEOUT / 2
+                }
+            };
+            if better {
+                p.direct = Some(DirectPath {
+                    addr: from,
+                    rtt,
+                    confirmed: now,
+                });
+                p.publish();
+            }
+            None
+        } else {
+            // Answer on the path the ping came from; that also opens our NAT towards it.
+            let their = p.their_key?;
+            if p.candidates.len() < MAX_CANDIDATES && !p.candidates.contains(&from) {
+                p.candidates.push(from);
+            }
+            let pong = Probe {
+                pong: true,
+                tx: probe.tx,
+                sender: self.local,
+            };
+            Some((from, encode_probe(&pong, &their)))
+        }
+    }
+}
+
+/// The socket quinn sees: the real UDP socket plus the path table.
+pub(crate) struct PathSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    table: Arc<PathTable>,
+}
+
+impl fmt::Debug for PathSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathSocket")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl PathSocket {
+    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, table: Arc<PathTable>) -> Self {
+        Self { inner, table }
+    }
+
+    /// Sends a probe (or any raw datagram) on the real socket, best effort.
+    pub(crate) fn send_raw(&self, to: SocketAddr, data: &[u8]) {
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        };
+        let _ = self.inner.try_send(&t);
+    }
+
+    fn flush_outbox(&self) {
+        let out: Vec<_> = lock(&self.table.state).outbox.drain(..).collect();
+        for (to, probe) in out {
+            self.send_raw(to, &probe);
+        }
+    }
+}
+
+impl AsyncUdpSocket for PathSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        if !is_synthetic(&transmit.destination) {
+            return self.inner.try_send(transmit);
+        }
+        let (node, direct, relay) = {
+            let st = lock(&self.table.state);
+            let Some(node) = st.by_mapped.get(&transmit.destination).copied() else {
+                // Never put a synthetic address on the wire.
+                return Ok(());
+            };
+            let p = st.nodes.get(&node);
+            (
+                node,
+                p.and_then(|p| p.direct.as_ref().map(|d| d.addr)),
+                p.and_then(|p| p.relay.clone()),
+            )
+        };
+        if let Some(addr) = direct {
+            let t = Transmit {
+                destination: addr,
+                ..*transmit
+            };
+            return self.inner.try_send(&t);
+        }
+        if let Some(relay) = relay {
+            let seg = transmit
+                .segment_size
+                .unwrap_or(transmit.contents.len())
+                .max(1);
+            for chunk in transmit.contents.chunks(seg) {
+                // A full relay queue drops the datagram, as a congested path would.
+                let _ = relay.send(node, Bytes::copy_from_slice(chunk));
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        // Relayed packets first, so a busy direct socket cannot starve them.
+        let mut n = 0;
+        {
+            let mut st = lock(&self.table.state);
+            while n < bufs.len().min(meta.len()) {
+                let Some((from, pkt)) = st.relay_queue.pop_front() else {
+                    break;
+                };
+                if pkt.len() > bufs[n].len() {
+                    continue;
+                }
+                bufs[n][..pkt.len()].copy_from_slice(&pkt);
+                meta[n] = RecvMeta {
+                    addr: from,
+                    len: pkt.len(),
+                    stride: pkt.len(),
+                    ..RecvMeta::default()
+                };
+                n += 1;
+            }
+            if n == 0 {
+                st.relay_waker = Some(cx.waker().clone());
+            }
+        }
+        if n > 0 {
+            return Poll::Ready(Ok(n));
+        }
+        loop {
+            let k = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(k)) => k,
+                other => return other,
+            };
+            let now = Instant::now();
+            let mut w = 0;
+            for i in 0..k {
+                let m = meta[i];
+                let data = &bufs[i][..m.len];
+                if m.len == m.stride && is_probe(data) {
+                    if let Some(reply) = self.table.on_probe(data, m.addr, now) {
+                        lock(&self.table.state).outbox.push_back(reply);
+                    }
+                    continue;
+                }
+                let mut m = m;
+                let mapped = {
+                    let st = lock(&self.table.state);
+                    st.by_direct
+                        .get(&m.addr)
+                        .and_then(|node| st.nodes.get(node))
+                        .map(|p| p.mapped)
+                };
+                if let Some(mapped) = mapped {
+                    m.addr = mapped;
+                }
+                if w != i {
+                    let (head, tail) = bufs.split_at_mut(i);
+                    head[w][..m.len].copy_from_slice(&tail[0][..m.len]);
+                }
+                meta[w] = m;
+                w += 1;
+            }
+            self.flush_outbox();
+            if w > 0 {
+                return Poll::Ready(Ok(w));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(n: u8) -> NodeId {
+        kith_core::SecretKey::from_bytes(&[n; 32]).node_id()
+    }
+
+    #[test]
+    fn probes_round_trip_and_authenticate() {
+        let key = [7u8; 32];
+        let p = Probe {
+            pong: false,
+            tx: [1; 12],
+            sender: id(1),
+        };
+        let wire = encode_probe(&p, &key);
+        assert!(is_probe(&wire));
+        assert_eq!(parse_probe(&wire), Some(p));
+        assert!(verify_probe(&wire, &key));
+        assert!(!verify_probe(&wire, &[8u8; 32]));
+        let mut forged = wire;
+        forged[10] ^= 1;
+        assert!(!verify_probe(&forged, &key));
+    }
+
+    #[test]
+    fn quic_packets_are_never_probes() {
+        // QUIC v1 packets have the fixed bit (0x40) set in the first byte.
+        for first in 0x40u8..=0xff {
+            let mut pkt = [0u8; PROBE_LEN];
+            pkt[0] = first;
+            assert!(!is_probe(&pkt) || first & 0x40 == 0);
+        }
+    }
+
+    #[test]
+    fn synthetic_block() {
+        assert!(is_synthetic(
+            &"240.107.0.1:1".parse().unwrap_or_else(|_| unreachable!())
+        ));
+        assert!(!is_synthetic(
+            &"203.0.113.1:1".parse().unwrap_or_else(|_| unreachable!())
+        ));
+        assert!(is_synthetic(
+            &"[fd6b:6974:6800::1]:1"
+                .parse()
+                .unwrap_or_else(|_| unreachable!())
+        ));
+    }
+
+    #[test]
+    fn only_answered_pings_validate_a_path_and_replays_do_not() {
+        let now = Instant::now();
+        let a = PathTable::new(id(1), false);
+        let b = PathTable::new(id(2), false);
+        let b_addr: SocketAddr = "203.0.113.2:5000"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let a_addr: SocketAddr = "198.51.100.1:4000"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        a.map(id(2), None, &[b_addr]);
+        b.map(id(1), None, &[]);
+        let (ka, kb) = ([1u8; 32], [2u8; 32]);
+        a.set_my_key(id(2), ka);
+        a.set_their_key(id(2), kb);
+        b.set_my_key(id(1), kb);
+        b.set_their_key(id(1), ka);
+        let pings = a.make_pings(&id(2), now);
+        assert_eq!(pings.len(), 1);
+        let (to, ping) = pings[0];
+        assert_eq!(to, b_addr);
+        // b answers the ping (and learns a's address as a candidate).
+        let (back, pong) = b
+            .on_probe(&ping, a_addr, now)
+            .unwrap_or_else(|| panic!("pong"));
+        assert_eq!(back, a_addr);
+        // A pong from another address than the one pinged does not count.
+        let spoofed_from: SocketAddr = "192.0.2.66:1".parse().unwrap_or_else(|_| unreachable!());
+        assert!(a.on_probe(&pong, spoofed_from, now).is_none());
+        assert!(matches!(
+            *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
+            PathKind::None
+        ));
+        // The genuine pong, from the pinged address, validates the path.
+        assert!(a.on_probe(&pong, b_addr, now).is_none());
+        assert_eq!(
+            *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
+            PathKind::Direct(b_addr)
+        );
+        let pong2 = pong;
+        // Replaying the same pong from elsewhere moves nothing.
+        let evil: SocketAddr = "192.0.2.99:9".parse().unwrap_or_else(|_| unreachable!());
+        assert!(a.on_probe(&pong2, evil, now).is_none());
+        assert_eq!(
+            *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
+            PathKind::Direct(b_addr)
+        );
+        // A forged pong (bad MAC) moves nothing either.
+        let forged = encode_probe(
+            &Probe {
+                pong: true,
+                tx: [9; 12],
+                sender: id(2),
+            },
+            &[0u8; 32],
+        );
+        assert!(a.on_probe(&forged, evil, now).is_none());
+        assert_eq!(
+            *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
+            PathKind::Direct(b_addr)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = parse_probe(&data);
+            let _ = verify_probe(&data, &[0; 32]);
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Relayed connections and the move to a direct path, on loopback.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use kith_core::NodeAddr;
+use kith_core::net::{
+    BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, Protocol, ProtocolHandler,
+};
+use kith_transport::relay::{RelayConfig, RelayServer};
+use kith_transport::{Endpoint, EndpointConfig, PathKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(15);
+const HASH: Protocol = Protocol::from_static("test/hash/1");
+
+/// Reads a whole stream and answers with its BLAKE3 hash and length.
+#[derive(Debug)]
+struct Hasher;
+
+impl ProtocolHandler for Hasher {
+    fn accept_bi(
+        &self,
+        _c: Conn,
+        mut send: BoxSendStream,
+        mut recv: BoxRecvStream,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0u64;
+            loop {
+                match recv.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        h.update(&buf[..k]);
+                        n += k as u64;
+                    }
+                    Err(_) => return,
+                }
+            }
+            let _ = send.write_all(h.finalize().as_bytes()).await;
+            let _ = send.write_all(&n.to_le_bytes()).await;
+            let _ = send.finish();
+        })
+    }
+}
+
+struct Net {
+    relay: Endpoint,
+    relay_server: RelayServer,
+}
+
+async fn relay() -> Net {
+    let server = RelayServer::new(RelayConfig {
+        rate_bytes_per_sec: 64 << 20,
+        burst_bytes: 8 << 20,
+        ..RelayConfig::default()
+    });
+    let relay = bind(1).await;
+    relay
+        .mount(
+            kith_transport::relay::RELAY_PROTOCOL,
+            Arc::new(server.clone()),
+        )
+        .unwrap();
+    Net {
+        relay,
+        relay_server: server,
+    }
+}
+
+async fn peer(seed: u64, net: &Net, probe_delay: Duration) -> Endpoint {
+    let cfg = EndpointConfig {
+        relay: Some(net.relay.node_addr()),
+        path_probe_delay: probe_delay,
+        ..EndpointConfig::loopback()
+    };
+    let ep = bind_with(seed, cfg).await;
+    ep.mount(HASH, Arc::new(Hasher)).unwrap();
+    assert_eq!(
+        ep.node_addr().relays.len(),
+        1,
+        "home relay reserved and advertised"
+    );
+    ep
+}
+
+/// The address of `ep` with only its relay: the dialer cannot go direct at first.
+fn relay_only(ep: &Endpoint) -> NodeAddr {
+    let mut a = ep.node_addr();
+    a.direct.clear();
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_connection_moves_to_direct_and_the_stream_survives() {
+    let net = relay().await;
+    let a = peer(2, &net, Duration::from_millis(700)).await;
+    let b = peer(3, &net, Duration::ZERO).await;
+    let conn = a.connect(relay_only(&b)).await.unwrap();
+    assert_eq!(conn.path(), PathKind::Relayed(net.relay.node_id()));
+    let mut events = conn.path_events();
+
+    // A transfer that starts on the relay and finishes on the direct path.
+    let (mut send, mut recv) = conn.open_bi(&HASH).await.unwrap();
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let (first, second) = data.split_at(256 << 10);
+    send.write_all(first).await.unwrap();
+    send.flush().await.unwrap();
+    assert_eq!(
+        conn.path(),
+        PathKind::Relayed(net.relay.node_id()),
+        "still relayed mid-transfer"
+    );
+    let direct = tokio::time::timeout(T, events.wait_for(|p| matches!(p, PathKind::Direct(_))))
+        .await
+        .expect("direct path within the timeout")
+        .map(|p| *p)
+        .unwrap();
+    assert_eq!(direct, PathKind::Direct(b.local_addrs()[0]));
+    send.write_all(second).await.unwrap();
+    send.finish().unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(T, recv.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &reply[..32],
+        blake3::hash(&data).as_bytes(),
+        "every byte arrived, in order"
+    );
+    assert_eq!(
+        u64::from_le_bytes(reply[32..40].try_into().unwrap()),
+        data.len() as u64
+    );
+    assert!(conn.stats().probes_sent >= 1);
+    // The same connection throughout: no reconnect.
+    assert!(Arc::ptr_eq(
+        &conn,
+        &a.connect(relay_only(&b)).await.unwrap()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_sees_only_ciphertext() {
+    let net = relay().await;
+    let mut tap = net.relay_server.tap();
+    // Both sides hold off probing, so everything goes through the relay.
+    let a = peer(2, &net, Duration::from_secs(60)).await;
+    let b = peer(3, &net, Duration::from_secs(60)).await;
+    let conn = a.connect(relay_only(&b)).await.unwrap();
+    let marker = b"KITH-PLAINTEXT-MARKER-4f1c2a".repeat(400);
+    let (mut send, mut recv) = conn.open_bi(&HASH).await.unwrap();
+    send.write_all(&marker).await.unwrap();
+    send.finish().unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(T, recv.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&reply[..32], blake3::hash(&marker).as_bytes());
+    assert_eq!(conn.path(), PathKind::Relayed(net.relay.node_id()));
+    let mut seen = Vec::new();
+    while let Ok(p) = tap.try_recv() {
+        seen.extend_from_slice(&p);
+    }
+    assert!(
+        seen.len() > marker.len(),
+        "the transfer went through the relay ({} bytes)",
+        seen.len()
+    );
+    let needle = b"KITH-PLAINTEXT-MARKER";
+    assert!(
+        !seen.windows(needle.len()).any(|w| w == needle),
+        "no plaintext on the relay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_probes_do_not_move_a_path() {
+    use rand::{Rng, SeedableRng};
+    let net = relay().await;
+    let a = peer(2, &net, Duration::from_secs(60)).await;
+    let b = peer(3, &net, Duration::from_secs(60)).await;
+    let conn = a.connect(relay_only(&b)).await.unwrap();
+    assert_eq!(echo(&*conn, b"x").await.unwrap(), b"x");
+    // An attacker who knows both ids sprays probe-shaped packets at a's socket: pongs
+    // and pings with random transaction ids and MACs, claiming to come from b.
+    let attacker = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for i in 0..2000u32 {
+        let mut p = vec![0u8; 66];
+        p[1..5].copy_from_slice(b"kPRB");
+        p[5] = if i % 2 == 0 { 2 } else { 1 };
+        rng.fill(&mut p[6..18]);
+        p[18..50].copy_from_slice(b.node_id().as_bytes());
+        rng.fill(&mut p[50..]);
+        attacker.send_to(&p, a.local_addrs()[0]).unwrap();
+    }
+    // The connection still works and still goes through the relay.
+    assert_eq!(
+        echo(&*conn, b"still relayed").await.unwrap(),
+        b"still relayed"
+    );
+    assert_eq!(conn.path(), PathKind::Relayed(net.relay.node_id()));
+}
