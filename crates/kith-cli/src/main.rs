@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! kith id [--key-file PATH]                 print this node's id (creating the key file)
+//! kith relay [--bind ADDR] [--key-file PATH]  offer relaying; prints its address
+//! kith peer [--bind ADDR] [--relay NODEADDR]  connectivity experiments (see peer.rs)
 //! kith dht-node [--bind ADDR] [--key-file PATH] [--bootstrap NODEADDR]…
 //!                                           run a DHT node controlled by lines on stdin
 //! ```
@@ -30,6 +32,8 @@ use kith::{EndpointConfig, Node, NodeAddr, NodeId, SecretKey};
 use kith_overlay::dht::{Config as DhtConfig, Dht, DhtHandle, Key};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+mod peer;
+
 const USAGE: &str =
     "usage: kith <id|dht-node> [--key-file PATH] [--bind ADDR] [--bootstrap NODEADDR]...";
 
@@ -38,6 +42,7 @@ struct Args {
     key_file: Option<PathBuf>,
     bind: Option<SocketAddr>,
     bootstrap: Vec<NodeAddr>,
+    relay: Option<NodeAddr>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -48,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
         key_file: None,
         bind: None,
         bootstrap: Vec::new(),
+        relay: None,
     };
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -57,6 +63,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--bootstrap" => args
                 .bootstrap
                 .push(value.parse().context("--bootstrap takes a NodeAddr")?),
+            "--relay" => args.relay = Some(value.parse().context("--relay takes a NodeAddr")?),
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
@@ -72,6 +79,10 @@ async fn start_node(args: &Args) -> anyhow::Result<(Node, SecretKey)> {
     if let Some(bind) = args.bind {
         config.bind_v4 = bind.is_ipv4().then_some(bind);
         config.bind_v6 = bind.is_ipv6().then_some(bind);
+    }
+    config.relay = args.relay.clone();
+    if args.command == "relay" {
+        config.relay_server = Some(kith::layers::transport::relay::RelayConfig::default());
     }
     let node = Node::builder()
         .secret_key(key.clone())
@@ -176,6 +187,25 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "dht-node" => dht_node(args).await,
+        "relay" => relay(args).await,
+        "peer" => peer::run(args).await,
         _ => bail!("{USAGE}"),
     }
+}
+
+/// `kith relay`: a node that offers relaying; prints its address, runs until stdin closes.
+async fn relay(args: Args) -> anyhow::Result<()> {
+    let (node, _) = start_node(&args).await?;
+    let mut out = tokio::io::stdout();
+    out.write_all(format!("addr {}\n", node.addr()).as_bytes())
+        .await?;
+    out.flush().await?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim() == "quit" {
+            break;
+        }
+    }
+    node.close().await;
+    Ok(())
 }

@@ -52,8 +52,8 @@ pub use kith_core::net::{
 };
 pub use kith_core::{NodeAddr, NodeId, RelayHint, SecretKey, frame};
 pub use kith_transport::{
-    BindError, ConnectionStats, Endpoint, EndpointConfig, IdentityError, Limits, QuicConnection,
-    ZeroRtt,
+    BindError, ConnectionStats, Endpoint, EndpointConfig, IdentityError, Limits, PathKind,
+    QuicConnection, ZeroRtt,
 };
 
 /// The layers, for code that wants them by name.
