@@ -261,6 +261,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 const RECHECK_FIRST: Duration = Duration::from_secs(30);
 const RECHECK_MAX: Duration = Duration::from_secs(3600);
 const RECHECK_SLACK: usize = 3;
+const RECHECK_BUCKETS: usize = 3;
 const MIN_STALL: Duration = Duration::from_millis(200);
 
 impl DhtCore {
@@ -932,8 +933,12 @@ impl DhtCore {
             self.next_recheck = None;
             return;
         }
+        // The shallowest thin buckets matter most (they cover most of the network);
+        // a few per round bound the cost for nodes whose deep buckets are empty by
+        // nature, for example ids in a dense cluster.
         let targets: Vec<Key> = thin
             .into_iter()
+            .take(RECHECK_BUCKETS)
             .map(|b| self.local_key.random_with_prefix(b, &mut self.rng))
             .collect();
         for t in targets {

@@ -7,14 +7,22 @@ use kith_core::{NodeAddr, NodeId};
 
 use super::key::{Distance, Key, Subnet};
 
-/// Appends `entries` to `out`, sorted by distance to `target` among themselves.
+/// Appends the entries of `entries` closest to `target`, at most `n - out.len()` of
+/// them, sorted by distance among themselves.
 fn take<'a>(
     entries: impl Iterator<Item = &'a Entry>,
     target: &Key,
+    n: usize,
     out: &mut Vec<(Distance, &'a Entry)>,
 ) {
     let start = out.len();
+    let need = n.saturating_sub(start);
     out.extend(entries.map(|e| (e.key().distance(target), e)));
+    let group = &mut out[start..];
+    if need > 0 && group.len() > need {
+        group.select_nth_unstable_by_key(need - 1, |a| a.0);
+        out.truncate(start + need);
+    }
     out[start..].sort_unstable_by_key(|a| a.0);
 }
 
@@ -258,12 +266,13 @@ impl RoutingTable {
         let len = self.buckets.len();
         let mut out: Vec<(Distance, &Entry)> = Vec::with_capacity(n + KEEP_SLACK);
         if c < len {
-            take(self.buckets[c].entries.iter(), target, &mut out);
+            take(self.buckets[c].entries.iter(), target, n, &mut out);
         }
         if out.len() < n && c + 1 < len {
             take(
                 self.buckets[c + 1..].iter().flat_map(|b| b.entries.iter()),
                 target,
+                n,
                 &mut out,
             );
         }
@@ -271,7 +280,7 @@ impl RoutingTable {
             if out.len() >= n {
                 break;
             }
-            take(self.buckets[b].entries.iter(), target, &mut out);
+            take(self.buckets[b].entries.iter(), target, n, &mut out);
         }
         out.truncate(n);
         out.into_iter().map(|(_, e)| e).collect()
