@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use kith_core::net::{
     BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, Protocol, ProtocolHandler,
 };
@@ -188,7 +189,10 @@ async fn kith_connects(
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        let conn = client.connect(server.clone()).await?;
+        let conn = client
+            .connect(server.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("kith connect #{}: {e}", out.len()))?;
         out.push(start.elapsed());
         conn.close(0, b"bench");
     }
@@ -258,9 +262,17 @@ async fn main() -> anyhow::Result<()> {
     let mut done = 0;
     while done < connects {
         let n = block.min(connects - done);
-        ks.extend(kith_connects(&small_client, &server.node_addr(), n).await?);
-        qs.extend(quinn_connects(&q, n).await?);
-        kl.extend(kith_connects(&large_client, &larger_server.node_addr(), n).await?);
+        ks.extend(
+            kith_connects(&small_client, &server.node_addr(), n)
+                .await
+                .context("smaller dialer")?,
+        );
+        qs.extend(quinn_connects(&q, n).await.context("quinn")?);
+        kl.extend(
+            kith_connects(&large_client, &larger_server.node_addr(), n)
+                .await
+                .context("larger dialer")?,
+        );
         done += n;
     }
     let (ks, kl, qs) = (median(ks), median(kl), median(qs));
@@ -288,7 +300,11 @@ async fn main() -> anyhow::Result<()> {
     // --- 0-RTT set-up (kith only; reported for reference) ---
     let zr_client = Endpoint::bind(small.clone(), cfg(true)).await?;
     kith_connects(&zr_client, &server.node_addr(), 1).await?;
-    let zr = median(kith_connects(&zr_client, &server.node_addr(), connects.min(100)).await?);
+    let zr = median(
+        kith_connects(&zr_client, &server.node_addr(), connects.min(100))
+            .await
+            .context("0-rtt")?,
+    );
     println!(
         "figure transport.connect.kith_0rtt_us {:.0}",
         zr.as_secs_f64() * 1e6
