@@ -10,6 +10,7 @@
 //! cargo xtask lab topology status [--id ID]
 //! cargo xtask lab plan                      print the address plan
 //! cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--keep] [--no-input-drop]
+//! cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! ```
 //!
 //! Needs root, `ip`/`tc` (iproute2) and `nft` (nftables). Uses only std: it shells out
@@ -18,10 +19,12 @@
 //!
 //! Module map: [`plan`] (addresses, pure), [`nft`] (rule text, pure), [`sys`] (running
 //! tools with timeouts), [`topology`] (build/teardown/state file), [`tool`] (the probe
-//! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences).
+//! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences),
+//! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`).
 
 mod check;
 mod hygiene;
+mod matrix;
 mod nft;
 mod plan;
 mod sys;
@@ -39,7 +42,8 @@ const USAGE: &str = "usage:
   cargo xtask lab topology status [--id ID]
   cargo xtask lab plan
   cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--require-delay] [--keep]
-                        [--no-input-drop] [-v]";
+                        [--no-input-drop] [-v]
+  cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]";
 
 /// Default one-way delay per access link and direction, in ms.
 const DEFAULT_DELAY_MS: u32 = 10;
@@ -114,6 +118,15 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     match cmd {
         "topology" => topology_command(root, rest),
         "check" => check::run(root, &parse_options(rest, "check")?),
+        "matrix" => {
+            let build = !rest.iter().any(|a| a == "--no-build");
+            let rest: Vec<String> = rest
+                .iter()
+                .filter(|a| *a != "--no-build")
+                .cloned()
+                .collect();
+            matrix::run(root, &parse_options(&rest, "matrix")?, build)
+        }
         "plan" => {
             print!("{}", plan::Plan::standard().describe());
             Ok(())
