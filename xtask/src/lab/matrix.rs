@@ -7,7 +7,7 @@
 //! 3. starts `kith relay --bind <pub1>:7000` in `pub1` and one `kith peer --bind
 //!    <host>:0 --relay <relay>` in every other host (pub2 and each home's host);
 //! 4. for every unordered pair (a, b), a < b: `connect`, `wait-direct`, `transfer`
-//!    1 MiB, `probes` and `path` on a, and `path` on b (the commands are documented at
+//!    1 MiB, `probes` and `path` on a, then `wait-direct` on b (the commands are documented at
 //!    the top of `crates/kith-cli/src/peer.rs`);
 //! 5. prints the table and `figure …` lines, writes them to
 //!    `target/kith-lab/matrix-<id>.txt` (peer logs next to it), and compares each pair
@@ -41,6 +41,10 @@ const TRANSFER_BYTES: u64 = 1 << 20;
 const WAIT_DIRECT_MS: u64 = 5000;
 /// The same with `--quick`.
 const QUICK_WAIT_DIRECT_MS: u64 = 3000;
+/// How long the dialed side waits for its own direct path after the dialer's steps, ms.
+const B_WAIT_MS: u64 = 2000;
+/// The same with `--quick`.
+const QUICK_B_WAIT_MS: u64 = 1000;
 /// Deadline for a process's `addr` line. A peer whose relay is unreachable first waits
 /// for the QUIC handshake timeout (10 s).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -477,6 +481,7 @@ impl Kith {
         cmd.args(args)
             .env("KITH_LOG", filter)
             .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
@@ -648,8 +653,10 @@ pub(crate) struct PairResult {
     pub(crate) probes: Option<Result<u64, String>>,
     /// `path` on a at the end.
     pub(crate) final_path: Option<PathSeen>,
-    /// `path` on b towards a at the end.
-    pub(crate) b_path: Option<PathSeen>,
+    /// `wait-direct` on b towards a at the end: b's own view of the connection (each
+    /// side adopts a direct path only when a pong answers one of its own pings, so b
+    /// may lag a by a probe round).
+    pub(crate) b_path: Option<Waited>,
     /// A process hung or died during this pair.
     pub(crate) broke: Option<String>,
     pub(crate) notes: Vec<String>,
@@ -901,12 +908,17 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
     } else {
         WAIT_DIRECT_MS
     };
+    let b_wait_ms = if opts.quick {
+        QUICK_B_WAIT_MS
+    } else {
+        B_WAIT_MS
+    };
     let mut pairs = vec![];
     for i in 0..peers.len() {
         for j in i + 1..peers.len() {
             let (left, right) = peers.split_at_mut(j);
             let (a, b) = (&mut left[i], &mut right[0]);
-            let r = measure_pair(a, b, wait_ms);
+            let r = measure_pair(a, b, wait_ms, b_wait_ms);
             eprintln!(
                 "matrix: {} × {}: {} (expected {}) {}",
                 r.a,
@@ -935,7 +947,7 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
 }
 
 /// Runs the command sequence for one pair; a hung or dead process ends it early.
-fn measure_pair(a: &mut Peer, b: &mut Peer, wait_ms: u64) -> PairResult {
+fn measure_pair(a: &mut Peer, b: &mut Peer, wait_ms: u64, b_wait_ms: u64) -> PairResult {
     let mut r = PairResult {
         a: a.label.clone(),
         b: b.label.clone(),
@@ -1014,18 +1026,20 @@ fn measure_pair(a: &mut Peer, b: &mut Peer, wait_ms: u64) -> PairResult {
         return r;
     };
     if let Some(kb) = b.proc.as_mut() {
-        match kb.ask(&format!("path {a_id}"), SHORT_TIMEOUT) {
-            Ok(Ok(body)) => match PathSeen::parse(&body) {
+        let cmd = format!("wait-direct {a_id} {b_wait_ms}");
+        let timeout = Duration::from_millis(b_wait_ms) + WAIT_SLACK;
+        match kb.ask(&cmd, timeout) {
+            Ok(Ok(body)) => match parse_wait(&body) {
                 Ok(p) => r.b_path = Some(p),
-                Err(e) => r.notes.push(format!("path on {}: {e}", r.b)),
+                Err(e) => r.notes.push(format!("wait-direct on {}: {e}", r.b)),
             },
-            Ok(Err(e)) => r.notes.push(format!("path on {}: {e}", r.b)),
+            Ok(Err(e)) => r.notes.push(format!("wait-direct on {}: {e}", r.b)),
             Err(e) => {
                 step(&mut r, e);
             }
         }
     }
-    if let (Some(fa), Some(fb)) = (r.final_path, r.b_path) {
+    if let (Some(fa), Some(fb)) = (r.final_path, r.b_path.map(|w| w.path)) {
         if fa.outcome() != fb.outcome() {
             r.notes.push(format!(
                 "asymmetric: {} sees {}, {} sees {}",
@@ -1045,7 +1059,7 @@ pub(crate) fn table(pairs: &[PairResult]) -> String {
     let _ = writeln!(
         t,
         "| pair | expected | connected | connect ms | path at connect | final path | \
-         direct after ms | transfer 1 MiB | probes | b's path | result | note |"
+         direct after ms | transfer 1 MiB | probes | b's path (+ms) | result | note |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in pairs {
@@ -1073,9 +1087,11 @@ pub(crate) fn table(pairs: &[PairResult]) -> String {
             Some(Ok(n)) => n.to_string(),
             _ => "-".into(),
         };
-        let b_path = r
-            .b_path
-            .map_or("-".to_string(), |p| p.outcome().name().into());
+        let b_path = match r.b_path {
+            None => "-".to_string(),
+            Some(Waited { path, ms: Some(ms) }) => format!("{} (+{ms})", short(path)),
+            Some(w) => short(w.path).to_string(),
+        };
         let mut notes = r.notes.clone();
         if let Err(e) = &r.connect {
             notes.push(format!("connect: {e}"));
