@@ -1,25 +1,38 @@
 //! The filesystem store.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
-use crate::range::BlobSource;
+use crate::range::{BlobSource, DecodeError, Piece, WalkError, encode_from, walk};
 use crate::store::{
     PartialSink, check_tag_name, encode_range_from, import_verified, need, read_range_from,
 };
-use crate::tree::{GROUP_SIZE, PAIR_LEN, PairSink, TreeBuilder, group_count, outboard_len};
+use crate::tree::{
+    GROUP_SIZE, PAIR_LEN, PairSink, TreeBuilder, group_count, groups_overlapping, outboard_len,
+};
 use crate::{
-    Bitfield, BlobFormat, BlobInfo, BlobStatus, Hash, ImportError, ReadError, Store, StoreConfig,
-    StoreError, Tag, TagError,
+    Bitfield, BlobFormat, BlobInfo, BlobStatus, ExternalFault, Hash, ImportError, ImportMode,
+    ReadError, Store, StoreConfig, StoreError, Tag, TagError,
 };
 
 const BITFIELD_MAGIC: &[u8; 8] = b"kithbf01";
+const EXTERNAL_MAGIC: &[u8; 8] = b"kithex01";
+/// The longest path an external record holds, in bytes (Linux's `PATH_MAX`). Checked on
+/// import, and before allocating when a record is read back.
+const MAX_EXTERNAL_PATH: usize = 4096;
+/// Fixed part of an external record: magic, size, mtime seconds and nanoseconds, device,
+/// inode, path length.
+const EXTERNAL_FIXED: usize = 8 + 5 * 8 + 4;
+/// The largest external record file.
+const MAX_EXTERNAL_RECORD: usize = EXTERNAL_FIXED + MAX_EXTERNAL_PATH + 32;
 /// Bytes read and written per step of a streaming import.
 const IO_BUF: usize = 1 << 20;
 
@@ -42,12 +55,42 @@ pub enum OpenError {
 /// ```text
 /// ROOT/blobs/HASH.data       a complete blob
 /// ROOT/blobs/HASH.obao       its outboard (blobs of more than one group)
+/// ROOT/blobs/HASH.ext        or, instead of HASH.data, the record of an external blob
 /// ROOT/partial/HASH.data     a partial blob, written at group offsets
 /// ROOT/partial/HASH.obao     its outboard entries received so far
 /// ROOT/partial/HASH.bitfield the verified size and the groups that are durable
 /// ROOT/tags                  one line per tag: NAME raw|collection HASH
 /// ROOT/tmp/                  imports in progress, emptied on open
 /// ```
+///
+/// # External blobs
+///
+/// [`ImportMode::Reference`] leaves the bytes in the user's file and writes only the
+/// outboard (`HASH.obao`, as for any blob) and a record, `HASH.ext`, whose presence makes
+/// the blob complete in place of `HASH.data`:
+///
+/// ```text
+/// magic     8 bytes  "kithex01"
+/// size      u64 le   the blob's size = the file's size at import
+/// mtime     i64 le   the file's modification time, seconds since the epoch
+/// mtime_ns  i64 le   and its nanoseconds
+/// dev       u64 le   the device and
+/// ino       u64 le   inode of the file (its identity)
+/// path_len  u32 le   at most 4096
+/// path      path_len bytes: the file's absolute, canonical path
+/// check     32 bytes: BLAKE3 of everything above
+/// ```
+///
+/// The import hashes the file through one open handle, checks that its size, mtime and
+/// identity did not change meanwhile, syncs outboard and record in `tmp/`, then renames the
+/// outboard and, last, the record into `blobs/` (directory synced after each): a crash
+/// leaves no blob or a complete one. A record is read back only after its length is
+/// checked against the bound above, and its check, magic, path length and size are
+/// verified. Every read of an external blob compares the open file's size, mtime and
+/// identity with the record, then verifies each group it returns against the outboard and
+/// the hash ([`ReadError::ExternalChanged`] otherwise). Deleting an external blob removes
+/// the record and the outboard, never the user's file. A copying import of the same
+/// content replaces the record with an owned copy (`HASH.data` wins if both exist).
 ///
 /// # Crash safety
 ///
@@ -78,7 +121,10 @@ pub struct FsStore {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Complete blobs, owned and external.
     complete: BTreeMap<Hash, u64>,
+    /// The records of the complete blobs that are external (they do not count in `used`).
+    external: BTreeMap<Hash, Arc<ExternalRecord>>,
     partial: BTreeMap<Hash, Bitfield>,
     partial_size: BTreeMap<Hash, u64>,
     tags: BTreeMap<String, Tag>,
@@ -132,6 +178,107 @@ fn decode_bitfield(bytes: &[u8], limit: u64) -> Option<(u64, Bitfield)> {
         return None;
     }
     Some((size, Bitfield::from_bytes(size, body.get(16..)?)?))
+}
+
+/// What the store records of an external blob's file (see [`FsStore`], "External blobs").
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ExternalRecord {
+    path: PathBuf,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    dev: u64,
+    ino: u64,
+}
+
+impl ExternalRecord {
+    fn of(path: PathBuf, m: &fs::Metadata) -> Self {
+        Self {
+            path,
+            size: m.len(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+
+    /// Compares the file's metadata now with the record.
+    fn check(&self, m: &fs::Metadata) -> Result<(), ExternalFault> {
+        if (m.dev(), m.ino()) != (self.dev, self.ino) {
+            Err(ExternalFault::Replaced)
+        } else if m.len() != self.size {
+            Err(ExternalFault::SizeChanged {
+                expected: self.size,
+                actual: m.len(),
+            })
+        } else if (m.mtime(), m.mtime_nsec()) != (self.mtime, self.mtime_nsec) {
+            Err(ExternalFault::Modified)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let path = self.path.as_os_str().as_bytes();
+        let mut out = Vec::with_capacity(EXTERNAL_FIXED + path.len() + 32);
+        out.extend_from_slice(EXTERNAL_MAGIC);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.mtime.to_le_bytes());
+        out.extend_from_slice(&self.mtime_nsec.to_le_bytes());
+        out.extend_from_slice(&self.dev.to_le_bytes());
+        out.extend_from_slice(&self.ino.to_le_bytes());
+        // The import refuses longer paths, so this fits.
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path);
+        let check = blake3::hash(&out);
+        out.extend_from_slice(check.as_bytes());
+        out
+    }
+
+    /// Parses a record, rejecting anything malformed and sizes above `limit`.
+    fn decode(bytes: &[u8], limit: u64) -> Option<Self> {
+        if bytes.len() > MAX_EXTERNAL_RECORD {
+            return None;
+        }
+        let body_len = bytes.len().checked_sub(32)?;
+        let (body, check) = bytes.split_at(body_len);
+        if blake3::hash(body).as_bytes() != check || body.get(..8)? != EXTERNAL_MAGIC {
+            return None;
+        }
+        let u64_at = |o: usize| Some(u64::from_le_bytes(body.get(o..o + 8)?.try_into().ok()?));
+        let size = u64_at(8)?;
+        let mtime = u64_at(16)? as i64;
+        let mtime_nsec = u64_at(24)? as i64;
+        let dev = u64_at(32)?;
+        let ino = u64_at(40)?;
+        let path_len = u32::from_le_bytes(body.get(48..52)?.try_into().ok()?) as usize;
+        let path = body.get(EXTERNAL_FIXED..)?;
+        if path_len > MAX_EXTERNAL_PATH || path.len() != path_len || size > limit {
+            return None;
+        }
+        let path = PathBuf::from(OsStr::from_bytes(path));
+        if !path.is_absolute() {
+            return None;
+        }
+        Some(Self {
+            path,
+            size,
+            mtime,
+            mtime_nsec,
+            dev,
+            ino,
+        })
+    }
+}
+
+/// Reads the file at `p` if it is at most `max` bytes long; `None` if it is longer.
+fn read_bounded(p: &Path, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    File::open(p)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() <= max).then_some(bytes))
 }
 
 /// Collects outboard entries and writes them to a file in coalesced runs, so a streaming
@@ -215,7 +362,12 @@ impl BlobSource for FileSource {
             .outboard
             .as_ref()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "outboard missing"))?;
-        ob.read_exact_at(&mut pair, (split - 1) * PAIR_LEN as u64)?;
+        ob.read_exact_at(&mut pair, (split - 1) * PAIR_LEN as u64)
+            .map_err(|e| match e.kind() {
+                // Only the data file ending early means a truncated blob file.
+                io::ErrorKind::UnexpectedEof => io::Error::other("outboard truncated"),
+                _ => e,
+            })?;
         Ok(pair)
     }
 }
@@ -292,10 +444,32 @@ impl FsStore {
                     inner.complete.insert(hash, size);
                     inner.used += size;
                 }
+                "ext" => {
+                    if self.path("blobs", hash, "data").exists() {
+                        // A copy replaced the external blob; removing the record was
+                        // interrupted.
+                        orphans.push(p);
+                        continue;
+                    }
+                    let rec = read_bounded(&p, MAX_EXTERNAL_RECORD)
+                        .map_err(at(&p))?
+                        .and_then(|b| ExternalRecord::decode(&b, self.config.blob_limit()))
+                        .ok_or_else(|| OpenError::Corrupt(p.clone()))?;
+                    let ob = self.path("blobs", hash, "obao");
+                    let ob_ok = outboard_len(rec.size) == 0
+                        || fs::metadata(&ob).is_ok_and(|m| m.len() == outboard_len(rec.size));
+                    if !ob_ok {
+                        // The outboard is renamed before the record: not from a crash.
+                        return Err(OpenError::Corrupt(ob));
+                    }
+                    inner.complete.insert(hash, rec.size);
+                    inner.external.insert(hash, Arc::new(rec));
+                }
                 "obao" => {
-                    // An outboard without data is an interrupted import, unless a
-                    // complete partial blob is being promoted (finished below).
+                    // An outboard without data or record is an interrupted import, unless
+                    // a complete partial blob is being promoted (finished below).
                     if !self.path("blobs", hash, "data").exists()
+                        && !self.path("blobs", hash, "ext").exists()
                         && !self.path("partial", hash, "bitfield").exists()
                     {
                         orphans.push(p);
@@ -439,10 +613,45 @@ impl FsStore {
         self.remove_partial_files(hash)
     }
 
+    /// The file that external blob `hash` references, or `None` if the store holds no
+    /// such external blob (see [`ImportMode::Reference`]).
+    pub fn external_path(&self, hash: Hash) -> Option<PathBuf> {
+        self.lock().external.get(&hash).map(|r| r.path.clone())
+    }
+
     /// Opens the files of blob `hash` for reading, with its size and (if partial) its
-    /// bitfield.
-    fn open_blob(&self, hash: Hash) -> Result<(FileSource, u64, Option<Bitfield>), ReadError> {
+    /// bitfield. An external blob's file is checked against its record.
+    fn open_blob(&self, hash: Hash) -> Result<Opened, ReadError> {
         let inner = self.lock();
+        if let Some(rec) = inner.external.get(&hash).cloned() {
+            drop(inner);
+            let fault = |fault| ReadError::ExternalChanged {
+                hash,
+                path: rec.path.clone(),
+                fault,
+            };
+            let data = match File::open(&rec.path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(fault(ExternalFault::Missing));
+                }
+                Err(e) => return Err(ReadError::Io(e)),
+            };
+            // The metadata of the handle that is read, not of the path: no race.
+            let m = data.metadata().map_err(ReadError::Io)?;
+            rec.check(&m).map_err(fault)?;
+            let outboard = if outboard_len(rec.size) > 0 {
+                Some(File::open(self.path("blobs", hash, "obao")).map_err(ReadError::Io)?)
+            } else {
+                None
+            };
+            return Ok(Opened {
+                src: FileSource { data, outboard },
+                size: rec.size,
+                bf: None,
+                external: Some(rec),
+            });
+        }
         let (dir, size, bf) = if let Some(&size) = inner.complete.get(&hash) {
             ("blobs", size, None)
         } else if let Some(bf) = inner.partial.get(&hash) {
@@ -457,8 +666,134 @@ impl FsStore {
         } else {
             None
         };
-        Ok((FileSource { data, outboard }, size, bf))
+        Ok(Opened {
+            src: FileSource { data, outboard },
+            size,
+            bf,
+            external: None,
+        })
     }
+
+    /// Imports the file at `path` as an external blob (see [`ImportMode::Reference`]).
+    fn import_external(&self, path: &Path) -> Result<Hash, ImportError> {
+        let abs = fs::canonicalize(path).map_err(ImportError::Io)?;
+        if abs.as_os_str().len() > MAX_EXTERNAL_PATH {
+            return Err(ImportError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path too long to reference",
+            )));
+        }
+        let file = File::open(&abs).map_err(ImportError::Io)?;
+        let before = file.metadata().map_err(ImportError::Io)?;
+        if !before.is_file() {
+            return Err(ImportError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only a regular file can be referenced",
+            )));
+        }
+        let limit = self.config.blob_limit();
+        if before.len() > limit {
+            return Err(ImportError::TooLarge {
+                size: before.len(),
+                limit,
+            });
+        }
+        let tmp_ob = self.tmp_path("obao");
+        let tmp_rec = self.tmp_path("ext");
+        let result = (|| {
+            let ob = File::create(&tmp_ob).map_err(ImportError::Io)?;
+            let (hash, size) = hash_file(&file, &ob, limit)?;
+            let after = file.metadata().map_err(ImportError::Io)?;
+            let rec = ExternalRecord::of(abs.clone(), &after);
+            if rec.check(&before).is_err() || size != rec.size {
+                return Err(ImportError::FileChanged(abs.clone()));
+            }
+            ob.sync_all().map_err(ImportError::Io)?;
+            {
+                let mut f = File::create(&tmp_rec).map_err(ImportError::Io)?;
+                f.write_all(&rec.encode()).map_err(ImportError::Io)?;
+                f.sync_all().map_err(ImportError::Io)?;
+            }
+            let mut inner = self.lock();
+            if inner.complete.contains_key(&hash) && !inner.external.contains_key(&hash) {
+                // The store owns a copy already: better than a reference.
+                return Ok(hash);
+            }
+            let blobs = self.dir("blobs");
+            if outboard_len(size) > 0 {
+                fs::rename(&tmp_ob, self.path("blobs", hash, "obao")).map_err(ImportError::Io)?;
+                sync_dir(&blobs).map_err(ImportError::Io)?;
+            }
+            // The record last: its presence is what makes the blob complete.
+            fs::rename(&tmp_rec, self.path("blobs", hash, "ext")).map_err(ImportError::Io)?;
+            sync_dir(&blobs).map_err(ImportError::Io)?;
+            if inner.partial.remove(&hash).is_some() {
+                let old = inner.partial_size.remove(&hash).unwrap_or(0);
+                inner.used -= old;
+                self.remove_partial_files(hash).map_err(ImportError::Io)?;
+            }
+            inner.complete.insert(hash, size);
+            inner.external.insert(hash, Arc::new(rec));
+            Ok(hash)
+        })();
+        let _ = remove_if_exists(&tmp_ob);
+        let _ = remove_if_exists(&tmp_rec);
+        result
+    }
+}
+
+/// A blob opened for reading.
+struct Opened {
+    src: FileSource,
+    size: u64,
+    /// The bitfield of a partial blob.
+    bf: Option<Bitfield>,
+    /// The record of an external blob: everything read from it is verified.
+    external: Option<Arc<ExternalRecord>>,
+}
+
+impl Opened {
+    /// Maps an error of a verified walk over external blob `hash` to a read error.
+    fn external_error(&self, hash: Hash, rec: &ExternalRecord, e: WalkError) -> ReadError {
+        let fault = |fault| ReadError::ExternalChanged {
+            hash,
+            path: rec.path.clone(),
+            fault,
+        };
+        match e {
+            WalkError::Verify(DecodeError::GroupMismatch { index }) => {
+                fault(ExternalFault::GroupMismatch { index })
+            }
+            WalkError::Verify(DecodeError::ParentMismatch { split }) => {
+                fault(ExternalFault::OutboardMismatch { split })
+            }
+            WalkError::Verify(e) => ReadError::Io(io::Error::new(io::ErrorKind::InvalidData, e)),
+            WalkError::Source(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                fault(ExternalFault::SizeChanged {
+                    expected: rec.size,
+                    actual: self.src.data.metadata().map_or(0, |m| m.len()),
+                })
+            }
+            WalkError::Source(e) | WalkError::Visit(e) => ReadError::Io(e),
+        }
+    }
+
+    /// Walks groups `want` of external blob `hash`, verifying everything.
+    fn walk_external(
+        &mut self,
+        hash: Hash,
+        rec: &ExternalRecord,
+        want: (u64, u64),
+        visit: &mut dyn FnMut(Piece<'_>) -> io::Result<()>,
+    ) -> Result<(), ReadError> {
+        walk(&mut self.src, self.size, Some(hash), want, visit)
+            .map_err(|e| self.external_error(hash, rec, e))
+    }
+}
+
+/// Hashes `file` from its start for a reference import, writing the outboard.
+fn hash_file(file: &File, outboard: &File, limit: u64) -> Result<(Hash, u64), ImportError> {
+    hash_stream(&mut &*file, outboard, None, limit)
 }
 
 fn parse_name(p: &Path) -> Option<(Hash, &str)> {
@@ -643,7 +978,8 @@ impl Store for FsStore {
             })?;
             ob.sync_all().map_err(ImportError::Io)?;
             let mut inner = self.lock();
-            if inner.complete.contains_key(&hash) {
+            let was_external = inner.external.contains_key(&hash);
+            if inner.complete.contains_key(&hash) && !was_external {
                 return Ok(hash);
             }
             let old = inner.partial_size.get(&hash).copied().unwrap_or(0);
@@ -655,6 +991,12 @@ impl Store for FsStore {
             }
             fs::rename(&tmp_data, self.path("blobs", hash, "data")).map_err(ImportError::Io)?;
             sync_dir(&blobs).map_err(ImportError::Io)?;
+            if was_external {
+                // The owned copy replaces the reference (HASH.data wins on open).
+                remove_if_exists(&self.path("blobs", hash, "ext")).map_err(ImportError::Io)?;
+                sync_dir(&blobs).map_err(ImportError::Io)?;
+                inner.external.remove(&hash);
+            }
             if inner.partial.remove(&hash).is_some() {
                 inner.partial_size.remove(&hash);
                 self.remove_partial_files(hash).map_err(ImportError::Io)?;
@@ -751,9 +1093,34 @@ impl Store for FsStore {
         }))
     }
 
+    fn import_file_with(&self, path: &Path, mode: ImportMode) -> Result<Hash, ImportError> {
+        match mode {
+            ImportMode::Copy => self.import_file(path),
+            ImportMode::Reference => self.import_external(path),
+        }
+    }
+
     fn read_range(&self, hash: Hash, range: Range<u64>) -> Result<Vec<u8>, ReadError> {
-        let (mut src, size, bf) = self.open_blob(hash)?;
-        read_range_from(&mut src, hash, size, bf.as_ref(), range)
+        let mut o = self.open_blob(hash)?;
+        let size = o.size;
+        let Some(rec) = o.external.clone() else {
+            return read_range_from(&mut o.src, hash, size, o.bf.as_ref(), range);
+        };
+        let start = range.start.min(size);
+        let end = range.end.min(size).max(start);
+        let (first, last) = groups_overlapping(size, start, end);
+        let mut out = Vec::with_capacity((end - start) as usize);
+        if first < last {
+            o.walk_external(hash, &rec, (first, last), &mut |p| {
+                if let Piece::Group { offset, data, .. } = p {
+                    let lo = start.max(offset) - offset;
+                    let hi = end.min(offset + data.len() as u64) - offset;
+                    out.extend_from_slice(&data[lo as usize..hi as usize]);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
     }
 
     fn encode_range(
@@ -762,12 +1129,26 @@ impl Store for FsStore {
         range: Range<u64>,
         out: &mut dyn Write,
     ) -> Result<u64, ReadError> {
-        let (mut src, size, bf) = self.open_blob(hash)?;
-        encode_range_from(&mut src, hash, size, bf.as_ref(), range, out)
+        let mut o = self.open_blob(hash)?;
+        let size = o.size;
+        let Some(rec) = o.external.clone() else {
+            return encode_range_from(&mut o.src, hash, size, o.bf.as_ref(), range, out);
+        };
+        encode_from(&mut o.src, size, Some(hash), range.start, range.end, out)
+            .map_err(|e| o.external_error(hash, &rec, e))
     }
 
     fn export_writer(&self, hash: Hash, out: &mut dyn Write) -> Result<u64, ReadError> {
-        let (src, size, bf) = self.open_blob(hash)?;
+        let mut o = self.open_blob(hash)?;
+        let size = o.size;
+        if let Some(rec) = o.external.clone() {
+            o.walk_external(hash, &rec, (0, group_count(size)), &mut |p| match p {
+                Piece::Group { data, .. } => out.write_all(data),
+                Piece::Pair { .. } => Ok(()),
+            })?;
+            return Ok(size);
+        }
+        let (src, bf) = (o.src, o.bf);
         need(hash, bf.as_ref(), 0, group_count(size))?;
         let mut buf = vec![0u8; IO_BUF];
         let mut pos = 0;
@@ -805,6 +1186,13 @@ impl Store for FsStore {
     fn delete(&self, hash: Hash) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         if let Some(size) = inner.complete.remove(&hash) {
+            if inner.external.remove(&hash).is_some() {
+                // The record first; the user's file is never touched.
+                remove_if_exists(&self.path("blobs", hash, "ext")).map_err(StoreError::Io)?;
+                remove_if_exists(&self.path("blobs", hash, "obao")).map_err(StoreError::Io)?;
+                sync_dir(&self.dir("blobs")).map_err(StoreError::Io)?;
+                return Ok(true);
+            }
             inner.used -= size;
             // Data first: once it is gone the blob no longer counts as present.
             remove_if_exists(&self.path("blobs", hash, "data")).map_err(StoreError::Io)?;
@@ -857,6 +1245,35 @@ impl Store for FsStore {
 mod tests {
     use super::*;
 
+    /// Records with a checksum that matches but a bad path are still refused.
+    #[test]
+    fn external_records_bound_and_check_the_path() {
+        let rec = |path: &[u8]| {
+            let mut body = Vec::new();
+            body.extend_from_slice(EXTERNAL_MAGIC);
+            body.extend_from_slice(&[0u8; 40]);
+            body.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            body.extend_from_slice(path);
+            let check = blake3::hash(&body);
+            body.extend_from_slice(check.as_bytes());
+            body
+        };
+        assert!(ExternalRecord::decode(&rec(b"/a"), u64::MAX).is_some());
+        assert!(ExternalRecord::decode(&rec(b"relative"), u64::MAX).is_none());
+        let mut long = vec![b'/'];
+        long.resize(MAX_EXTERNAL_PATH, b'a');
+        assert!(ExternalRecord::decode(&rec(&long), u64::MAX).is_some());
+        long.push(b'a');
+        assert!(ExternalRecord::decode(&rec(&long), u64::MAX).is_none());
+        // A path length that disagrees with the bytes present.
+        let mut r = rec(b"/abc");
+        r[48] = 200;
+        let body_len = r.len() - 32;
+        let check = blake3::hash(&r[..body_len]);
+        r[body_len..].copy_from_slice(check.as_bytes());
+        assert!(ExternalRecord::decode(&r, u64::MAX).is_none());
+    }
+
     fn config() -> proptest::test_runner::Config {
         proptest::test_runner::Config {
             cases: 256,
@@ -890,6 +1307,41 @@ mod tests {
             if size > 0 {
                 proptest::prop_assert_eq!(decode_bitfield(&bytes, size - 1), None);
             }
+        }
+
+        #[test]
+        fn external_records_roundtrip_and_reject_corruption(
+            size in 0u64..(1 << 40),
+            mtime in proptest::prelude::any::<i64>(),
+            nsec in 0i64..1_000_000_000,
+            dev in proptest::prelude::any::<u64>(),
+            ino in proptest::prelude::any::<u64>(),
+            name in "[a-z0-9 ._-]{1,300}",
+            flip in proptest::prelude::any::<usize>(),
+        ) {
+            let rec = ExternalRecord {
+                path: PathBuf::from("/data").join(name),
+                size,
+                mtime,
+                mtime_nsec: nsec,
+                dev,
+                ino,
+            };
+            let bytes = rec.encode();
+            proptest::prop_assert_eq!(ExternalRecord::decode(&bytes, u64::MAX), Some(rec.clone()));
+            let mut bad = bytes.clone();
+            let bit = flip % (bad.len() * 8);
+            bad[bit / 8] ^= 1 << (bit % 8);
+            proptest::prop_assert_eq!(ExternalRecord::decode(&bad, u64::MAX), None);
+            proptest::prop_assert_eq!(ExternalRecord::decode(&bytes[..bytes.len() - 1], u64::MAX), None);
+            if size > 0 {
+                proptest::prop_assert_eq!(ExternalRecord::decode(&bytes, size - 1), None);
+            }
+        }
+
+        #[test]
+        fn external_record_garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = ExternalRecord::decode(&bytes, 1 << 30);
         }
 
         #[test]

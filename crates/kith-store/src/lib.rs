@@ -11,6 +11,11 @@
 //! are present), tags that pin blobs, and garbage-collect what no tag reaches.
 //! [`collection`] stores a directory as a manifest blob plus its files' blobs.
 //!
+//! [`FsStore`] can also take in a file without copying it ([`ImportMode::Reference`]): it
+//! keeps the file's path, size, modification time and identity beside the outboard, and
+//! verifies every group of such an *external* blob against the outboard when reading it,
+//! failing with [`ReadError::ExternalChanged`] once the file no longer holds the blob.
+//!
 //! The API is synchronous and does no networking; async callers use `spawn_blocking`.
 //!
 //! ```
@@ -52,8 +57,8 @@ pub use fs::{FsStore, OpenError};
 pub use mem::MemStore;
 pub use range::{DecodeError, DecodeItem, RangeDecoder, decode_range, encode_range};
 pub use store::{
-    BlobFormat, BlobInfo, BlobStatus, ExportError, GcReport, ImportError, ReadError, StoreConfig,
-    StoreError, Tag, TagError,
+    BlobFormat, BlobInfo, BlobStatus, ExportError, ExternalFault, GcReport, ImportError,
+    ImportMode, ReadError, StoreConfig, StoreError, Tag, TagError,
 };
 pub use tree::{GROUP_SIZE, MAX_BLOB_SIZE, group_count, outboard, outboard_len};
 
@@ -129,10 +134,20 @@ pub trait Store {
     /// never held in memory at once by the filesystem store.
     fn import_reader(&self, reader: &mut dyn Read) -> Result<Hash, ImportError>;
 
-    /// Imports the file at `path` as a complete blob, streaming.
+    /// Imports the file at `path` as a complete blob, streaming, copying its bytes into
+    /// the store.
     fn import_file(&self, path: &Path) -> Result<Hash, ImportError> {
         let mut f = std::fs::File::open(path).map_err(ImportError::Io)?;
         self.import_reader(&mut f)
+    }
+
+    /// Imports the file at `path` as a complete blob, copying it or referencing it in
+    /// place as `mode` asks (see [`ImportMode`] for the trade-off). The default, used by
+    /// stores that cannot reference files such as [`MemStore`], copies:
+    /// [`import_file`](Self::import_file). [`FsStore`] references.
+    fn import_file_with(&self, path: &Path, mode: ImportMode) -> Result<Hash, ImportError> {
+        let _ = mode;
+        self.import_file(path)
     }
 
     /// Imports an encoded range of blob `hash` (see [`range`]) from `encoded`, adding its
@@ -169,19 +184,26 @@ pub trait Store {
     fn export_writer(&self, hash: Hash, out: &mut dyn Write) -> Result<u64, ReadError>;
 
     /// Writes complete blob `hash` to a new file at `path` (which must not exist), synced
-    /// to disk; returns its size.
+    /// to disk; returns its size. If reading the blob fails (for an external blob whose
+    /// file changed, say), the new file is removed again.
     fn export_file(&self, hash: Hash, path: &Path) -> Result<u64, ExportError> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
             .map_err(ExportError::Io)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
-        let n = self.export_writer(hash, &mut w)?;
-        w.flush().map_err(ExportError::Io)?;
-        drop(w);
-        f.sync_all().map_err(ExportError::Io)?;
-        Ok(n)
+        let result = (|| {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut f);
+            let n = self.export_writer(hash, &mut w)?;
+            w.flush().map_err(ExportError::Io)?;
+            drop(w);
+            f.sync_all().map_err(ExportError::Io)?;
+            Ok(n)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        result
     }
 
     /// Every blob, complete or partial, sorted by hash.

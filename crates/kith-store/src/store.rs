@@ -3,6 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
+use std::path::PathBuf;
 
 use crate::range::{BlobSource, DecodeError, DecodeItem, RangeDecoder, encode_from};
 use crate::tree::{MAX_BLOB_SIZE, PAIR_LEN, group_count, groups_overlapping};
@@ -14,7 +15,9 @@ pub struct StoreConfig {
     /// Largest blob the store accepts, in bytes (at most [`MAX_BLOB_SIZE`]). A partial
     /// blob counts with its full size. Default: 1 TiB.
     pub max_blob_size: u64,
-    /// Largest sum of blob sizes the store holds, in bytes. Default: unlimited.
+    /// Largest sum of blob sizes the store holds, in bytes. External blobs
+    /// ([`ImportMode::Reference`]) do not count: the store does not hold their bytes.
+    /// Default: unlimited.
     pub max_total_size: u64,
     /// For the filesystem store: how many verified groups [`Store::import_verified`]
     /// writes before it syncs them and records them in the persisted bitfield. Larger
@@ -124,6 +127,79 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
+/// How [`Store::import_file_with`](crate::Store::import_file_with) takes in a file.
+///
+/// # Trade-off
+///
+/// A copy belongs to the store: it stays readable whatever happens to the original, and
+/// reading it costs a disk read. A reference costs no disk space and no copy: importing a
+/// 50 GB file only hashes it and writes its outboard (1/256 of its size), so it runs at
+/// hashing speed instead of disk-write speed. In exchange the store depends on the user's
+/// file staying as it was:
+///
+/// - every read, export and range encoding of an external blob hashes the bytes it returns
+///   and checks each 16 KiB group against the outboard and the root hash first, so an
+///   external blob is never served unverified, and reads cost about one BLAKE3 pass over
+///   what they return;
+/// - before each read the file's size, modification time and identity (device and inode)
+///   are compared with those recorded at import, a cheap early error for ordinary edits;
+/// - if the file was modified, truncated, replaced or deleted, reads fail with
+///   [`ReadError::ExternalChanged`] and the store cannot repair the blob: import it again
+///   (a changed file is a different blob) or import a copy while the file is still intact.
+///   A change that leaves the metadata alone is caught group by group: groups that still
+///   verify keep reading, the changed ones fail.
+///
+/// [`status`](crate::Store::status) and [`list`](crate::Store::list) do not touch the
+/// file: they report an external blob complete even after its file changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ImportMode {
+    /// Copy the file's bytes into the store.
+    #[default]
+    Copy,
+    /// Reference the file in place by its absolute path (an *external* blob). Stores that
+    /// cannot reference files ([`MemStore`](crate::MemStore)) copy instead.
+    Reference,
+}
+
+/// Why an external blob's file no longer holds the blob (see
+/// [`ReadError::ExternalChanged`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ExternalFault {
+    /// The file is gone: nothing exists at its path any more (deleted or renamed).
+    #[error("the file is missing")]
+    Missing,
+    /// The path names a different file than at import (another device or inode): it was
+    /// replaced, for example by an editor that saves through a rename.
+    #[error("the path names a different file")]
+    Replaced,
+    /// The file's size differs from the blob's: it was truncated or extended (found
+    /// before reading, or by a read that ended early).
+    #[error("the file's size is {actual} bytes, the blob's {expected}")]
+    SizeChanged {
+        /// The blob's size.
+        expected: u64,
+        /// The file's size now.
+        actual: u64,
+    },
+    /// The file's modification time differs from the one recorded at import.
+    #[error("the file was modified")]
+    Modified,
+    /// A group's bytes do not hash to the value the outboard and the root hash commit to:
+    /// the content changed while size, modification time and identity did not.
+    #[error("group {index} does not verify")]
+    GroupMismatch {
+        /// Index of the group.
+        index: u64,
+    },
+    /// The store's own outboard for the blob does not verify against its hash at the
+    /// parent node splitting at `split`: the store's files were damaged.
+    #[error("the outboard does not verify at split {split}")]
+    OutboardMismatch {
+        /// Split point of the node that failed.
+        split: u64,
+    },
+}
+
 /// Errors of the import operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -157,7 +233,12 @@ pub enum ImportError {
         /// Size the stream proved.
         verified: u64,
     },
-    /// An I/O error reading the input or writing the store.
+    /// A reference import ([`ImportMode::Reference`]) saw the file's size, modification
+    /// time or identity change while it was hashing it; nothing was recorded.
+    #[error("{0} changed while it was being imported")]
+    FileChanged(PathBuf),
+    /// An I/O error reading the input or writing the store (for a reference import, also:
+    /// the path is not a regular file).
     #[error("I/O error during import")]
     Io(#[source] io::Error),
 }
@@ -175,6 +256,19 @@ pub enum ReadError {
         hash: Hash,
         /// First missing group needed.
         index: u64,
+    },
+    /// The file an external blob references ([`ImportMode::Reference`]) no longer holds
+    /// the blob's bytes. Nothing unverified was returned: a read returns nothing, while a
+    /// writer (export, range encoding) may have received the verified bytes that precede
+    /// the failing group.
+    #[error("external file {path} of blob {hash} no longer holds it: {fault}")]
+    ExternalChanged {
+        /// The blob.
+        hash: Hash,
+        /// The file it references.
+        path: PathBuf,
+        /// What is wrong with the file.
+        fault: ExternalFault,
     },
     /// An I/O error reading the store or writing the output.
     #[error("I/O error during read")]
@@ -273,7 +367,7 @@ pub(crate) fn encode_range_from(
     let (first, last) = groups_overlapping(size, range.start, range.end);
     need(hash, bitfield, first, last)?;
     need(hash, bitfield, n - 1, n)?;
-    encode_from(src, size, range.start, range.end, out).map_err(ReadError::Io)
+    encode_from(src, size, None, range.start, range.end, out).map_err(|e| ReadError::Io(e.into()))
 }
 
 /// Where [`import_verified`] writes verified pieces of one partial blob.

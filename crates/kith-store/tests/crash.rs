@@ -3,6 +3,9 @@
 //! unverified is visible, that no acknowledged group or import is lost, and that the
 //! partial blob resumes from its persisted bitfield.
 //!
+//! Some imports reference a file in place (external blobs) instead of copying it: a kill
+//! during one must leave no blob or a complete one, and never touch the file.
+//!
 //! Odd runs also give the child a random byte budget after which it aborts itself, so
 //! deaths land at random byte counts as well as at random acknowledgements.
 //!
@@ -17,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::Rng;
-use kith_store::{FsStore, GROUP_SIZE, Hash, MemStore, Store, StoreConfig};
+use kith_store::{FsStore, GROUP_SIZE, Hash, ImportMode, MemStore, Store, StoreConfig};
 
 const CHILD_ENV: &str = "KITH_STORE_CRASH_CHILD";
 const DIR_ENV: &str = "KITH_STORE_CRASH_DIR";
@@ -82,7 +85,17 @@ fn child_writer_process() {
     let groups = kith_store::group_count(blobs[0].len() as u64);
     let mut out = std::io::stdout().lock();
     for _ in 0..14 {
-        if rng.below(4) == 0 {
+        let pick = rng.below(8);
+        if pick == 0 {
+            // A reference import of one of the files beside the store.
+            let i = 1 + rng.below(3) as usize;
+            let file = std::path::Path::new(&dir).with_file_name(format!("external-{i}"));
+            let h = store
+                .import_file_with(&file, ImportMode::Reference)
+                .unwrap();
+            writeln!(out, "ref {h}").unwrap();
+            out.flush().unwrap();
+        } else if pick < 3 {
             let data = &blobs[1 + rng.below(3) as usize];
             let mut reader = Trickle {
                 data,
@@ -120,9 +133,13 @@ fn killed_writers_leave_a_consistent_store() {
     let exe = std::env::current_exe().unwrap();
     let mut finished_runs = 0;
     let mut acked_total = 0;
+    let mut external_done = 0;
     for run in 0..RUNS {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
+        for (i, b) in blobs.iter().enumerate().skip(1) {
+            std::fs::write(dir.path().join(format!("external-{i}")), b).unwrap();
+        }
         let mut rng = Rng(0xc4a5_0000 + run);
         // Kill after this many reported events (some runs finish first).
         // Every other run, the child also dies by itself after a random number of bytes.
@@ -157,6 +174,9 @@ fn killed_writers_leave_a_consistent_store() {
                 acked.insert(g.parse::<u64>().unwrap());
             } else if let Some(h) = line.strip_prefix("done ") {
                 done.insert(h.parse::<Hash>().unwrap());
+            } else if let Some(h) = line.strip_prefix("ref ") {
+                done.insert(h.parse::<Hash>().unwrap());
+                external_done += 1;
             } else if line == "finished" {
                 finished_runs += 1;
             } else {
@@ -216,6 +236,11 @@ fn killed_writers_leave_a_consistent_store() {
                 "run {run}: acknowledged group {g} lost"
             );
         }
+        // External files are never written to or removed.
+        for (i, b) in blobs.iter().enumerate().skip(1) {
+            let file = dir.path().join(format!("external-{i}"));
+            assert_eq!(&std::fs::read(&file).unwrap(), b, "run {run}");
+        }
         // 3. The partial blob resumes: fetch only what the bitfield says is missing.
         let src = MemStore::default();
         src.import_bytes(&blobs[0]).unwrap();
@@ -246,4 +271,5 @@ fn killed_writers_leave_a_consistent_store() {
         "every child finished before its kill"
     );
     assert!(acked_total > 0);
+    assert!(external_done > 0, "no reference import completed");
 }
