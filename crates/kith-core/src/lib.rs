@@ -4,7 +4,7 @@
 //! * [`NodeAddr`]: a node id plus direct addresses and relay hints.
 //! * [`frame`]: length-delimited prost framing with a hard cap checked before allocation.
 //! * [`net`]: the traits higher layers use to dial, open streams and send datagrams
-//!   without naming a QUIC library; [`mem`] (feature `mem`) implements them in memory.
+//!   without naming a QUIC library; `mem` (feature `mem`) implements them in memory.
 //!
 //! This crate has no sockets, no clock and no async runtime.
 //!

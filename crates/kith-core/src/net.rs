@@ -7,7 +7,7 @@
 //! * [`SendStream`] / [`RecvStream`] are tokio `AsyncWrite` / `AsyncRead` with QUIC's
 //!   extra verbs (finish, reset, stop).
 //!
-//! kith-transport implements these over QUIC; [`crate::mem`] (feature `mem`) implements
+//! kith-transport implements these over QUIC; `kith_core::mem` (feature `mem`) implements
 //! them in memory for tests.
 //!
 //! # Protocol selection on one connection
