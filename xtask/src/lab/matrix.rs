@@ -539,7 +539,7 @@ impl Kith {
     /// The next stdout line within `timeout`; kills the process on a missed deadline.
     fn line(&mut self, timeout: Duration) -> Result<String, String> {
         if let Some(d) = &self.dead {
-            return Err(d.clone());
+            return Err(format!("not asked (earlier: {d})"));
         }
         match self.lines.recv_timeout(timeout) {
             Ok(l) => {
@@ -588,7 +588,7 @@ impl Kith {
     /// failure, inner `Err` the command's own `err …`.
     fn ask(&mut self, command: &str, timeout: Duration) -> Result<Result<String, String>, String> {
         if let Some(d) = &self.dead {
-            return Err(d.clone());
+            return Err(format!("not asked (earlier: {d})"));
         }
         if self.verbose {
             eprintln!("matrix: [{}] > {command}", self.node);
@@ -1099,7 +1099,11 @@ pub(crate) fn table(pairs: &[PairResult]) -> String {
         if let Some(Err(e)) = &r.wait {
             notes.push(format!("wait-direct: {e}"));
         }
-        if let Some(e) = &r.broke {
+        if let Some(e) = r
+            .broke
+            .as_ref()
+            .filter(|e| !notes.iter().any(|n| n.contains(*e)))
+        {
             notes.push(e.clone());
         }
         let _ = writeln!(
