@@ -414,6 +414,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     ) -> Result<(), MountError>;
 }
 
+/// Finds how to reach a node known only by its id: a DHT's node-address records, LAN
+/// discovery, a static table. A transport asks its discovery source when it is told to
+/// dial a [`NodeAddr`] with no addresses.
+pub trait Discovery: Send + Sync + fmt::Debug + 'static {
+    /// The addresses `id` can be reached at, or `None` if nothing is known.
+    fn resolve(&self, id: NodeId) -> BoxFuture<'_, Option<NodeAddr>>;
+}
+
 /// Protocol name → handler table shared by transport implementations.
 #[derive(Default, Clone)]
 pub struct Router {

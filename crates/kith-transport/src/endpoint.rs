@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use kith_core::net::{
-    BoxFuture, Conn, ConnectError, ConnectionError, MountError, Protocol, ProtocolHandler,
-    RecvStream, Router, SendStream, codes, read_protocol_header, split_datagram,
+    BoxFuture, Conn, ConnectError, ConnectionError, Discovery, MountError, Protocol,
+    ProtocolHandler, RecvStream, Router, SendStream, codes, read_protocol_header, split_datagram,
 };
 use kith_core::{NodeAddr, NodeId, RelayHint, SecretKey, Transport};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -132,6 +132,8 @@ pub(crate) struct Inner {
     relays: Mutex<HashMap<NodeId, RelayClient>>,
     /// The home relay, once reserved.
     home_relay: Mutex<Option<RelayHint>>,
+    /// Where to look up nodes dialed by id alone.
+    discovery: Mutex<Option<Arc<dyn Discovery>>>,
     client_config: quinn::ClientConfig,
     config: EndpointConfig,
     router: Router,
@@ -442,6 +444,7 @@ impl Endpoint {
             v6,
             relays: Mutex::new(HashMap::new()),
             home_relay: Mutex::new(None),
+            discovery: Mutex::new(None),
             client_config,
             config,
             router: Router::default(),
@@ -617,6 +620,7 @@ impl Endpoint {
                 return Err(ConnectError::TimedOut);
             }
         }
+        let addr = self.discover(addr, deadline).await;
         let result = self.dial_addrs(&addr, deadline).await;
         let result = match result {
             Ok(conn) if inner.register(&conn) => Ok(conn),
@@ -637,6 +641,26 @@ impl Endpoint {
             }
         }
         result
+    }
+
+    /// Fills in the addresses of a node dialed by id alone, from the discovery source.
+    async fn discover(&self, addr: NodeAddr, deadline: tokio::time::Instant) -> NodeAddr {
+        if !addr.direct.is_empty() || !addr.relays.is_empty() {
+            return addr;
+        }
+        let Some(discovery) = lock(&self.inner().discovery).clone() else {
+            return addr;
+        };
+        match tokio::time::timeout_at(deadline, discovery.resolve(addr.node_id)).await {
+            Ok(Some(found)) if found.node_id == addr.node_id => found,
+            _ => addr,
+        }
+    }
+
+    /// Sets the source the endpoint asks for the addresses of a node dialed by id alone
+    /// (for example a DHT handle: `kith_overlay::dht::DhtHandle`).
+    pub fn set_discovery(&self, discovery: Arc<dyn Discovery>) {
+        *lock(&self.inner().discovery) = Some(discovery);
     }
 
     async fn dial_addrs(

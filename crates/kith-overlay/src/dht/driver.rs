@@ -33,13 +33,10 @@ use super::message::{Body, MAX_MESSAGE_LEN, Message, wire};
 use super::record::{MutableRecord, Record, RecordKind, SignedNodeAddr};
 use super::{Config, PROTOCOL};
 
-/// Resolves a bare [`NodeId`] to addresses: the discovery hook a transport or the
-/// facade plugs in to dial a node it knows only by id. [`DhtHandle`] implements it
-/// through node-address records.
-pub trait Resolve: Send + Sync + fmt::Debug {
-    /// The addresses `id` published, or `None` if none were found.
-    fn resolve(&self, id: NodeId) -> BoxFuture<'_, Option<NodeAddr>>;
-}
+/// Resolves a bare [`NodeId`] to addresses: kith-core's discovery hook, which a transport
+/// uses to dial a node it knows only by id. [`DhtHandle`] implements it through
+/// node-address records (plug it in with `kith_transport::Endpoint::set_discovery`).
+pub use kith_core::net::Discovery as Resolve;
 
 /// Error of a DHT operation through the driver.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
