@@ -791,9 +791,61 @@ impl Opened {
     }
 }
 
-/// Hashes `file` from its start for a reference import, writing the outboard.
+/// Buffers in flight between the reading and the hashing thread of a reference import.
+const READ_QUEUE: usize = 2;
+
+/// Hashes `file` from its start for a reference import, writing the outboard; returns
+/// the hash and the size. A second thread reads [`IO_BUF`]-sized pieces ahead, so the
+/// hashing thread does nothing but hash: the copy out of the page cache overlaps with
+/// it. Memory use is bounded by `READ_QUEUE + 2` buffers and the entry buffer.
 fn hash_file(file: &File, outboard: &File, limit: u64) -> Result<(Hash, u64), ImportError> {
-    hash_stream(&mut &*file, outboard, None, limit)
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_QUEUE);
+        let (back_tx, back_rx) = mpsc::sync_channel::<Vec<u8>>(READ_QUEUE + 2);
+        scope.spawn(move || {
+            let mut total = 0u64;
+            loop {
+                let mut buf = back_rx.try_recv().unwrap_or_else(|_| vec![0u8; IO_BUF]);
+                buf.resize(IO_BUF, 0);
+                let r = read_full(&mut &*file, &mut buf).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                let last = match &r {
+                    Ok(b) => {
+                        total += b.len() as u64;
+                        b.len() < IO_BUF || total > limit
+                    }
+                    Err(_) => true,
+                };
+                // A closed channel means the hashing side stopped.
+                if tx.send(r).is_err() || last {
+                    break;
+                }
+            }
+        });
+        let mut tree = TreeBuilder::default();
+        let mut pairs = PairWriter::new(outboard, 4096);
+        let mut total = 0u64;
+        for buf in rx {
+            let buf = buf.map_err(ImportError::Io)?;
+            total += buf.len() as u64;
+            if total > limit {
+                return Err(ImportError::TooLarge { size: total, limit });
+            }
+            if total == 0 {
+                // The empty blob.
+                tree.push_group(&[], &mut pairs).map_err(ImportError::Io)?;
+            }
+            for g in buf.chunks(GROUP_SIZE as usize) {
+                tree.push_group(g, &mut pairs).map_err(ImportError::Io)?;
+            }
+            let _ = back_tx.try_send(buf);
+        }
+        let hash = tree.finish(&mut pairs).map_err(ImportError::Io)?;
+        pairs.flush().map_err(ImportError::Io)?;
+        Ok((hash, total))
+    })
 }
 
 fn parse_name(p: &Path) -> Option<(Hash, &str)> {
