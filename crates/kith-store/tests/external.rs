@@ -514,8 +514,10 @@ fn a_file_changed_during_import_is_refused() {
     // the mtime while a large file is hashed.
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path().join("s"), StoreConfig::default()).unwrap();
-    let data = common::data(18, 64 << 20);
+    // Large enough that hashing spans many scheduler slices of the writer thread.
+    let data = common::data(18, 192 << 20);
     let path = write(&dir.path().join("in"), &data);
+    drop(data);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let result = std::thread::scope(|s| {
         s.spawn(|| {
@@ -524,7 +526,7 @@ fn a_file_changed_during_import_is_refused() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 t += Duration::from_secs(1);
                 f.set_times(FileTimes::new().set_modified(t)).unwrap();
-                std::thread::sleep(Duration::from_micros(200));
+                std::thread::yield_now();
             }
         });
         let r = store.import_file_with(&path, ImportMode::Reference);
