@@ -1130,6 +1130,7 @@ fn start_paths(inner: &Arc<Inner>, conn: &Arc<QuicConnection>) {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+        table.enable_probing(&node);
         let mut round = 0u32;
         loop {
             let wait = if round < 20 {

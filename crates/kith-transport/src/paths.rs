@@ -144,6 +144,8 @@ struct NodePaths {
     path_tx: watch::Sender<PathKind>,
     /// Pings sent, for reporting (for example the probes a hole punch spent).
     pings_sent: u64,
+    /// Whether this side probes yet (it may hold off; see `path_probe_delay`).
+    probing: bool,
 }
 
 impl NodePaths {
@@ -245,6 +247,7 @@ impl PathTable {
                 pending: HashMap::new(),
                 path_tx: watch::channel(PathKind::None).0,
                 pings_sent: 0,
+                probing: false,
             },
         );
         mapped
@@ -308,6 +311,13 @@ impl PathTable {
     pub(crate) fn set_their_key(&self, node: NodeId, key: [u8; 32]) {
         if let Some(p) = lock(&self.state).nodes.get_mut(&node) {
             p.their_key = Some(key);
+        }
+    }
+
+    /// Lets this side start probing `node` (pings, and pinging back new addresses).
+    pub(crate) fn enable_probing(&self, node: &NodeId) {
+        if let Some(p) = lock(&self.state).nodes.get_mut(node) {
+            p.probing = true;
         }
     }
 
@@ -418,13 +428,14 @@ impl PathTable {
         }
     }
 
-    /// Handles a received probe; returns a pong to send, if any.
+    /// Handles a received probe; returns the probes to send in answer (a pong, and a
+    /// ping back to an address not yet validated).
     fn on_probe(
         &self,
         data: &[u8],
         from: SocketAddr,
         now: Instant,
-    ) -> Option<(SocketAddr, [u8; PROBE_LEN])> {
+    ) -> Option<Vec<(SocketAddr, [u8; PROBE_LEN])>> {
         let probe = parse_probe(data)?;
         let mut st = lock(&self.state);
         let TableState {
@@ -479,7 +490,23 @@ impl PathTable {
                 tx: probe.tx,
                 sender: self.local,
             };
-            Some((from, encode_probe(&pong, &their)))
+            let mut out = vec![(from, encode_probe(&pong, &their))];
+            // Ping the address back at once (it may be a NAT mapping towards us that no
+            // candidate named) rather than at the next probe round.
+            let validated = p.direct.as_ref().is_some_and(|d| d.addr == from);
+            let outstanding = p.pending.values().any(|(a, _)| *a == from);
+            if p.probing && !validated && !outstanding && p.pending.len() < MAX_PENDING_PINGS {
+                let tx: [u8; 12] = rand::random();
+                p.pending.insert(tx, (from, now));
+                p.pings_sent += 1;
+                let ping = Probe {
+                    pong: false,
+                    tx,
+                    sender: self.local,
+                };
+                out.push((from, encode_probe(&ping, &their)));
+            }
+            Some(out)
         }
     }
 }
@@ -609,8 +636,8 @@ impl AsyncUdpSocket for PathSocket {
                 let m = meta[i];
                 let data = &bufs[i][..m.len];
                 if m.len == m.stride && is_probe(data) {
-                    if let Some(reply) = self.table.on_probe(data, m.addr, now) {
-                        lock(&self.table.state).outbox.push_back(reply);
+                    if let Some(replies) = self.table.on_probe(data, m.addr, now) {
+                        lock(&self.table.state).outbox.extend(replies);
                     }
                     continue;
                 }
@@ -722,6 +749,8 @@ mod tests {
         a.map(id(2), None, &[b_addr]);
         b.map(id(1), None, &[]);
         let (ka, kb) = ([1u8; 32], [2u8; 32]);
+        a.enable_probing(&id(2));
+        b.enable_probing(&id(1));
         a.set_my_key(id(2), ka);
         a.set_their_key(id(2), kb);
         b.set_my_key(id(1), kb);
@@ -731,9 +760,12 @@ mod tests {
         let (to, ping) = pings[0];
         assert_eq!(to, b_addr);
         // b answers the ping (and learns a's address as a candidate).
-        let (back, pong) = b
+        let replies = b
             .on_probe(&ping, a_addr, now)
             .unwrap_or_else(|| panic!("pong"));
+        // A pong, and (a's address being new to b) a ping straight back.
+        assert_eq!(replies.len(), 2);
+        let (back, pong) = replies[0];
         assert_eq!(back, a_addr);
         // A pong from another address than the one pinged does not count.
         let spoofed_from: SocketAddr = "192.0.2.66:1".parse().unwrap_or_else(|_| unreachable!());
