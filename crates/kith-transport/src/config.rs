@@ -35,6 +35,10 @@ pub struct EndpointConfig {
     /// path. Default zero; tests use it to hold a connection on the relay.
     #[doc(hidden)]
     pub path_probe_delay: Duration,
+    /// Reach relays over TLS/TCP only, as a host whose UDP is blocked must. Default off
+    /// (QUIC first, TCP when QUIC fails); tests use it to model a UDP-blocked host.
+    #[doc(hidden)]
+    pub relay_over_tcp_only: bool,
 }
 
 impl Default for EndpointConfig {
@@ -50,6 +54,7 @@ impl Default for EndpointConfig {
             relay: None,
             relay_server: None,
             path_probe_delay: Duration::ZERO,
+            relay_over_tcp_only: false,
         }
     }
 }

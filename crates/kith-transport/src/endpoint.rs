@@ -22,7 +22,9 @@ use tracing::Instrument;
 use crate::config::EndpointConfig;
 use crate::conn::{QuicConnection, QuicRecv, QuicSend, ZeroRtt, map_conn_err};
 use crate::paths::{PathKind, PathSocket, PathTable, is_synthetic};
-use crate::relay::{RELAY_PROTOCOL, RelayClient, RelayError, RelayEvent, RelayServer};
+use crate::relay::{
+    RELAY_PROTOCOL, RELAY_TCP_ALPN, RelayClient, RelayError, RelayEvent, RelayServer,
+};
 use crate::tls;
 
 /// Internal control protocol: the acceptor's hello (observed address, "connection kept").
@@ -126,6 +128,7 @@ pub(crate) struct Sock {
 
 pub(crate) struct Inner {
     id: NodeId,
+    key: SecretKey,
     v4: Option<Sock>,
     v6: Option<Sock>,
     /// Relay reservations by relay id.
@@ -440,6 +443,7 @@ impl Endpoint {
         let burst = f64::from(config.limits.handshake_burst);
         let inner = Arc::new(Inner {
             id,
+            key: key.clone(),
             v4,
             v6,
             relays: Mutex::new(HashMap::new()),
@@ -464,9 +468,25 @@ impl Endpoint {
             handle: Arc::new(Handle { inner }),
         };
         if let Some(rc) = endpoint.config().relay_server.clone() {
+            let server = RelayServer::new(rc);
             endpoint
-                .mount(RELAY_PROTOCOL, Arc::new(RelayServer::new(rc)))
+                .mount(RELAY_PROTOCOL, Arc::new(server.clone()))
                 .map_err(|e| BindError::Config(e.to_string()))?;
+            // The same relay over TLS/TCP on the same address, for UDP-blocked clients.
+            if let Some(addr) = endpoint
+                .inner()
+                .v4
+                .as_ref()
+                .and_then(|s| s.ep.local_addr().ok())
+            {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => {
+                        let tls = tls::server_config(&key, vec![RELAY_TCP_ALPN.to_vec()])?;
+                        server.serve_tcp(listener, Arc::new(tls));
+                    }
+                    Err(e) => tracing::warn!(%addr, error = %e, "relay over TCP unavailable"),
+                }
+            }
         }
         if let Some(home) = endpoint.config().relay.clone() {
             // A relay that is down now is not fatal: the node still works directly.
@@ -494,7 +514,27 @@ impl Endpoint {
             return Ok(c.clone());
         }
         let relay_id = relay.node_id;
-        let (client, mut events) = RelayClient::connect(self, relay).await?;
+        // QUIC first; where UDP is blocked, TLS over TCP to the same address.
+        let quic = if inner.config.relay_over_tcp_only {
+            None
+        } else {
+            let limit = inner
+                .config
+                .handshake_timeout
+                .min(std::time::Duration::from_secs(3));
+            match tokio::time::timeout(limit, RelayClient::connect(self, relay.clone())).await {
+                Ok(Ok(c)) => Some(c),
+                Ok(Err(RelayError::Refused)) => return Err(RelayError::Refused),
+                _ => None,
+            }
+        };
+        let (client, mut events) = match quic {
+            Some(c) => c,
+            None => {
+                tracing::debug!(relay = %relay_id.fmt_short(), "relay over TCP");
+                RelayClient::connect_tcp(&inner.key, relay).await?
+            }
+        };
         let table = inner
             .primary()
             .map(|s| s.table.clone())

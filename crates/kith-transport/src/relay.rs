@@ -30,10 +30,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kith_core::frame::{FrameError, read_frame};
 use kith_core::net::{
     BoxFuture, BoxRecvStream, BoxSendStream, Conn, Protocol, ProtocolHandler, StreamError,
-    Transport, codes,
+    Transport,
 };
 use kith_core::{NodeAddr, NodeId};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -299,8 +299,13 @@ impl RelayServer {
 }
 
 impl ServerInner {
-    async fn serve(self: Arc<Self>, conn: Conn, mut send: BoxSendStream, mut recv: BoxRecvStream) {
-        let me = conn.remote_id();
+    /// Serves one reservation of the authenticated client `me` over any byte stream (a
+    /// QUIC stream, or TLS over TCP where UDP is blocked).
+    async fn serve_io<W, R>(self: Arc<Self>, me: NodeId, mut send: W, mut recv: R)
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+        R: AsyncRead + Unpin + Send,
+    {
         let (tx, mut rx) = mpsc::channel::<RelayFrame>(self.config.queue_packets);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let accepted = {
@@ -318,7 +323,7 @@ impl ServerInner {
             let _ = send
                 .write_all(&RelayFrame::Status(RelayStatus::Refused).to_wire())
                 .await;
-            let _ = send.finish();
+            let _ = send.shutdown().await;
             return;
         }
         tracing::debug!(client = %me.fmt_short(), "relay reservation accepted");
@@ -348,16 +353,12 @@ impl ServerInner {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(client = %me.fmt_short(), error = %e, "relay stream error");
-                    recv.stop(codes::PROTOCOL_ERROR);
                     break;
                 }
             };
             let (dest, packet) = match RelayFrame::decode(body) {
                 Ok(RelayFrame::Packet { peer, packet }) => (peer, packet),
-                Ok(_) | Err(_) => {
-                    recv.stop(codes::PROTOCOL_ERROR);
-                    break;
-                }
+                Ok(_) | Err(_) => break,
             };
             if !bucket.take(packet.len()) {
                 self.stats.dropped_rate.fetch_add(1, Ordering::Relaxed);
@@ -403,9 +404,62 @@ impl ProtocolHandler for RelayServer {
         send: BoxSendStream,
         recv: BoxRecvStream,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(self.inner.clone().serve(conn, send, recv))
+        Box::pin(self.inner.clone().serve_io(conn.remote_id(), send, recv))
     }
 }
+
+/// TLS ALPN of the relay protocol over TCP (for clients whose UDP is blocked).
+pub const RELAY_TCP_ALPN: &[u8] = b"kith-relay-tcp/1";
+
+impl RelayServer {
+    /// Serves reservations over TLS on TCP, for clients that cannot use UDP. The TLS
+    /// handshake authenticates the client's node id exactly as over QUIC.
+    pub(crate) fn serve_tcp(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) {
+        let inner = self.inner.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        // Handshakes in flight are bounded like reservations.
+        let pending = Arc::new(tokio::sync::Semaphore::new(inner.config.max_clients.max(1)));
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, from)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::debug!(%from, "relay over TCP: too many handshakes");
+                    continue;
+                };
+                let (inner, acceptor) = (inner.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let tls =
+                        match tokio::time::timeout(TCP_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(t)) => t,
+                            _ => return,
+                        };
+                    drop(permit);
+                    let Some(me) =
+                        crate::tls::peer_node_id(tls.get_ref().1.peer_certificates().map(|c| {
+                            Box::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
+                                as Box<dyn std::any::Any>
+                        }))
+                    else {
+                        return;
+                    };
+                    let (recv, send) = tokio::io::split(tls);
+                    inner.serve_io(me, send, recv).await;
+                });
+            }
+        });
+    }
+}
+
+/// Time a TCP client has to complete its TLS handshake with a relay.
+const TCP_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Error reserving a relay or sending through it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -478,59 +532,52 @@ impl RelayClient {
     ) -> Result<(RelayClient, mpsc::Receiver<RelayEvent>), RelayError> {
         let relay_id = relay.node_id;
         let conn = transport.connect(relay).await?;
-        let (mut send, mut recv) = conn.open_bi(&RELAY_PROTOCOL).await?;
+        let (send, mut recv) = conn.open_bi(&RELAY_PROTOCOL).await?;
         // open_bi has sent the protocol header, so the relay sees the reservation now.
-        let status = match read_frame(&mut recv, MAX_FRAME).await {
-            Ok(Some(body)) => RelayFrame::decode(body).map_err(|_| RelayError::Malformed)?,
-            Ok(None) => return Err(RelayError::Closed),
-            Err(FrameError::Io(e)) => return Err(StreamError::from_io(e).into()),
-            Err(_) => return Err(RelayError::Malformed),
+        expect_accepted(&mut recv).await?;
+        Ok(spawn_client(relay_id, send, recv, Box::new(conn)))
+    }
+
+    /// Reserves on `relay` over TLS on TCP: for hosts whose UDP is blocked. `key` is this
+    /// node's identity (the relay authenticates it as over QUIC).
+    pub async fn connect_tcp(
+        key: &kith_core::SecretKey,
+        relay: NodeAddr,
+    ) -> Result<(RelayClient, mpsc::Receiver<RelayEvent>), RelayError> {
+        let relay_id = relay.node_id;
+        let addr = *relay.direct.first().ok_or(RelayError::Connect(
+            kith_core::net::ConnectError::NoAddress(relay_id),
+        ))?;
+        let tcp_err = |e: std::io::Error| {
+            RelayError::Connect(kith_core::net::ConnectError::Transport(e.to_string()))
         };
-        match status {
-            RelayFrame::Status(RelayStatus::Accepted) => {}
-            RelayFrame::Status(RelayStatus::Refused) => return Err(RelayError::Refused),
-            _ => return Err(RelayError::Malformed),
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(tcp_err)?;
+            let _ = tcp.set_nodelay(true);
+            let config =
+                crate::tls::client_config(key, vec![RELAY_TCP_ALPN.to_vec()]).map_err(|e| {
+                    RelayError::Connect(kith_core::net::ConnectError::Transport(e.to_string()))
+                })?;
+            let name = rustls::pki_types::ServerName::try_from(crate::tls::server_name(&relay_id))
+                .map_err(|_| RelayError::Malformed)?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|_| {
+                    RelayError::Connect(kith_core::net::ConnectError::Authentication {
+                        expected: relay_id,
+                    })
+                })?;
+            let (mut recv, send) = tokio::io::split(tls);
+            expect_accepted(&mut recv).await?;
+            Ok(spawn_client(relay_id, send, recv, Box::new(())))
+        };
+        match tokio::time::timeout(TCP_HANDSHAKE_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(RelayError::Connect(kith_core::net::ConnectError::TimedOut)),
         }
-        let (tx, mut rx) = mpsc::channel::<RelayFrame>(CLIENT_QUEUE);
-        let (ev_tx, ev_rx) = mpsc::channel::<RelayEvent>(CLIENT_QUEUE);
-        tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if send.write_all(&frame.to_wire()).await.is_err() {
-                    return;
-                }
-            }
-            let _ = send.finish();
-        });
-        tokio::spawn(async move {
-            // Keep the connection alive as long as the reservation is read.
-            let _conn = conn;
-            loop {
-                let body = match read_frame(&mut recv, MAX_FRAME).await {
-                    Ok(Some(b)) => b,
-                    _ => return,
-                };
-                let ev = match RelayFrame::decode(body) {
-                    Ok(RelayFrame::Packet { peer, packet }) => {
-                        RelayEvent::Packet { from: peer, packet }
-                    }
-                    Ok(RelayFrame::PeerGone { peer }) => RelayEvent::PeerGone { peer },
-                    Ok(RelayFrame::Status(_)) | Err(_) => {
-                        recv.stop(codes::PROTOCOL_ERROR);
-                        return;
-                    }
-                };
-                if ev_tx.send(ev).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok((
-            RelayClient {
-                relay: relay_id,
-                tx,
-            },
-            ev_rx,
-        ))
     }
 
     /// The relay this reservation is on.
@@ -551,6 +598,65 @@ impl RelayClient {
                 mpsc::error::TrySendError::Closed(_) => RelayError::Closed,
             })
     }
+}
+
+/// Reads the relay's answer to a reservation.
+async fn expect_accepted<R: AsyncRead + Unpin>(recv: &mut R) -> Result<(), RelayError> {
+    let status = match read_frame(recv, MAX_FRAME).await {
+        Ok(Some(body)) => RelayFrame::decode(body).map_err(|_| RelayError::Malformed)?,
+        Ok(None) => return Err(RelayError::Closed),
+        Err(FrameError::Io(e)) => return Err(StreamError::from_io(e).into()),
+        Err(_) => return Err(RelayError::Malformed),
+    };
+    match status {
+        RelayFrame::Status(RelayStatus::Accepted) => Ok(()),
+        RelayFrame::Status(RelayStatus::Refused) => Err(RelayError::Refused),
+        _ => Err(RelayError::Malformed),
+    }
+}
+
+/// Runs a reservation's writer and reader tasks; `keep` is held as long as the reader
+/// runs (the QUIC connection, for example).
+fn spawn_client<W, R>(
+    relay: NodeId,
+    mut send: W,
+    mut recv: R,
+    keep: Box<dyn std::any::Any + Send>,
+) -> (RelayClient, mpsc::Receiver<RelayEvent>)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<RelayFrame>(CLIENT_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel::<RelayEvent>(CLIENT_QUEUE);
+    tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if send.write_all(&frame.to_wire()).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let _keep = keep;
+        loop {
+            let body = match read_frame(&mut recv, MAX_FRAME).await {
+                Ok(Some(b)) => b,
+                _ => return,
+            };
+            let ev = match RelayFrame::decode(body) {
+                Ok(RelayFrame::Packet { peer, packet }) => {
+                    RelayEvent::Packet { from: peer, packet }
+                }
+                Ok(RelayFrame::PeerGone { peer }) => RelayEvent::PeerGone { peer },
+                Ok(RelayFrame::Status(_)) | Err(_) => return,
+            };
+            if ev_tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
+    (RelayClient { relay, tx }, ev_rx)
 }
 
 #[cfg(test)]

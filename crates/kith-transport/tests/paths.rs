@@ -211,3 +211,60 @@ async fn forged_and_replayed_probes_do_not_move_a_path() {
     );
     assert_eq!(conn.path(), PathKind::Relayed(net.relay.node_id()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_blocked_host_connects_through_the_relay_over_tcp() {
+    // The relay offers relaying over QUIC and over TLS/TCP on the same address.
+    let relay = bind_with(
+        1,
+        EndpointConfig {
+            relay_server: Some(RelayConfig::default()),
+            ..EndpointConfig::loopback()
+        },
+    )
+    .await;
+    // c reaches the relay over TCP only (as a host behind a UDP-blocking firewall would)
+    // and holds off direct probing; b is an ordinary peer on the same relay.
+    let c = bind_with(
+        2,
+        EndpointConfig {
+            relay: Some(relay.node_addr()),
+            relay_over_tcp_only: true,
+            path_probe_delay: Duration::from_secs(60),
+            ..EndpointConfig::loopback()
+        },
+    )
+    .await;
+    let b = bind_with(
+        3,
+        EndpointConfig {
+            relay: Some(relay.node_addr()),
+            ..EndpointConfig::loopback()
+        },
+    )
+    .await;
+    b.mount(HASH, Arc::new(Hasher)).unwrap();
+    assert_eq!(c.node_addr().relays.len(), 1, "reserved over TCP");
+    assert!(
+        relay.connection(&c.node_id()).is_none(),
+        "no QUIC connection from c to the relay"
+    );
+    // Both directions work through the TCP reservation.
+    let conn = c.connect(relay_only(&b)).await.unwrap();
+    assert_eq!(conn.path(), PathKind::Relayed(relay.node_id()));
+    let data = vec![0x5a; 1 << 20];
+    let (mut send, mut recv) = conn.open_bi(&HASH).await.unwrap();
+    send.write_all(&data).await.unwrap();
+    send.finish().unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(T, recv.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&reply[..32], blake3::hash(&data).as_bytes());
+    // The other direction reuses the one connection. (On loopback c's UDP is not really
+    // blocked, so b's own probes may find a direct path; c never probes.)
+    let back = b.connect(relay_only(&c)).await.unwrap();
+    assert_eq!(echo(&*back, b"b->c").await.unwrap(), b"b->c");
+    assert_eq!(conn.path(), PathKind::Relayed(relay.node_id()));
+}
