@@ -25,6 +25,7 @@ use crate::paths::{PathKind, PathSocket, PathTable, is_synthetic};
 use crate::relay::{
     RELAY_PROTOCOL, RELAY_TCP_ALPN, RelayClient, RelayError, RelayEvent, RelayServer,
 };
+use crate::stun::{NatKind, StunError};
 use crate::tls;
 
 /// Internal control protocol: the acceptor's hello (observed address, "connection kept").
@@ -697,6 +698,50 @@ impl Endpoint {
         }
     }
 
+    /// Asks a STUN server (RFC 8489 Binding) which address it sees for this endpoint's
+    /// socket of the server's address family: the mapping any peer reaching that socket
+    /// from outside sees. Three tries, 500 ms apart.
+    pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr, StunError> {
+        let inner = self.inner();
+        let sock = match server {
+            SocketAddr::V4(_) => inner.v4.as_ref(),
+            SocketAddr::V6(_) => inner.v6.as_ref(),
+        }
+        .ok_or(StunError::NoSocket)?;
+        let tx: [u8; 12] = rand::random();
+        let mut rx = sock.table.stun_wait(tx).ok_or(StunError::TimedOut)?;
+        let request = crate::stun::binding_request(tx);
+        for _ in 0..3 {
+            sock.socket.send_raw(server, &request);
+            match tokio::time::timeout(std::time::Duration::from_millis(500), &mut rx).await {
+                Ok(Ok(resp)) => return crate::stun::parse_binding_response(&resp, &tx),
+                Ok(Err(_)) => return Err(StunError::TimedOut),
+                Err(_) => continue,
+            }
+        }
+        Err(StunError::TimedOut)
+    }
+
+    /// Classifies the NAT in front of the IPv4 socket by asking several STUN servers
+    /// (at least two are needed to tell endpoint-independent from dependent mappings).
+    pub async fn nat_kind(&self, servers: &[SocketAddr]) -> NatKind {
+        let Some(local) = self
+            .inner()
+            .v4
+            .as_ref()
+            .and_then(|s| s.ep.local_addr().ok())
+        else {
+            return NatKind::Unknown;
+        };
+        let mut reports = Vec::new();
+        for &server in servers.iter().filter(|s| s.is_ipv4()) {
+            if let Ok(mapped) = self.stun(server).await {
+                reports.push((server, mapped));
+            }
+        }
+        crate::stun::classify(local, &reports)
+    }
+
     /// Sets the source the endpoint asks for the addresses of a node dialed by id alone
     /// (for example a DHT handle: `kith_overlay::dht::DhtHandle`).
     pub fn set_discovery(&self, discovery: Arc<dyn Discovery>) {
@@ -1215,7 +1260,7 @@ async fn handle_paths(inner: &Inner, conn: &QuicConnection, mut recv: QuicRecv) 
 
 /// Parses `key | count | (len | NodeAddr naming `local`)*`: the peer's probe key and the
 /// addresses it can be reached at.
-fn parse_paths(buf: &[u8], local: &NodeId) -> Option<([u8; 32], Vec<SocketAddr>)> {
+pub(crate) fn parse_paths(buf: &[u8], local: &NodeId) -> Option<([u8; 32], Vec<SocketAddr>)> {
     let key: [u8; 32] = buf.get(..32)?.try_into().ok()?;
     let count = *buf.get(32)? as usize;
     if count > MAX_ADVERTISED {

@@ -63,6 +63,7 @@ mod endpoint;
 mod identity;
 mod paths;
 pub mod relay;
+pub mod stun;
 mod tls;
 
 pub use config::{EndpointConfig, Limits};
@@ -88,4 +89,24 @@ pub fn raw_quinn_configs(
 #[doc(hidden)]
 pub fn raw_server_name(id: &kith_core::NodeId) -> String {
     tls::server_name(id)
+}
+
+/// Entry points for the fuzz targets (`fuzz/`): the decoders that are not public API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses and verifies a path probe; never panics.
+    pub fn probe(data: &[u8]) {
+        if let Some(p) = crate::paths::parse_probe(data) {
+            let _ = crate::paths::verify_probe(data, &[0u8; 32]);
+            let _ = p;
+        }
+    }
+
+    /// Parses a path-candidate message; never panics.
+    pub fn paths_message(data: &[u8]) {
+        let _ = crate::endpoint::parse_paths(
+            data,
+            &kith_core::SecretKey::from_bytes(&[1; 32]).node_id(),
+        );
+    }
 }

@@ -42,6 +42,8 @@ const PING: u8 = 1;
 const PONG: u8 = 2;
 /// Most direct candidates kept per peer.
 const MAX_CANDIDATES: usize = 8;
+/// Most STUN transactions in flight per socket.
+const MAX_STUN_IN_FLIGHT: usize = 64;
 /// Most addresses labelled as some peer's on receive.
 const MAX_KNOWN_ADDRS: usize = 4096;
 /// Most outstanding pings per peer.
@@ -181,6 +183,8 @@ struct TableState {
     relay_waker: Option<Waker>,
     /// Probes to send, queued by the receive path (which cannot send itself).
     outbox: VecDeque<(SocketAddr, [u8; PROBE_LEN])>,
+    /// STUN transactions waiting for a response, by transaction id.
+    stun_waiters: HashMap<[u8; 12], tokio::sync::oneshot::Sender<Bytes>>,
 }
 
 /// Shared path state of one socket: mapped addresses, candidates, validated paths.
@@ -398,6 +402,19 @@ impl PathTable {
             return true;
         }
         false
+    }
+
+    /// Registers a STUN transaction; the response is delivered on the returned channel.
+    /// `None` if too many are in flight.
+    pub(crate) fn stun_wait(&self, tx: [u8; 12]) -> Option<tokio::sync::oneshot::Receiver<Bytes>> {
+        let mut st = lock(&self.state);
+        st.stun_waiters.retain(|_, w| !w.is_closed());
+        if st.stun_waiters.len() >= MAX_STUN_IN_FLIGHT {
+            return None;
+        }
+        let (w, r) = tokio::sync::oneshot::channel();
+        st.stun_waiters.insert(tx, w);
+        Some(r)
     }
 
     /// Forgets a peer (its connection ended).
@@ -638,6 +655,17 @@ impl AsyncUdpSocket for PathSocket {
                 if m.len == m.stride && is_probe(data) {
                     if let Some(replies) = self.table.on_probe(data, m.addr, now) {
                         lock(&self.table.state).outbox.extend(replies);
+                    }
+                    continue;
+                }
+                if m.len == m.stride && crate::stun::is_stun(data) {
+                    // A STUN response for one of our transactions (anything else STUN is
+                    // dropped: this socket is a STUN client, not a server).
+                    if let Some(tx) = crate::stun::transaction_id(data) {
+                        let waiter = lock(&self.table.state).stun_waiters.remove(&tx);
+                        if let Some(w) = waiter {
+                            let _ = w.send(Bytes::copy_from_slice(data));
+                        }
                     }
                     continue;
                 }
