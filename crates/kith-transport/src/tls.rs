@@ -58,7 +58,7 @@ pub(crate) fn server_config(
     let ck = certified_key(key, &provider)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(NodeIdClientVerifier::new(&provider)))
+        .with_client_cert_verifier(Arc::new(NodeIdVerifier::new(&provider)))
         .with_cert_resolver(Arc::new(
             rustls::server::AlwaysResolvesServerRawPublicKeys::new(ck),
         ));
@@ -79,7 +79,7 @@ pub(crate) fn client_config(
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NodeIdServerVerifier::new(&provider)))
+        .with_custom_certificate_verifier(Arc::new(NodeIdVerifier::new(&provider)))
         .with_client_cert_resolver(Arc::new(
             rustls::client::AlwaysResolvesClientRawPublicKeys::new(ck),
         ));
@@ -119,13 +119,15 @@ fn bad_cert() -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
 }
 
-/// Accepts a server only if it proves the key named in the server name.
+/// Verifies raw Ed25519 public keys in both roles: as a client it accepts a server only
+/// if it proves the key named in the server name; as a server it accepts any client
+/// that proves an Ed25519 key (that key is the client's node id).
 #[derive(Debug)]
-struct NodeIdServerVerifier {
+struct NodeIdVerifier {
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl NodeIdServerVerifier {
+impl NodeIdVerifier {
     fn new(provider: &CryptoProvider) -> Self {
         Self {
             algs: provider.signature_verification_algorithms,
@@ -133,7 +135,14 @@ impl NodeIdServerVerifier {
     }
 }
 
-impl ServerCertVerifier for NodeIdServerVerifier {
+/// TLS 1.2 is never offered (QUIC requires 1.3); a 1.2 signature is refused.
+fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
+}
+
+impl ServerCertVerifier for NodeIdVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -172,9 +181,7 @@ impl ServerCertVerifier for NodeIdServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -195,21 +202,7 @@ impl ServerCertVerifier for NodeIdServerVerifier {
     }
 }
 
-/// Accepts any client that proves an Ed25519 key; the key is its node id.
-#[derive(Debug)]
-struct NodeIdClientVerifier {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl NodeIdClientVerifier {
-    fn new(provider: &CryptoProvider) -> Self {
-        Self {
-            algs: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ClientCertVerifier for NodeIdClientVerifier {
+impl ClientCertVerifier for NodeIdVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -241,9 +234,7 @@ impl ClientCertVerifier for NodeIdClientVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
