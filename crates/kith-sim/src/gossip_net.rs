@@ -12,13 +12,14 @@
 //!
 //! Any sans-IO core plugs in through the [`Actor`] trait.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kith_core::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::engine::{EventQueue, Place, nanos};
 
 /// A sans-IO core as the network sees it.
 pub trait Actor {
@@ -93,9 +94,7 @@ pub struct NetStats {
 struct Slot<A> {
     actor: A,
     alive: bool,
-    x: f32,
-    y: f32,
-    access_us: u32,
+    place: Place,
     timer_at: Option<u64>,
     /// Peer index → virtual time the connection was last used.
     conns: HashMap<u32, u64>,
@@ -108,46 +107,16 @@ enum Kind<M> {
     Failed { node: u32, peer: NodeId },
 }
 
-#[derive(Debug)]
-struct Ev<M> {
-    at: u64,
-    seq: u64,
-    kind: Kind<M>,
-}
-
-impl<M> PartialEq for Ev<M> {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl<M> Eq for Ev<M> {}
-impl<M> PartialOrd for Ev<M> {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl<M> Ord for Ev<M> {
-    fn cmp(&self, o: &Self) -> Ordering {
-        // Reversed: BinaryHeap is a max-heap, the earliest event must come out first.
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// The network. See the [module docs](self).
 #[derive(Debug)]
 pub struct Net<A: Actor> {
     cfg: NetConfig,
     base: Instant,
     now: u64,
-    seq: u64,
     rng: StdRng,
     nodes: Vec<Slot<A>>,
     index: HashMap<NodeId, u32>,
-    queue: BinaryHeap<Ev<A::Msg>>,
+    queue: EventQueue<Kind<A::Msg>>,
     stats: NetStats,
 }
 
@@ -159,10 +128,9 @@ impl<A: Actor> Net<A> {
             cfg,
             base: Instant::now(),
             now: 0,
-            seq: 0,
             nodes: Vec::new(),
             index: HashMap::new(),
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             stats: NetStats::default(),
         }
     }
@@ -236,14 +204,11 @@ impl<A: Actor> Net<A> {
     /// Adds a node at a random position.
     pub fn add(&mut self, actor: A) -> u32 {
         let i = self.nodes.len() as u32;
-        let access_max = self.cfg.max_access_delay.as_micros().max(1_001) as u32;
         self.index.insert(actor.id(), i);
         let slot = Slot {
             actor,
             alive: true,
-            x: self.rng.r#gen(),
-            y: self.rng.r#gen(),
-            access_us: self.rng.gen_range(1_000..access_max),
+            place: Place::random(&mut self.rng, self.cfg.max_access_delay),
             timer_at: None,
             conns: HashMap::new(),
         };
@@ -302,20 +267,13 @@ impl<A: Actor> Net<A> {
 
     /// One-way delay between two nodes.
     pub fn one_way(&self, a: u32, b: u32) -> Duration {
-        let (na, nb) = (&self.nodes[a as usize], &self.nodes[b as usize]);
-        let d = ((na.x - nb.x).powi(2) + (na.y - nb.y).powi(2)).sqrt() / std::f32::consts::SQRT_2;
-        let path = self.cfg.max_path_delay.as_secs_f32() * d;
-        Duration::from_secs_f32(path)
-            + Duration::from_micros(u64::from(na.access_us + nb.access_us))
+        self.nodes[a as usize]
+            .place
+            .one_way(&self.nodes[b as usize].place, self.cfg.max_path_delay)
     }
 
     fn push(&mut self, at: u64, kind: Kind<A::Msg>) {
-        self.seq += 1;
-        self.queue.push(Ev {
-            at,
-            seq: self.seq,
-            kind,
-        });
+        self.queue.push(at, kind);
     }
 
     fn flush(&mut self, i: u32) {
@@ -383,15 +341,9 @@ impl<A: Actor> Net<A> {
     /// Processes events up to `now + d`, then sets the clock there.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now + nanos(d);
-        while let Some(ev) = self.queue.peek() {
-            if ev.at > end {
-                break;
-            }
-            let Some(ev) = self.queue.pop() else {
-                break;
-            };
-            self.now = ev.at;
-            match ev.kind {
+        while let Some((at, kind)) = self.queue.pop_until(end) {
+            self.now = at;
+            match kind {
                 Kind::Deliver { to, from, msg } => {
                     if !self.nodes[to as usize].alive {
                         self.stats.undeliverable += 1;
@@ -412,7 +364,7 @@ impl<A: Actor> Net<A> {
                 }
                 Kind::Timer { node } => {
                     let n = &mut self.nodes[node as usize];
-                    if !n.alive || n.timer_at != Some(ev.at) {
+                    if !n.alive || n.timer_at != Some(at) {
                         continue;
                     }
                     n.timer_at = None;

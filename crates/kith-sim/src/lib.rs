@@ -31,14 +31,14 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod engine;
 pub mod gossip;
 pub mod gossip_cli;
 pub mod gossip_net;
 pub mod scenario;
 pub mod search;
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,8 @@ use kith_overlay::dht::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::engine::{EventQueue, Place, nanos};
 
 /// Simulator parameters.
 #[derive(Debug, Clone)]
@@ -94,9 +96,7 @@ struct SimNode {
     core: DhtCore,
     alive: bool,
     role: Role,
-    x: f32,
-    y: f32,
-    access_us: u32,
+    place: Place,
     addr: SocketAddr,
     timer_at: Option<u64>,
     conns: HashMap<u32, u64>,
@@ -112,31 +112,6 @@ enum EvKind {
     Timer {
         node: u32,
     },
-}
-
-#[derive(Debug)]
-struct Ev {
-    at: u64,
-    seq: u64,
-    kind: EvKind,
-}
-
-impl PartialEq for Ev {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Ev {}
-impl PartialOrd for Ev {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Ev {
-    fn cmp(&self, o: &Self) -> Ordering {
-        // Reversed: BinaryHeap is a max-heap, the earliest event must come out first.
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
 }
 
 /// A finished query, as reported by a node.
@@ -173,18 +148,13 @@ pub struct Sim {
     cfg: SimConfig,
     base: Instant,
     now: u64,
-    seq: u64,
     rng: StdRng,
     nodes: Vec<SimNode>,
     index: HashMap<NodeId, u32>,
-    queue: BinaryHeap<Ev>,
+    queue: EventQueue<EvKind>,
     finished: HashMap<(u32, QueryId), Finished>,
     attackers: Vec<NodeAddr>,
     stats: SimStats,
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Sim {
@@ -195,10 +165,9 @@ impl Sim {
             cfg,
             base: Instant::now(),
             now: 0,
-            seq: 0,
             nodes: Vec::new(),
             index: HashMap::new(),
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             finished: HashMap::new(),
             attackers: Vec::new(),
             stats: SimStats::default(),
@@ -292,14 +261,11 @@ impl Sim {
             self.attackers.push(local.clone());
         }
         let seed = self.rng.r#gen();
-        let access_max = self.cfg.max_access_delay.as_micros().max(1_001) as u32;
         let node = SimNode {
             core: DhtCore::new(local, config, seed),
             alive: true,
             role,
-            x: self.rng.r#gen(),
-            y: self.rng.r#gen(),
-            access_us: self.rng.gen_range(1_000..access_max),
+            place: Place::random(&mut self.rng, self.cfg.max_access_delay),
             addr,
             timer_at: None,
             conns: HashMap::new(),
@@ -347,11 +313,9 @@ impl Sim {
 
     /// One-way delay between two nodes.
     pub fn one_way(&self, a: u32, b: u32) -> Duration {
-        let (na, nb) = (&self.nodes[a as usize], &self.nodes[b as usize]);
-        let d = ((na.x - nb.x).powi(2) + (na.y - nb.y).powi(2)).sqrt() / std::f32::consts::SQRT_2;
-        let path = self.cfg.max_path_delay.as_secs_f32() * d;
-        Duration::from_secs_f32(path)
-            + Duration::from_micros(u64::from(na.access_us + nb.access_us))
+        self.nodes[a as usize]
+            .place
+            .one_way(&self.nodes[b as usize].place, self.cfg.max_path_delay)
     }
 
     /// Median round-trip time over `samples` random pairs of nodes.
@@ -372,12 +336,7 @@ impl Sim {
     }
 
     fn push(&mut self, at: u64, kind: EvKind) {
-        self.seq += 1;
-        self.queue.push(Ev {
-            at,
-            seq: self.seq,
-            kind,
-        });
+        self.queue.push(at, kind);
     }
 
     /// Sends node `i`'s pending output into the network and re-arms its timer.
@@ -481,15 +440,9 @@ impl Sim {
     /// Processes events up to `now + d`, then sets the clock there.
     pub fn run_for(&mut self, d: Duration) {
         let end = self.now + nanos(d);
-        while let Some(ev) = self.queue.peek() {
-            if ev.at > end {
-                break;
-            }
-            let Some(ev) = self.queue.pop() else {
-                break;
-            };
-            self.now = ev.at;
-            match ev.kind {
+        while let Some((at, kind)) = self.queue.pop_until(end) {
+            self.now = at;
+            match kind {
                 EvKind::Deliver { to, from, msg } => {
                     if !self.nodes[to as usize].alive {
                         self.stats.undeliverable += 1;
@@ -508,7 +461,7 @@ impl Sim {
                 }
                 EvKind::Timer { node } => {
                     let n = &mut self.nodes[node as usize];
-                    if !n.alive || n.timer_at != Some(ev.at) {
+                    if !n.alive || n.timer_at != Some(at) {
                         continue;
                     }
                     n.timer_at = None;
