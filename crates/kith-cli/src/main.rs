@@ -3,7 +3,8 @@
 //! ```text
 //! kith id [--key-file PATH]                 print this node's id (creating the key file)
 //! kith relay [--bind ADDR] [--key-file PATH]  offer relaying; prints its address
-//! kith peer [--bind ADDR] [--relay NODEADDR]  connectivity experiments (see peer.rs)
+//! kith peer [--bind ADDR] [--relay NODEADDR] [--stun ADDR]…
+//!                                           connectivity experiments (see peer.rs)
 //! kith dht-node [--bind ADDR] [--key-file PATH] [--bootstrap NODEADDR]…
 //!                                           run a DHT node controlled by lines on stdin
 //! ```
@@ -43,6 +44,7 @@ struct Args {
     bind: Option<SocketAddr>,
     bootstrap: Vec<NodeAddr>,
     relay: Option<NodeAddr>,
+    stun: Vec<SocketAddr>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -54,6 +56,7 @@ fn parse_args() -> anyhow::Result<Args> {
         bind: None,
         bootstrap: Vec::new(),
         relay: None,
+        stun: Vec::new(),
     };
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -64,6 +67,9 @@ fn parse_args() -> anyhow::Result<Args> {
                 .bootstrap
                 .push(value.parse().context("--bootstrap takes a NodeAddr")?),
             "--relay" => args.relay = Some(value.parse().context("--relay takes a NodeAddr")?),
+            "--stun" => args
+                .stun
+                .push(value.parse().context("--stun takes ip:port")?),
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
@@ -81,6 +87,7 @@ async fn start_node(args: &Args) -> anyhow::Result<(Node, SecretKey)> {
         config.bind_v6 = bind.is_ipv6().then_some(bind);
     }
     config.relay = args.relay.clone();
+    config.stun_servers = args.stun.clone();
     if args.command == "relay" {
         config.relay_server = Some(kith::layers::transport::relay::RelayConfig::default());
     }

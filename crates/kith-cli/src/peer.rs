@@ -9,6 +9,10 @@
 //! transfer <id> <bytes>     ok bytes=<n> intact=<true|false> path_before=<p> path_after=<p>
 //! path <id>                 ok <relayed|direct=<addr>|none>
 //! probes <id>               ok <pings sent>
+//! punch <id>                ok <idle|probing|birthday|both-endpoint-dependent> birthday_probes=<n>
+//! nat                       ok <public|endpoint-independent|endpoint-dependent|unknown>
+//! marker <id> <text> <n>    like transfer, of <text> repeated <n> times (the lab looks
+//!                           for it in a capture on the relay)
 //! quit
 //! ```
 //!
@@ -21,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kith::{
-    BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, NodeAddr, NodeId, PathKind,
-    Protocol, ProtocolHandler, QuicConnection, StreamError,
+    BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, HolePunch, NatKind, NodeAddr,
+    NodeId, PathKind, Protocol, ProtocolHandler, QuicConnection, StreamError,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -89,7 +93,13 @@ fn data_byte(i: u64) -> u8 {
     (i.wrapping_mul(2654435761) >> 13) as u8
 }
 
-async fn transfer(conn: &QuicConnection, bytes: u64) -> anyhow::Result<String> {
+/// Sends `bytes` bytes, byte `i` being `fill(i)`, to the peer's hash handler and checks
+/// its answer.
+async fn transfer(
+    conn: &QuicConnection,
+    bytes: u64,
+    fill: impl Fn(u64) -> u8,
+) -> anyhow::Result<String> {
     let before = conn.path();
     let (mut send, mut recv) = conn.open_bi(&HASH).await?;
     let mut h = blake3::Hasher::new();
@@ -98,7 +108,7 @@ async fn transfer(conn: &QuicConnection, bytes: u64) -> anyhow::Result<String> {
     while sent < bytes {
         let k = (bytes - sent).min(buf.len() as u64) as usize;
         for (j, b) in buf[..k].iter_mut().enumerate() {
-            *b = data_byte(sent + j as u64);
+            *b = fill(sent + j as u64);
         }
         h.update(&buf[..k]);
         send.write_all(&buf[..k])
@@ -183,8 +193,37 @@ async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
         "transfer" => {
             let conn = conn_to(node, words.next().context("transfer <id> <bytes>")?)?;
             let bytes: u64 = words.next().context("transfer <id> <bytes>")?.parse()?;
-            transfer(&conn, bytes.min(MAX_TRANSFER)).await
+            transfer(&conn, bytes.min(MAX_TRANSFER), data_byte).await
         }
+        "marker" => {
+            let usage = "marker <id> <text> <count>";
+            let conn = conn_to(node, words.next().context(usage)?)?;
+            let text = words.next().context(usage)?.as_bytes().to_vec();
+            let count: u64 = words.next().context(usage)?.parse()?;
+            let len = text.len() as u64;
+            let bytes = len.saturating_mul(count).min(MAX_TRANSFER);
+            transfer(&conn, bytes, move |i| text[(i % len) as usize]).await
+        }
+        "punch" => {
+            let conn = conn_to(node, words.next().context("punch <id>")?)?;
+            let status = match conn.hole_punch() {
+                HolePunch::Idle => "idle",
+                HolePunch::Probing => "probing",
+                HolePunch::Birthday => "birthday",
+                HolePunch::BothEndpointDependent => "both-endpoint-dependent",
+            };
+            Ok(format!(
+                "{status} birthday_probes={}",
+                conn.stats().birthday_probes
+            ))
+        }
+        "nat" => Ok(match node.endpoint().nat() {
+            NatKind::Public => "public",
+            NatKind::EndpointIndependent => "endpoint-independent",
+            NatKind::EndpointDependent => "endpoint-dependent",
+            NatKind::Unknown => "unknown",
+        }
+        .to_owned()),
         "path" => Ok(path_text(
             conn_to(node, words.next().context("path <id>")?)?.path(),
         )),

@@ -31,6 +31,16 @@ pub struct EndpointConfig {
     pub relay: Option<kith_core::NodeAddr>,
     /// Offer relaying to others with these limits (opt-in). Default none.
     pub relay_server: Option<crate::relay::RelayConfig>,
+    /// STUN servers (RFC 8489 Binding) asked at bind and every
+    /// [`HolePunchConfig::stun_refresh`] for the addresses this endpoint's sockets map to.
+    /// The answers become hole-punching candidates and, with the addresses peers
+    /// observe, classify the NAT in front of the endpoint (see
+    /// [`Endpoint::nat`](crate::Endpoint::nat)). Two servers on different IP addresses
+    /// (or one server and the home relay) are needed to tell an endpoint-dependent
+    /// mapping. Default none.
+    pub stun_servers: Vec<SocketAddr>,
+    /// Hole-punching behaviour and bounds.
+    pub hole_punch: HolePunchConfig,
     /// Wait this long after a relayed connection starts before probing for a direct
     /// path. Default zero; tests use it to hold a connection on the relay.
     #[doc(hidden)]
@@ -53,6 +63,8 @@ impl Default for EndpointConfig {
             limits: Limits::default(),
             relay: None,
             relay_server: None,
+            stun_servers: Vec::new(),
+            hole_punch: HolePunchConfig::default(),
             path_probe_delay: Duration::ZERO,
             relay_over_tcp_only: false,
         }
@@ -66,6 +78,50 @@ impl EndpointConfig {
             bind_v4: Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0)),
             bind_v6: None,
             ..Self::default()
+        }
+    }
+}
+
+/// Hole punching: how hard a relayed connection tries to find a direct path.
+///
+/// When one side's NAT maps endpoint-dependently (a new public port per destination)
+/// and the other's does not, the side behind the endpoint-dependent NAT opens
+/// `birthday_sockets` extra sockets and sends one probe from each towards the peer
+/// (opening as many NAT mappings), while the peer sends up to `birthday_probes` probes
+/// to random ports of its public address: by the birthday paradox one of them very
+/// likely lands on an open mapping (256 sockets and 2,048 probes miss with probability
+/// about e^-8 on a NAT that picks ports from 1024–65535). Both sides behind
+/// endpoint-dependent NATs cannot be predicted: those connections stay relayed.
+#[derive(Debug, Clone)]
+pub struct HolePunchConfig {
+    /// Try birthday-paradox probing where it applies. Default on.
+    pub birthday: bool,
+    /// Extra sockets the endpoint-dependent side opens (at most one attempt runs at a
+    /// time per endpoint). Default 256.
+    pub birthday_sockets: usize,
+    /// Most probes the other side sends in one attempt. Default 2,048.
+    pub birthday_probes: usize,
+    /// Probes per second the other side sends. Default 5,000 (330 kB/s).
+    pub birthday_rate: u32,
+    /// How long the extra sockets wait for a probe before they are closed (the one a
+    /// direct path uses stays). Default 10 s.
+    pub birthday_window: Duration,
+    /// Attempts per connection (a later one when the direct path is lost). Default 3.
+    pub birthday_attempts: u32,
+    /// How often the STUN servers are asked again. Default 5 min.
+    pub stun_refresh: Duration,
+}
+
+impl Default for HolePunchConfig {
+    fn default() -> Self {
+        Self {
+            birthday: true,
+            birthday_sockets: 256,
+            birthday_probes: 2048,
+            birthday_rate: 5000,
+            birthday_window: Duration::from_secs(10),
+            birthday_attempts: 3,
+            stun_refresh: Duration::from_secs(300),
         }
     }
 }

@@ -43,8 +43,12 @@ pub struct ConnectionStats {
     pub bytes_received: u64,
     /// Packets declared lost.
     pub lost_packets: u64,
-    /// Path probes (pings) sent to find or confirm a direct path.
+    /// Path probes (pings) sent to find or confirm a direct path, birthday probes
+    /// included.
     pub probes_sent: u64,
+    /// Of `probes_sent`, the birthday-paradox probes (see
+    /// [`HolePunchConfig`](crate::HolePunchConfig)).
+    pub birthday_probes: u64,
 }
 
 /// One authenticated QUIC connection to a peer.
@@ -61,6 +65,8 @@ pub struct QuicConnection {
     pub(crate) path: tokio::sync::watch::Receiver<PathKind>,
     /// Wakes the path prober (new candidates arrived).
     pub(crate) path_kick: tokio::sync::Notify,
+    /// Hole-punching state of a relayed connection.
+    pub(crate) punch: crate::punch::PunchState,
     /// The path table, for a relayed (mapped) connection.
     pub(crate) table: Option<std::sync::Arc<crate::paths::PathTable>>,
 }
@@ -89,6 +95,7 @@ impl QuicConnection {
                 .table
                 .as_ref()
                 .map_or(0, |t| t.pings_sent(&self.remote)),
+            birthday_probes: self.table.as_ref().map_or(0, |t| t.sprayed(&self.remote)),
         }
     }
 
@@ -154,6 +161,12 @@ impl QuicConnection {
     /// direct path (or falls back to the relay).
     pub fn path_events(&self) -> tokio::sync::watch::Receiver<PathKind> {
         self.path.clone()
+    }
+
+    /// What hole punching does for this connection, or why it stays relayed (for
+    /// example [`HolePunch::BothEndpointDependent`](crate::HolePunch)).
+    pub fn hole_punch(&self) -> crate::HolePunch {
+        *self.punch.status.borrow()
     }
 
     /// True once the connection has ended.

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::config::EndpointConfig;
 use crate::conn::{QuicConnection, QuicRecv, QuicSend, ZeroRtt, map_conn_err};
 use crate::paths::{PathKind, PathSocket, PathTable, is_synthetic};
+use crate::punch::{MAX_ADVERTISED, PATHS, PUNCH, handle_paths, handle_punch, start_paths};
 use crate::relay::{
     RELAY_PROTOCOL, RELAY_TCP_ALPN, RelayClient, RelayError, RelayEvent, RelayServer,
 };
@@ -30,12 +31,6 @@ use crate::tls;
 
 /// Internal control protocol: the acceptor's hello (observed address, "connection kept").
 const CTL: Protocol = Protocol::from_static("kith/ctl/1");
-
-/// Internal path protocol: probe key and direct candidates, for relayed connections.
-const PATHS: Protocol = Protocol::from_static("kith/paths/1");
-
-/// Most candidate addresses sent to a peer.
-const MAX_ADVERTISED: usize = 8;
 
 /// TLS alert `no_application_protocol` (RFC 8446 §6.2), as a QUIC crypto error.
 const ALERT_NO_APPLICATION_PROTOCOL: u8 = 0x78;
@@ -123,15 +118,19 @@ struct TokenBucket {
 /// One bound UDP socket: quinn's endpoint over the path socket, and the path table.
 pub(crate) struct Sock {
     ep: quinn::Endpoint,
-    socket: Arc<PathSocket>,
-    table: Arc<PathTable>,
+    pub(crate) socket: Arc<PathSocket>,
+    pub(crate) table: Arc<PathTable>,
 }
 
 pub(crate) struct Inner {
-    id: NodeId,
+    pub(crate) id: NodeId,
     key: SecretKey,
     v4: Option<Sock>,
     v6: Option<Sock>,
+    /// STUN answers: (server, the address it saw), newest last, at most 16.
+    stun_reports: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+    /// One birthday-probing attempt at a time (it holds many sockets).
+    pub(crate) birthday_slot: tokio::sync::Semaphore,
     /// Relay reservations by relay id.
     relays: Mutex<HashMap<NodeId, RelayClient>>,
     /// The home relay, once reserved.
@@ -139,7 +138,7 @@ pub(crate) struct Inner {
     /// Where to look up nodes dialed by id alone.
     discovery: Mutex<Option<Arc<dyn Discovery>>>,
     client_config: quinn::ClientConfig,
-    config: EndpointConfig,
+    pub(crate) config: EndpointConfig,
     router: Router,
     peers: Mutex<HashMap<NodeId, PeerSlot>>,
     active: AtomicUsize,
@@ -147,7 +146,7 @@ pub(crate) struct Inner {
     closing: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -208,29 +207,67 @@ impl Inner {
     }
 
     /// The socket (and its path table) whose synthetic block `addr` is in, if any.
-    fn sock_for_mapped(&self, addr: &SocketAddr) -> Option<&Sock> {
+    pub(crate) fn sock_for_mapped(&self, addr: &SocketAddr) -> Option<&Sock> {
         self.socks().find(|s| s.table.node_of(addr).is_some())
     }
 
-    /// Addresses to offer a peer for hole punching: bound addresses and the addresses
-    /// peers observe for us.
-    fn candidates(&self) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = self
+    /// The bound address of the IPv4 socket.
+    pub(crate) fn v4_local(&self) -> Option<SocketAddr> {
+        self.v4.as_ref().and_then(|s| s.ep.local_addr().ok())
+    }
+
+    /// What observers outside saw for our sockets: (observer, mapped address) from STUN
+    /// servers and from peers we reached at a real address (their hello).
+    fn observations(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        let mut out = lock(&self.stun_reports).clone();
+        for slot in lock(&self.peers).values() {
+            let Some(c) = slot.conn.as_ref() else {
+                continue;
+            };
+            let remote = c.inner.remote_address();
+            if let Some(seen) = c.observed_addr() {
+                if !is_synthetic(&remote) && !is_synthetic(&seen) {
+                    out.push((remote, seen));
+                }
+            }
+        }
+        out
+    }
+
+    /// The NAT in front of the IPv4 socket as observations classify it now.
+    pub(crate) fn nat_now(&self) -> NatKind {
+        let Some(local) = self.v4_local() else {
+            return NatKind::Unknown;
+        };
+        let reports: Vec<_> = self
+            .observations()
+            .into_iter()
+            .filter(|(o, m)| o.is_ipv4() && m.is_ipv4())
+            .collect();
+        crate::stun::classify(local, &reports)
+    }
+
+    /// Addresses to offer a peer for hole punching, reflexive ones (what STUN servers and
+    /// peers observe for us) first, then bound addresses; and how many are reflexive.
+    pub(crate) fn candidates(&self) -> (Vec<SocketAddr>, usize) {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for (_, seen) in self.observations() {
+            if !out.contains(&seen) {
+                out.push(seen);
+            }
+        }
+        let reflexive = out.len();
+        for a in self
             .socks()
             .filter_map(|s| s.ep.local_addr().ok())
             .filter(|a| !a.ip().is_unspecified())
-            .collect();
-        let observed: Vec<SocketAddr> = lock(&self.peers)
-            .values()
-            .filter_map(|s| s.conn.as_ref().and_then(|c| c.observed_addr()))
-            .collect();
-        for a in observed {
-            if !out.contains(&a) && !is_synthetic(&a) {
+        {
+            if !out.contains(&a) {
                 out.push(a);
             }
         }
         out.truncate(MAX_ADVERTISED);
-        out
+        (out, reflexive.min(MAX_ADVERTISED))
     }
 
     fn shutdown_now(&self) {
@@ -337,6 +374,7 @@ impl Inner {
             open_timeout: self.config.limits.stream_open_timeout,
             path,
             path_kick: tokio::sync::Notify::new(),
+            punch: crate::punch::PunchState::new(),
             table: self.sock_for_mapped(&addr).map(|s| s.table.clone()),
         })
     }
@@ -447,6 +485,8 @@ impl Endpoint {
             key: key.clone(),
             v4,
             v6,
+            stun_reports: Mutex::new(Vec::new()),
+            birthday_slot: tokio::sync::Semaphore::new(1),
             relays: Mutex::new(HashMap::new()),
             home_relay: Mutex::new(None),
             discovery: Mutex::new(None),
@@ -488,6 +528,28 @@ impl Endpoint {
                     Err(e) => tracing::warn!(%addr, error = %e, "relay over TCP unavailable"),
                 }
             }
+        }
+        if !endpoint.config().stun_servers.is_empty() {
+            // The first round before bind returns, so the first connections already
+            // carry reflexive candidates and a NAT kind; then refresh in the background.
+            endpoint.stun_round().await;
+            let weak = Arc::downgrade(&endpoint.handle);
+            let every = endpoint
+                .config()
+                .hole_punch
+                .stun_refresh
+                .max(std::time::Duration::from_secs(1));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(handle) = weak.upgrade() else { return };
+                    let ep = Endpoint { handle };
+                    if ep.inner().closing.load(Ordering::Acquire) {
+                        return;
+                    }
+                    ep.stun_round().await;
+                }
+            });
         }
         if let Some(home) = endpoint.config().relay.clone() {
             // A relay that is down now is not fatal: the node still works directly.
@@ -587,6 +649,13 @@ impl Endpoint {
             a
         });
         let mut addr = NodeAddr::new(self.node_id()).with_direct(direct);
+        // Reflexive addresses (STUN answers, what peers observe) after the bound ones.
+        let (cands, reflexive) = self.inner().candidates();
+        for a in cands.into_iter().take(reflexive) {
+            if !addr.direct.contains(&a) && addr.direct.len() < kith_core::addr::MAX_DIRECT_ADDRS {
+                addr.direct.push(a);
+            }
+        }
         if let Some(hint) = *lock(&self.inner().home_relay) {
             addr.relays.push(hint);
         }
@@ -712,9 +781,18 @@ impl Endpoint {
         let mut rx = sock.table.stun_wait(tx).ok_or(StunError::TimedOut)?;
         let request = crate::stun::binding_request(tx);
         for _ in 0..3 {
-            sock.socket.send_raw(server, &request);
+            let _ = sock.socket.send_raw(server, &request);
             match tokio::time::timeout(std::time::Duration::from_millis(500), &mut rx).await {
-                Ok(Ok(resp)) => return crate::stun::parse_binding_response(&resp, &tx),
+                Ok(Ok(resp)) => {
+                    let mapped = crate::stun::parse_binding_response(&resp, &tx)?;
+                    let mut reports = lock(&inner.stun_reports);
+                    reports.retain(|(s, _)| *s != server);
+                    if reports.len() >= 16 {
+                        reports.remove(0);
+                    }
+                    reports.push((server, mapped));
+                    return Ok(mapped);
+                }
                 Ok(Err(_)) => return Err(StunError::TimedOut),
                 Err(_) => continue,
             }
@@ -740,6 +818,29 @@ impl Endpoint {
             }
         }
         crate::stun::classify(local, &reports)
+    }
+
+    /// The NAT in front of the IPv4 socket as known now, from the configured STUN
+    /// servers' answers ([`EndpointConfig::stun_servers`], [`stun`](Self::stun)) and the
+    /// addresses peers reached at a real address observe (at least two observers at
+    /// different addresses are needed, otherwise [`NatKind::Unknown`]).
+    pub fn nat(&self) -> NatKind {
+        self.inner().nat_now()
+    }
+
+    /// Asks every configured STUN server once, concurrently (each at most 1.5 s).
+    async fn stun_round(&self) {
+        let servers = self.config().stun_servers.clone();
+        let asks = servers.iter().map(|s| self.stun(*s));
+        for (server, res) in servers
+            .iter()
+            .zip(futures_util::future::join_all(asks).await)
+        {
+            match res {
+                Ok(mapped) => tracing::debug!(%server, %mapped, "STUN"),
+                Err(e) => tracing::debug!(%server, error = %e, "STUN failed"),
+            }
+        }
     }
 
     /// Sets the source the endpoint asks for the addresses of a node dialed by id alone
@@ -1102,6 +1203,10 @@ async fn route_stream(
         handle_paths(&inner, &conn, recv).await;
         return;
     }
+    if proto == PUNCH && send.is_none() {
+        handle_punch(&inner, &conn, recv).await;
+        return;
+    }
     let Some(handler) = inner.router.get(&proto) else {
         tracing::debug!(%proto, "stream for unsupported protocol refused");
         refuse(&mut send, &mut recv, codes::UNSUPPORTED_PROTOCOL);
@@ -1173,110 +1278,4 @@ fn bind_socket(addr: SocketAddr, server: quinn::ServerConfig, id: NodeId) -> std
         runtime,
     )?;
     Ok(Sock { ep, socket, table })
-}
-
-/// For a connection over a mapped (relayed) address: exchange probe keys and candidates
-/// with the peer, then probe until a direct path is validated, and keep it confirmed.
-fn start_paths(inner: &Arc<Inner>, conn: &Arc<QuicConnection>) {
-    let remote = conn.inner.remote_address();
-    let Some(sock) = inner.sock_for_mapped(&remote) else {
-        return;
-    };
-    let (table, socket) = (sock.table.clone(), sock.socket.clone());
-    let inner = inner.clone();
-    let conn = conn.clone();
-    tokio::spawn(async move {
-        let node = conn.remote;
-        let my_key: [u8; 32] = rand::random();
-        table.set_my_key(node, my_key);
-        let mut msg = Vec::with_capacity(32 + 1 + MAX_ADVERTISED * 19);
-        msg.extend_from_slice(&my_key);
-        let cands = inner.candidates();
-        msg.push(cands.len() as u8);
-        for c in &cands {
-            let enc = NodeAddr::new(inner.id).with_direct([*c]).encode();
-            msg.push(enc.len() as u8);
-            msg.extend_from_slice(&enc);
-        }
-        let sent = async {
-            let mut s = conn.inner.open_uni().await.ok()?;
-            s.write_all(&PATHS.header()).await.ok()?;
-            s.write_all(&msg).await.ok()?;
-            s.finish().ok()
-        }
-        .await;
-        if sent.is_none() {
-            tracing::debug!("could not send path candidates");
-        }
-        let delay = inner.config.path_probe_delay;
-        if !delay.is_zero() {
-            tokio::select! {
-                _ = conn.inner.closed() => {}
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-        table.enable_probing(&node);
-        let mut round = 0u32;
-        loop {
-            let wait = if round < 20 {
-                std::time::Duration::from_millis(150)
-            } else {
-                std::time::Duration::from_secs(2)
-            };
-            tokio::select! {
-                _ = conn.inner.closed() => break,
-                _ = conn.path_kick.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            round = round.saturating_add(1);
-            let now = Instant::now();
-            table.expire(&node, now);
-            for (to, probe) in table.make_pings(&node, now) {
-                socket.send_raw(to, &probe);
-            }
-        }
-        table.remove(&node);
-    });
-}
-
-/// The peer's probe key and candidates for a relayed connection.
-async fn handle_paths(inner: &Inner, conn: &QuicConnection, mut recv: QuicRecv) {
-    let mut buf = Vec::new();
-    let limit = (32 + 1 + MAX_ADVERTISED * (1 + 255)) as u64;
-    if (&mut recv).take(limit).read_to_end(&mut buf).await.is_err() {
-        return;
-    }
-    let Some(sock) = inner.sock_for_mapped(&conn.inner.remote_address()) else {
-        return;
-    };
-    let Some(parsed) = parse_paths(&buf, &inner.id) else {
-        tracing::debug!("malformed path message ignored");
-        return;
-    };
-    sock.table.set_their_key(conn.remote, parsed.0);
-    sock.table.add_candidates(conn.remote, &parsed.1);
-    conn.path_kick.notify_one();
-}
-
-/// Parses `key | count | (len | NodeAddr naming `local`)*`: the peer's probe key and the
-/// addresses it can be reached at.
-pub(crate) fn parse_paths(buf: &[u8], local: &NodeId) -> Option<([u8; 32], Vec<SocketAddr>)> {
-    let key: [u8; 32] = buf.get(..32)?.try_into().ok()?;
-    let count = *buf.get(32)? as usize;
-    if count > MAX_ADVERTISED {
-        return None;
-    }
-    let mut rest = buf.get(33..)?;
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = *rest.first()? as usize;
-        let enc = rest.get(1..1 + len)?;
-        let addr = NodeAddr::decode(enc).ok()?;
-        // Candidates are carried as NodeAddrs naming the sender's peer (us) only to reuse
-        // one bounded decoder; the id is not otherwise used.
-        let _ = local;
-        out.extend(addr.direct.into_iter().filter(|a| !is_synthetic(a)).take(1));
-        rest = &rest[1 + len..];
-    }
-    rest.is_empty().then_some((key, out))
 }

@@ -62,15 +62,17 @@ mod conn;
 mod endpoint;
 mod identity;
 mod paths;
+mod punch;
 pub mod relay;
 pub mod stun;
 mod tls;
 
-pub use config::{EndpointConfig, Limits};
+pub use config::{EndpointConfig, HolePunchConfig, Limits};
 pub use conn::{ConnectionStats, QuicConnection, ZeroRtt};
 pub use endpoint::{BindError, Endpoint};
 pub use identity::{IdentityError, load_or_create_secret_key};
 pub use paths::PathKind;
+pub use punch::HolePunch;
 pub use tls::KITH_ALPN;
 
 /// quinn configurations identical to the ones an [`Endpoint`] uses (same TLS, same
@@ -104,9 +106,6 @@ pub mod fuzzing {
 
     /// Parses a path-candidate message; never panics.
     pub fn paths_message(data: &[u8]) {
-        let _ = crate::endpoint::parse_paths(
-            data,
-            &kith_core::SecretKey::from_bytes(&[1; 32]).node_id(),
-        );
+        let _ = crate::punch::parse_paths(data);
     }
 }

@@ -50,6 +50,8 @@ const MAX_KNOWN_ADDRS: usize = 4096;
 const MAX_PENDING_PINGS: usize = 64;
 /// Relayed packets buffered for quinn before new ones are dropped.
 const RELAY_QUEUE: usize = 1024;
+/// Most outstanding birthday-probing pings per peer (see [`PathTable::spray_pings`]).
+pub(crate) const MAX_SPRAY: usize = 8192;
 /// A direct path not confirmed by a pong for this long is abandoned.
 pub(crate) const PATH_TIMEOUT: Duration = Duration::from_secs(6);
 
@@ -127,10 +129,33 @@ pub(crate) fn verify_probe(data: &[u8], key: &[u8; 32]) -> bool {
     blake3::Hash::from(got) == blake3::Hash::from(exp)
 }
 
+/// The local socket a probe or a direct path uses: `None` is the endpoint's own socket,
+/// `Some` one of the extra sockets a birthday-probing attempt opened for this peer.
+pub(crate) type Via = Option<Arc<tokio::net::UdpSocket>>;
+
+/// A probe to send: from which socket, to where, and the datagram.
+pub(crate) type Outgoing = (Via, SocketAddr, [u8; PROBE_LEN]);
+
+fn same_via(a: &Via, b: &Via) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
 struct DirectPath {
     addr: SocketAddr,
+    via: Via,
     rtt: Duration,
     confirmed: Instant,
+}
+
+/// A ping waiting for its pong.
+struct Pending {
+    addr: SocketAddr,
+    via: Via,
+    at: Instant,
 }
 
 struct NodePaths {
@@ -142,10 +167,17 @@ struct NodePaths {
     my_key: Option<[u8; 32]>,
     /// Key we authenticate probes to the peer with (it chose it).
     their_key: Option<[u8; 32]>,
-    pending: HashMap<[u8; 12], (SocketAddr, Instant)>,
+    pending: HashMap<[u8; 12], Pending>,
+    /// Birthday-probing pings (many addresses or sockets at once), kept apart so they
+    /// cannot crowd out the regular ones; at most [`MAX_SPRAY`].
+    spray: HashMap<[u8; 12], Pending>,
+    /// Extra sockets of a birthday-probing attempt (the endpoint-dependent side).
+    extra: Vec<Arc<tokio::net::UdpSocket>>,
     path_tx: watch::Sender<PathKind>,
     /// Pings sent, for reporting (for example the probes a hole punch spent).
     pings_sent: u64,
+    /// Of those, birthday-probing pings.
+    sprayed: u64,
     /// Whether this side probes yet (it may hold off; see `path_probe_delay`).
     probing: bool,
 }
@@ -182,7 +214,7 @@ struct TableState {
     relay_queue: VecDeque<(SocketAddr, Bytes)>,
     relay_waker: Option<Waker>,
     /// Probes to send, queued by the receive path (which cannot send itself).
-    outbox: VecDeque<(SocketAddr, [u8; PROBE_LEN])>,
+    outbox: VecDeque<Outgoing>,
     /// STUN transactions waiting for a response, by transaction id.
     stun_waiters: HashMap<[u8; 12], tokio::sync::oneshot::Sender<Bytes>>,
 }
@@ -249,8 +281,11 @@ impl PathTable {
                 my_key: None,
                 their_key: None,
                 pending: HashMap::new(),
+                spray: HashMap::new(),
+                extra: Vec::new(),
                 path_tx: watch::channel(PathKind::None).0,
                 pings_sent: 0,
+                sprayed: 0,
                 probing: false,
             },
         );
@@ -304,6 +339,11 @@ impl PathTable {
             .map_or(0, |p| p.pings_sent)
     }
 
+    /// Birthday-probing pings sent to `node` so far.
+    pub(crate) fn sprayed(&self, node: &NodeId) -> u64 {
+        lock(&self.state).nodes.get(node).map_or(0, |p| p.sprayed)
+    }
+
     /// Sets the key the peer must authenticate probes to us with (we send it to the peer).
     pub(crate) fn set_my_key(&self, node: NodeId, key: [u8; 32]) {
         if let Some(p) = lock(&self.state).nodes.get_mut(&node) {
@@ -342,11 +382,7 @@ impl PathTable {
 
     /// Builds pings to every candidate of `node` (and the current direct path, to keep
     /// it confirmed). Returns them for the caller to send.
-    pub(crate) fn make_pings(
-        &self,
-        node: &NodeId,
-        now: Instant,
-    ) -> Vec<(SocketAddr, [u8; PROBE_LEN])> {
+    pub(crate) fn make_pings(&self, node: &NodeId, now: Instant) -> Vec<Outgoing> {
         let mut st = lock(&self.state);
         let Some(p) = st.nodes.get_mut(node) else {
             return Vec::new();
@@ -356,34 +392,159 @@ impl PathTable {
         };
         // Forget pings nobody answered.
         p.pending
-            .retain(|_, (_, at)| now.duration_since(*at) < PATH_TIMEOUT);
-        let mut targets = p.candidates.clone();
+            .retain(|_, q| now.duration_since(q.at) < PATH_TIMEOUT);
+        p.spray
+            .retain(|_, q| now.duration_since(q.at) < PATH_TIMEOUT);
+        let mut targets: Vec<(Via, SocketAddr)> = p.candidates.iter().map(|c| (None, *c)).collect();
         if let Some(d) = &p.direct {
-            if !targets.contains(&d.addr) {
-                targets.push(d.addr);
+            if !targets
+                .iter()
+                .any(|(v, a)| *a == d.addr && same_via(v, &d.via))
+            {
+                targets.push((d.via.clone(), d.addr));
             }
         }
         let mut out = Vec::new();
-        for addr in targets {
+        for (via, addr) in targets {
             if p.pending.len() >= MAX_PENDING_PINGS {
                 break;
             }
             let tx: [u8; 12] = rand::random();
-            p.pending.insert(tx, (addr, now));
+            p.pending.insert(
+                tx,
+                Pending {
+                    addr,
+                    via: via.clone(),
+                    at: now,
+                },
+            );
             p.pings_sent += 1;
-            out.push((
-                addr,
-                encode_probe(
-                    &Probe {
-                        pong: false,
-                        tx,
-                        sender: self.local,
-                    },
-                    &key,
-                ),
-            ));
+            out.push((via, addr, self.ping(tx, &key)));
         }
         out
+    }
+
+    fn ping(&self, tx: [u8; 12], key: &[u8; 32]) -> [u8; PROBE_LEN] {
+        encode_probe(
+            &Probe {
+                pong: false,
+                tx,
+                sender: self.local,
+            },
+            key,
+        )
+    }
+
+    /// Builds birthday-probing pings to `node`: one from each `via` socket to each
+    /// target (the endpoint-dependent side opening mappings), or from our own socket to
+    /// many guessed addresses (the other side). Stops at [`MAX_SPRAY`] outstanding.
+    pub(crate) fn spray_pings(
+        &self,
+        node: &NodeId,
+        targets: &[(Via, SocketAddr)],
+        now: Instant,
+    ) -> Vec<Outgoing> {
+        let mut st = lock(&self.state);
+        let Some(p) = st.nodes.get_mut(node) else {
+            return Vec::new();
+        };
+        let Some(key) = p.their_key else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(targets.len());
+        for (via, addr) in targets {
+            if p.spray.len() >= MAX_SPRAY {
+                break;
+            }
+            let tx: [u8; 12] = rand::random();
+            p.spray.insert(
+                tx,
+                Pending {
+                    addr: *addr,
+                    via: via.clone(),
+                    at: now,
+                },
+            );
+            p.pings_sent += 1;
+            p.sprayed += 1;
+            out.push((via.clone(), *addr, self.ping(tx, &key)));
+        }
+        out
+    }
+
+    /// Keeps `sockets` as `node`'s birthday-probing sockets (replacing earlier ones).
+    pub(crate) fn set_extra_sockets(
+        &self,
+        node: &NodeId,
+        sockets: Vec<Arc<tokio::net::UdpSocket>>,
+    ) {
+        if let Some(p) = lock(&self.state).nodes.get_mut(node) {
+            p.extra = sockets;
+        }
+    }
+
+    /// Ends a birthday-probing attempt: drops every extra socket but the one the direct
+    /// path uses. Returns whether `sock` is still in use.
+    pub(crate) fn keep_only_used_socket(&self, node: &NodeId) {
+        if let Some(p) = lock(&self.state).nodes.get_mut(node) {
+            let used = p.direct.as_ref().and_then(|d| d.via.clone());
+            p.extra
+                .retain(|s| used.as_ref().is_some_and(|u| Arc::ptr_eq(s, u)));
+        }
+    }
+
+    /// Whether `sock` is still one of `node`'s extra sockets.
+    pub(crate) fn uses_socket(&self, node: &NodeId, sock: &Arc<tokio::net::UdpSocket>) -> bool {
+        lock(&self.state)
+            .nodes
+            .get(node)
+            .is_some_and(|p| p.extra.iter().any(|s| Arc::ptr_eq(s, sock)))
+    }
+
+    /// Whether `node` has a direct path now.
+    pub(crate) fn is_direct(&self, node: &NodeId) -> bool {
+        lock(&self.state)
+            .nodes
+            .get(node)
+            .is_some_and(|p| p.direct.is_some())
+    }
+
+    /// A datagram arrived on one of the birthday-probing sockets: a probe is handled as
+    /// on the main socket (the answers are returned for the caller to send from `via`);
+    /// a QUIC packet from an address a peer proved it sends from goes to quinn labelled
+    /// with that peer's mapped address; anything else is dropped.
+    pub(crate) fn on_extra_datagram(
+        &self,
+        via: &Arc<tokio::net::UdpSocket>,
+        data: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Vec<Outgoing> {
+        if is_probe(data) {
+            let local = via.local_addr().ok();
+            let out = self
+                .on_probe(data, from, now, Some(via.clone()))
+                .unwrap_or_default();
+            tracing::debug!(%from, ?local, answers = out.len(), "probe on a birthday socket");
+            return out;
+        }
+        let mut st = lock(&self.state);
+        let Some(mapped) = st
+            .by_direct
+            .get(&from)
+            .and_then(|node| st.nodes.get(node))
+            .map(|p| p.mapped)
+        else {
+            return Vec::new();
+        };
+        if st.relay_queue.len() < RELAY_QUEUE {
+            st.relay_queue
+                .push_back((mapped, Bytes::copy_from_slice(data)));
+            if let Some(w) = st.relay_waker.take() {
+                w.wake();
+            }
+        }
+        Vec::new()
     }
 
     /// Drops a direct path that has not been confirmed recently; returns true if the
@@ -445,14 +606,16 @@ impl PathTable {
         }
     }
 
-    /// Handles a received probe; returns the probes to send in answer (a pong, and a
-    /// ping back to an address not yet validated).
+    /// Handles a probe that arrived on `via` (see [`Via`]); returns the probes to send
+    /// in answer (a pong, and a ping back to an address not yet validated), all from
+    /// `via`.
     fn on_probe(
         &self,
         data: &[u8],
         from: SocketAddr,
         now: Instant,
-    ) -> Option<Vec<(SocketAddr, [u8; PROBE_LEN])>> {
+        via: Via,
+    ) -> Option<Vec<Outgoing>> {
         let probe = parse_probe(data)?;
         let mut st = lock(&self.state);
         let TableState {
@@ -472,16 +635,24 @@ impl PathTable {
             by_direct.insert(from, probe.sender);
         }
         if probe.pong {
-            // Only an answer to one of our own pings, from the address we pinged, counts.
-            let (addr, sent) = *p.pending.get(&probe.tx)?;
-            if addr != from {
+            // Only an answer to one of our own pings, from the address we pinged and on
+            // the socket we pinged from, counts.
+            let pending = p
+                .pending
+                .get(&probe.tx)
+                .or_else(|| p.spray.get(&probe.tx))?;
+            if pending.addr != from || !same_via(&pending.via, &via) {
                 return None;
             }
+            let sent = pending.at;
             p.pending.remove(&probe.tx);
+            if p.spray.remove(&probe.tx).is_some() {
+                tracing::debug!(%from, "birthday probe answered");
+            }
             let rtt = now.duration_since(sent);
             let better = match &p.direct {
                 None => true,
-                Some(d) if d.addr == from => true,
+                Some(d) if d.addr == from && same_via(&d.via, &via) => true,
                 Some(d) => {
                     rtt + Duration::from_millis(2) < d.rtt
                         || now.duration_since(d.confirmed) > PATH_TIMEOUT / 2
@@ -490,6 +661,7 @@ impl PathTable {
             if better {
                 p.direct = Some(DirectPath {
                     addr: from,
+                    via,
                     rtt,
                     confirmed: now,
                 });
@@ -499,7 +671,8 @@ impl PathTable {
         } else {
             // Answer on the path the ping came from; that also opens our NAT towards it.
             let their = p.their_key?;
-            if p.candidates.len() < MAX_CANDIDATES && !p.candidates.contains(&from) {
+            if via.is_none() && p.candidates.len() < MAX_CANDIDATES && !p.candidates.contains(&from)
+            {
                 p.candidates.push(from);
             }
             let pong = Probe {
@@ -507,21 +680,34 @@ impl PathTable {
                 tx: probe.tx,
                 sender: self.local,
             };
-            let mut out = vec![(from, encode_probe(&pong, &their))];
+            let mut out = vec![(via.clone(), from, encode_probe(&pong, &their))];
             // Ping the address back at once (it may be a NAT mapping towards us that no
             // candidate named) rather than at the next probe round.
-            let validated = p.direct.as_ref().is_some_and(|d| d.addr == from);
-            let outstanding = p.pending.values().any(|(a, _)| *a == from);
+            let validated = p
+                .direct
+                .as_ref()
+                .is_some_and(|d| d.addr == from && same_via(&d.via, &via));
+            let outstanding = p
+                .pending
+                .values()
+                .any(|q| q.addr == from && same_via(&q.via, &via));
             if p.probing && !validated && !outstanding && p.pending.len() < MAX_PENDING_PINGS {
                 let tx: [u8; 12] = rand::random();
-                p.pending.insert(tx, (from, now));
+                p.pending.insert(
+                    tx,
+                    Pending {
+                        addr: from,
+                        via: via.clone(),
+                        at: now,
+                    },
+                );
                 p.pings_sent += 1;
                 let ping = Probe {
                     pong: false,
                     tx,
                     sender: self.local,
                 };
-                out.push((from, encode_probe(&ping, &their)));
+                out.push((via, from, encode_probe(&ping, &their)));
             }
             Some(out)
         }
@@ -547,8 +733,9 @@ impl PathSocket {
         Self { inner, table }
     }
 
-    /// Sends a probe (or any raw datagram) on the real socket, best effort.
-    pub(crate) fn send_raw(&self, to: SocketAddr, data: &[u8]) {
+    /// Sends a probe (or any raw datagram) on the real socket, best effort; false if the
+    /// socket refused it (for example a full send buffer).
+    pub(crate) fn send_raw(&self, to: SocketAddr, data: &[u8]) -> bool {
         let t = Transmit {
             destination: to,
             ecn: None,
@@ -556,13 +743,22 @@ impl PathSocket {
             segment_size: None,
             src_ip: None,
         };
-        let _ = self.inner.try_send(&t);
+        self.inner.try_send(&t).is_ok()
+    }
+
+    /// Sends a probe from the socket it names.
+    /// Sends a probe from the socket it names; false if the socket refused it.
+    pub(crate) fn send_probe(&self, (via, to, probe): &Outgoing) -> bool {
+        match via {
+            None => self.send_raw(*to, probe),
+            Some(s) => s.try_send_to(probe, *to).is_ok(),
+        }
     }
 
     fn flush_outbox(&self) {
         let out: Vec<_> = lock(&self.table.state).outbox.drain(..).collect();
-        for (to, probe) in out {
-            self.send_raw(to, &probe);
+        for o in &out {
+            let _ = self.send_probe(o);
         }
     }
 }
@@ -585,16 +781,30 @@ impl AsyncUdpSocket for PathSocket {
             let p = st.nodes.get(&node);
             (
                 node,
-                p.and_then(|p| p.direct.as_ref().map(|d| d.addr)),
+                p.and_then(|p| p.direct.as_ref().map(|d| (d.addr, d.via.clone()))),
                 p.and_then(|p| p.relay.clone()),
             )
         };
-        if let Some(addr) = direct {
-            let t = Transmit {
-                destination: addr,
-                ..*transmit
-            };
-            return self.inner.try_send(&t);
+        match direct {
+            Some((addr, None)) => {
+                let t = Transmit {
+                    destination: addr,
+                    ..*transmit
+                };
+                return self.inner.try_send(&t);
+            }
+            Some((addr, Some(sock))) => {
+                // A path through a birthday-probing socket: no GSO there, one by one.
+                let seg = transmit
+                    .segment_size
+                    .unwrap_or(transmit.contents.len())
+                    .max(1);
+                for chunk in transmit.contents.chunks(seg) {
+                    let _ = sock.try_send_to(chunk, addr);
+                }
+                return Ok(());
+            }
+            None => {}
         }
         if let Some(relay) = relay {
             let seg = transmit
@@ -653,7 +863,7 @@ impl AsyncUdpSocket for PathSocket {
                 let m = meta[i];
                 let data = &bufs[i][..m.len];
                 if m.len == m.stride && is_probe(data) {
-                    if let Some(replies) = self.table.on_probe(data, m.addr, now) {
+                    if let Some(replies) = self.table.on_probe(data, m.addr, now, None) {
                         lock(&self.table.state).outbox.extend(replies);
                     }
                     continue;
@@ -785,25 +995,25 @@ mod tests {
         b.set_their_key(id(1), ka);
         let pings = a.make_pings(&id(2), now);
         assert_eq!(pings.len(), 1);
-        let (to, ping) = pings[0];
+        let (_, to, ping) = pings[0].clone();
         assert_eq!(to, b_addr);
         // b answers the ping (and learns a's address as a candidate).
         let replies = b
-            .on_probe(&ping, a_addr, now)
+            .on_probe(&ping, a_addr, now, None)
             .unwrap_or_else(|| panic!("pong"));
         // A pong, and (a's address being new to b) a ping straight back.
         assert_eq!(replies.len(), 2);
-        let (back, pong) = replies[0];
+        let (_, back, pong) = replies[0].clone();
         assert_eq!(back, a_addr);
         // A pong from another address than the one pinged does not count.
         let spoofed_from: SocketAddr = "192.0.2.66:1".parse().unwrap_or_else(|_| unreachable!());
-        assert!(a.on_probe(&pong, spoofed_from, now).is_none());
+        assert!(a.on_probe(&pong, spoofed_from, now, None).is_none());
         assert!(matches!(
             *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
             PathKind::None
         ));
         // The genuine pong, from the pinged address, validates the path.
-        assert!(a.on_probe(&pong, b_addr, now).is_none());
+        assert!(a.on_probe(&pong, b_addr, now, None).is_none());
         assert_eq!(
             *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
             PathKind::Direct(b_addr)
@@ -811,7 +1021,7 @@ mod tests {
         let pong2 = pong;
         // Replaying the same pong from elsewhere moves nothing.
         let evil: SocketAddr = "192.0.2.99:9".parse().unwrap_or_else(|_| unreachable!());
-        assert!(a.on_probe(&pong2, evil, now).is_none());
+        assert!(a.on_probe(&pong2, evil, now, None).is_none());
         assert_eq!(
             *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
             PathKind::Direct(b_addr)
@@ -825,7 +1035,7 @@ mod tests {
             },
             &[0u8; 32],
         );
-        assert!(a.on_probe(&forged, evil, now).is_none());
+        assert!(a.on_probe(&forged, evil, now, None).is_none());
         assert_eq!(
             *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
             PathKind::Direct(b_addr)

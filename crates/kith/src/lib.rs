@@ -51,9 +51,10 @@ pub use kith_core::net::{
     Transport,
 };
 pub use kith_core::{NodeAddr, NodeId, RelayHint, SecretKey, frame};
+pub use kith_transport::stun::NatKind;
 pub use kith_transport::{
-    BindError, ConnectionStats, Endpoint, EndpointConfig, IdentityError, Limits, PathKind,
-    QuicConnection, ZeroRtt,
+    BindError, ConnectionStats, Endpoint, EndpointConfig, HolePunch, HolePunchConfig,
+    IdentityError, Limits, PathKind, QuicConnection, ZeroRtt,
 };
 
 /// The layers, for code that wants them by name.

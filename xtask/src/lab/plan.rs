@@ -237,13 +237,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// The standard lab: two public hosts and one home of each kind.
+    /// The standard lab: two public hosts, one home of each kind and a second
+    /// endpoint-dependent home (endpoint-dependent × endpoint-dependent must stay relayed).
     pub(crate) fn standard() -> Plan {
         let homes = [
             ("eim", HomeKind::Eim),
             ("edm", HomeKind::Edm),
             ("cgnat", HomeKind::Cgnat),
             ("udpblock", HomeKind::UdpBlock),
+            ("edm2", HomeKind::Edm),
         ];
         Plan::new(2, &homes).expect("the standard plan is valid")
     }
@@ -541,7 +543,9 @@ mod tests {
         assert_eq!(a("cgnat-h", "eth0"), "192.0.2.18");
         assert_eq!(a("udpblock-r", "wan"), "203.0.113.19");
         assert_eq!(a("udpblock-h", "eth0"), "192.0.2.26");
-        assert_eq!(plan.nodes.len(), 12);
+        assert_eq!(a("edm2-r", "wan"), "203.0.113.20");
+        assert_eq!(a("edm2-h", "eth0"), "192.0.2.34");
+        assert_eq!(plan.nodes.len(), 14);
         let cg = plan
             .homes
             .iter()

@@ -167,6 +167,15 @@ pub(crate) fn require_tools() -> Result<(), String> {
     }
 }
 
+/// Whether an executable called `tool` is on `PATH` (optional lab tools: coturn,
+/// tcpdump).
+pub(crate) fn have(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

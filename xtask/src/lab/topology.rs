@@ -571,8 +571,8 @@ mod tests {
         assert!(v6_off < first_link);
         let first_delay = steps.iter().position(|s| s.delay).unwrap();
         assert!(steps[first_delay..].iter().all(|s| s.delay));
-        // Both ends of each of the 6 access links.
-        assert_eq!(steps.iter().filter(|s| s.delay).count(), 12);
+        // Both ends of each of the 7 access links.
+        assert_eq!(steps.iter().filter(|s| s.delay).count(), 14);
         let no_delay = LabConfig {
             delay_ms: 0,
             ..cfg()
@@ -595,7 +595,7 @@ mod tests {
             .filter(|n| matches!(n.role, Role::Router(_)))
             .count();
         assert_eq!(nft, routers);
-        assert_eq!(routers, 5);
+        assert_eq!(routers, 6);
     }
 
     #[test]
