@@ -59,8 +59,10 @@
 
 mod config;
 mod conn;
+pub mod discovery;
 mod endpoint;
 mod identity;
+pub mod mdns;
 mod paths;
 pub mod relay;
 pub mod stun;
