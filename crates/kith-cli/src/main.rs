@@ -3,7 +3,9 @@
 //! ```text
 //! kith id [--key-file PATH]                 print this node's id (creating the key file)
 //! kith relay [--bind ADDR] [--key-file PATH]  offer relaying; prints its address
-//! kith peer [--bind ADDR] [--relay NODEADDR]  connectivity experiments (see peer.rs)
+//! kith peer [--bind ADDR] [--relay NODEADDR] [--mdns]
+//!                                           connectivity experiments (see peer.rs);
+//!                                           --mdns: find and be found on the LAN
 //! kith dht-node [--bind ADDR] [--key-file PATH] [--bootstrap NODEADDR]…
 //!                                           run a DHT node controlled by lines on stdin
 //! ```
@@ -43,6 +45,8 @@ struct Args {
     bind: Option<SocketAddr>,
     bootstrap: Vec<NodeAddr>,
     relay: Option<NodeAddr>,
+    /// `--mdns`: announce on the LAN and resolve bare node ids there (`peer`).
+    mdns: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -54,8 +58,13 @@ fn parse_args() -> anyhow::Result<Args> {
         bind: None,
         bootstrap: Vec::new(),
         relay: None,
+        mdns: false,
     };
     while let Some(flag) = it.next() {
+        if flag == "--mdns" {
+            args.mdns = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--key-file" => args.key_file = Some(value.into()),

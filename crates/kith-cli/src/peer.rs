@@ -5,12 +5,17 @@
 //!
 //! ```text
 //! connect <hex NodeAddr>    ok ms=<connect time> path=<relayed|direct>
+//! connect <node id>         the same, addresses from discovery (--mdns)
 //! wait-direct <id> <ms>     ok direct=<addr> ms=<time to direct> | ok relayed
 //! transfer <id> <bytes>     ok bytes=<n> intact=<true|false> path_before=<p> path_after=<p>
 //! path <id>                 ok <relayed|direct=<addr>|none>
 //! probes <id>               ok <pings sent>
+//! lan-peers                 ok <count> <id>@<addr>,<addr> …   (--mdns)
 //! quit
 //! ```
+//!
+//! With `--mdns` the peer announces itself on the LAN (mDNS, `_kith._udp.local.`) and
+//! resolves a bare node id given to `connect` from what it has seen there.
 //!
 //! Transfers go to the peer's `kith/lab-hash/1` handler, which answers with the BLAKE3
 //! hash and length of what it read, so a transfer that spans a path change is checked
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kith::layers::transport::mdns::{MdnsConfig, MdnsDiscovery};
 use kith::{
     BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, NodeAddr, NodeId, PathKind,
     Protocol, ProtocolHandler, QuicConnection, StreamError,
@@ -123,8 +129,19 @@ async fn transfer(conn: &QuicConnection, bytes: u64) -> anyhow::Result<String> {
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (node, _) = start_node(&args).await?;
     node.mount(HASH, Arc::new(Hasher))?;
+    let lan = if args.mdns {
+        let lan = Arc::new(MdnsDiscovery::spawn(
+            node.endpoint(),
+            MdnsConfig::default(),
+        )?);
+        node.endpoint().set_discovery(lan.clone());
+        Some(lan)
+    } else {
+        None
+    };
+    let peer = Peer { node, lan };
     let mut out = tokio::io::stdout();
-    out.write_all(format!("addr {}\n", hex(&node.addr().encode())).as_bytes())
+    out.write_all(format!("addr {}\n", hex(&peer.node.addr().encode())).as_bytes())
         .await?;
     out.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -133,15 +150,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         if line == "quit" {
             break;
         }
-        let reply = match command(&node, &line).await {
+        let reply = match peer.command(&line).await {
             Ok(v) => format!("ok {v}\n"),
             Err(e) => format!("err {}\n", e.to_string().replace('\n', " ")),
         };
         out.write_all(reply.as_bytes()).await?;
         out.flush().await?;
     }
-    node.close().await;
+    if let Some(lan) = &peer.lan {
+        lan.shutdown().await;
+    }
+    peer.node.close().await;
     Ok(())
+}
+
+/// The running node and, with `--mdns`, its LAN discovery.
+struct Peer {
+    node: kith::Node,
+    lan: Option<Arc<MdnsDiscovery>>,
 }
 
 fn conn_to(node: &kith::Node, id: &str) -> anyhow::Result<Arc<QuicConnection>> {
@@ -151,12 +177,38 @@ fn conn_to(node: &kith::Node, id: &str) -> anyhow::Result<Arc<QuicConnection>> {
         .context("no connection to that node")
 }
 
+/// `connect`'s argument: a bare node id (resolved by discovery) or a hex `NodeAddr`.
+fn connect_target(arg: &str) -> anyhow::Result<NodeAddr> {
+    if arg.len() == kith::layers::core::NODE_ID_TEXT_LEN {
+        if let Ok(id) = arg.parse::<NodeId>() {
+            return Ok(NodeAddr::new(id));
+        }
+    }
+    Ok(NodeAddr::decode(&unhex(arg)?)?)
+}
+
+impl Peer {
+    async fn command(&self, line: &str) -> anyhow::Result<String> {
+        if line.split_whitespace().next() == Some("lan-peers") {
+            let lan = self.lan.as_ref().context("lan-peers needs --mdns")?;
+            let peers = lan.peers();
+            let mut out = peers.len().to_string();
+            for p in &peers {
+                out.push(' ');
+                out.push_str(&p.to_string());
+            }
+            return Ok(out);
+        }
+        command(&self.node, line).await
+    }
+}
+
 async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
     let mut words = line.split_whitespace();
     let cmd = words.next().unwrap_or_default();
     match cmd {
         "connect" => {
-            let addr = NodeAddr::decode(&unhex(words.next().context("connect <hex>")?)?)?;
+            let addr = connect_target(words.next().context("connect <hex|node id>")?)?;
             let start = Instant::now();
             let conn = node.connect(addr).await?;
             Ok(format!(
@@ -193,5 +245,22 @@ async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
             .probes_sent
             .to_string()),
         other => bail!("unknown command {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kith::SecretKey;
+
+    use super::*;
+
+    #[test]
+    fn connect_takes_a_bare_id_or_a_hex_node_addr() {
+        let id = SecretKey::from_bytes(&[7; 32]).node_id();
+        assert_eq!(connect_target(&id.to_string()).unwrap(), NodeAddr::new(id));
+        let full = NodeAddr::new(id).with_direct(["192.0.2.1:4433".parse().unwrap()]);
+        assert_eq!(connect_target(&hex(&full.encode())).unwrap(), full);
+        assert!(connect_target("zz").is_err());
+        assert!(connect_target(&"!".repeat(52)).is_err());
     }
 }
