@@ -11,6 +11,7 @@
 //! path <id>                 ok <relayed|direct=<addr>|none>
 //! probes <id>               ok <pings sent>
 //! lan-peers                 ok <count> <id>@<addr>,<addr> …   (--mdns)
+//! wait-lan <id> <ms>        ok <id>@<addr>,… ms=<time until seen on the LAN>   (--mdns)
 //! quit
 //! ```
 //!
@@ -35,6 +36,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use super::{Args, start_node};
 
 const HASH: Protocol = Protocol::from_static("kith/lab-hash/1");
+/// How long `connect <node id>` waits for the peer to appear on the LAN (--mdns).
+const LAN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest transfer a peer accepts.
 const MAX_TRANSFER: u64 = 1 << 30;
 
@@ -130,10 +133,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (node, _) = start_node(&args).await?;
     node.mount(HASH, Arc::new(Hasher))?;
     let lan = if args.mdns {
-        let lan = Arc::new(MdnsDiscovery::spawn(
-            node.endpoint(),
-            MdnsConfig::default(),
-        )?);
+        let mut config = MdnsConfig::default();
+        // Someone who types `connect <id>` right after start can wait for the LAN.
+        config.resolve_timeout = LAN_RESOLVE_TIMEOUT;
+        let lan = Arc::new(MdnsDiscovery::spawn(node.endpoint(), config)?);
         node.endpoint().set_discovery(lan.clone());
         Some(lan)
     } else {
@@ -189,8 +192,13 @@ fn connect_target(arg: &str) -> anyhow::Result<NodeAddr> {
 
 impl Peer {
     async fn command(&self, line: &str) -> anyhow::Result<String> {
-        if line.split_whitespace().next() == Some("lan-peers") {
-            let lan = self.lan.as_ref().context("lan-peers needs --mdns")?;
+        let mut words = line.split_whitespace();
+        let cmd = words.next().unwrap_or_default();
+        if !matches!(cmd, "lan-peers" | "wait-lan") {
+            return command(&self.node, line).await;
+        }
+        let lan = self.lan.as_ref().context("LAN commands need --mdns")?;
+        if cmd == "lan-peers" {
             let peers = lan.peers();
             let mut out = peers.len().to_string();
             for p in &peers {
@@ -199,7 +207,14 @@ impl Peer {
             }
             return Ok(out);
         }
-        command(&self.node, line).await
+        let id: NodeId = words.next().context("wait-lan <id> <ms>")?.parse()?;
+        let ms: u64 = words.next().context("wait-lan <id> <ms>")?.parse()?;
+        let start = Instant::now();
+        let found = lan
+            .wait_for(id, Duration::from_millis(ms.min(60_000)))
+            .await
+            .context("not seen on the LAN")?;
+        Ok(format!("{found} ms={}", start.elapsed().as_millis()))
     }
 }
 

@@ -456,7 +456,7 @@ pub(crate) fn decode_peer_addr(hex: &str) -> Result<PeerAddr, String> {
 
 /// A `kith` process inside a namespace, spoken to line by line. Every read has a
 /// deadline; on a missed deadline the process is killed by its pid. Killed on drop.
-struct Kith {
+pub(crate) struct Kith {
     node: String,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -467,7 +467,7 @@ struct Kith {
 }
 
 impl Kith {
-    fn spawn(
+    pub(crate) fn spawn(
         lab: &Lab,
         node: &str,
         exe: &Path,
@@ -522,7 +522,7 @@ impl Kith {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -572,7 +572,7 @@ impl Kith {
     }
 
     /// The first line starting with `addr `, without that prefix.
-    fn addr_line(&mut self) -> Result<String, String> {
+    pub(crate) fn addr_line(&mut self) -> Result<String, String> {
         let deadline = Instant::now() + START_TIMEOUT;
         for _ in 0..MAX_PREAMBLE {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -586,7 +586,11 @@ impl Kith {
 
     /// Sends a command and parses the reply: outer `Err` is a process or protocol
     /// failure, inner `Err` the command's own `err …`.
-    fn ask(&mut self, command: &str, timeout: Duration) -> Result<Result<String, String>, String> {
+    pub(crate) fn ask(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Result<String, String>, String> {
         if let Some(d) = &self.dead {
             return Err(format!("not asked (earlier: {d})"));
         }
@@ -741,7 +745,13 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
     let logs = state_dir(root).join(format!("matrix-{}", lab.id));
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     // The processes live in `matrix`'s frame and are dropped (killed by pid) before `lab`.
-    let outcome = matrix(&lab, opts, &exe, &logs).and_then(|(pairs, peers, broken)| {
+    let outcome = matrix(&lab, opts, &exe, &logs).and_then(|(pairs, peers, mut broken)| {
+        // Two peers on one segment find each other with mDNS (docs/nat-lab.md).
+        let lan = super::mdns::step(&lab, &exe, &logs, opts.lab.verbose);
+        broken.extend(lan.problems.iter().cloned());
+        if !lan.connected && lan.problems.is_empty() {
+            broken.push("mdns: not connected".into());
+        }
         report(
             root,
             &lab,
@@ -750,6 +760,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
             &broken,
             &fences,
             &logs,
+            &lan.figures(),
             start.elapsed().as_secs_f64(),
         )
     });
@@ -764,7 +775,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
     outcome
 }
 
-fn kith_binary(root: &Path) -> PathBuf {
+pub(crate) fn kith_binary(root: &Path) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })
@@ -772,7 +783,7 @@ fn kith_binary(root: &Path) -> PathBuf {
     target.join("release").join("kith")
 }
 
-fn build_kith(root: &Path) -> Result<(), String> {
+pub(crate) fn build_kith(root: &Path) -> Result<(), String> {
     let args = ["build", "--release", "-p", "kith-cli"];
     eprintln!("$ cargo {}", args.join(" "));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -1206,6 +1217,7 @@ fn report(
     broken: &[String],
     fences: &[String],
     logs: &Path,
+    more_figures: &str,
     seconds: f64,
 ) -> Result<(), String> {
     let mut out = String::new();
@@ -1222,6 +1234,7 @@ fn report(
     out.push_str(&table(pairs));
     out.push('\n');
     out.push_str(&figures(pairs));
+    out.push_str(more_figures);
     let _ = writeln!(out, "figure lab.fences.ok {}", u8::from(fences.is_empty()));
     let _ = writeln!(out, "figure lab.matrix.seconds {seconds:.1}");
     print!("{out}");
