@@ -9,7 +9,9 @@
 //! 4. for every unordered pair (a, b), a < b: `connect`, `wait-direct`, `transfer`
 //!    1 MiB, `probes` and `path` on a, then `wait-direct` on b (the commands are documented at
 //!    the top of `crates/kith-cli/src/peer.rs`);
-//! 5. prints the table and `figure …` lines, writes them to
+//! 5. runs the mDNS step ([`super::mdns`]): two relay-less peers on one segment connect
+//!    by bare node id over a direct path;
+//! 6. prints the table and `figure …` lines, writes them to
 //!    `target/kith-lab/matrix-<id>.txt` (peer logs next to it), and compares each pair
 //!    with what the current implementation is expected to do ([`expected`]).
 //!
