@@ -3,8 +3,9 @@
 //! ```text
 //! kith id [--key-file PATH]                 print this node's id (creating the key file)
 //! kith relay [--bind ADDR] [--key-file PATH]  offer relaying; prints its address
-//! kith peer [--bind ADDR] [--relay NODEADDR] [--stun ADDR]…
-//!                                           connectivity experiments (see peer.rs)
+//! kith peer [--bind ADDR] [--relay NODEADDR] [--stun ADDR]… [--mdns]
+//!                                           connectivity experiments (see peer.rs);
+//!                                           --mdns: find and be found on the LAN
 //! kith dht-node [--bind ADDR] [--key-file PATH] [--bootstrap NODEADDR]…
 //!                                           run a DHT node controlled by lines on stdin
 //! ```
@@ -45,6 +46,8 @@ struct Args {
     bootstrap: Vec<NodeAddr>,
     relay: Option<NodeAddr>,
     stun: Vec<SocketAddr>,
+    /// `--mdns`: announce on the LAN and resolve bare node ids there (`peer`).
+    mdns: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -57,8 +60,13 @@ fn parse_args() -> anyhow::Result<Args> {
         bootstrap: Vec::new(),
         relay: None,
         stun: Vec::new(),
+        mdns: false,
     };
     while let Some(flag) = it.next() {
+        if flag == "--mdns" {
+            args.mdns = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--key-file" => args.key_file = Some(value.into()),

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! connect <hex NodeAddr>    ok ms=<connect time> path=<relayed|direct>
+//! connect <node id>         the same, addresses from discovery (--mdns)
 //! wait-direct <id> <ms>     ok direct=<addr> ms=<time to direct> | ok relayed
 //! transfer <id> <bytes>     ok bytes=<n> intact=<true|false> path_before=<p> path_after=<p>
 //! path <id>                 ok <relayed|direct=<addr>|none>
@@ -13,8 +14,13 @@
 //! nat                       ok <public|endpoint-independent|endpoint-dependent|unknown>
 //! marker <id> <text> <n>    like transfer, of <text> repeated <n> times (the lab looks
 //!                           for it in a capture on the relay)
+//! lan-peers                 ok <count> <id>@<addr>,<addr> …   (--mdns)
+//! wait-lan <id> <ms>        ok <id>@<addr>,… ms=<time until seen on the LAN>   (--mdns)
 //! quit
 //! ```
+//!
+//! With `--mdns` the peer announces itself on the LAN (mDNS, `_kith._udp.local.`) and
+//! resolves a bare node id given to `connect` from what it has seen there.
 //!
 //! Transfers go to the peer's `kith/lab-hash/1` handler, which answers with the BLAKE3
 //! hash and length of what it read, so a transfer that spans a path change is checked
@@ -24,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kith::layers::transport::mdns::{MdnsConfig, MdnsDiscovery};
 use kith::{
     BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, HolePunch, NatKind, NodeAddr,
     NodeId, PathKind, Protocol, ProtocolHandler, QuicConnection, StreamError,
@@ -33,6 +40,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use super::{Args, start_node};
 
 const HASH: Protocol = Protocol::from_static("kith/lab-hash/1");
+/// How long `connect <node id>` waits for the peer to appear on the LAN (--mdns).
+const LAN_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest transfer a peer accepts.
 const MAX_TRANSFER: u64 = 1 << 30;
 
@@ -133,8 +142,19 @@ async fn transfer(
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (node, _) = start_node(&args).await?;
     node.mount(HASH, Arc::new(Hasher))?;
+    let lan = if args.mdns {
+        let mut config = MdnsConfig::default();
+        // Someone who types `connect <id>` right after start can wait for the LAN.
+        config.resolve_timeout = LAN_RESOLVE_TIMEOUT;
+        let lan = Arc::new(MdnsDiscovery::spawn(node.endpoint(), config)?);
+        node.endpoint().set_discovery(lan.clone());
+        Some(lan)
+    } else {
+        None
+    };
+    let peer = Peer { node, lan };
     let mut out = tokio::io::stdout();
-    out.write_all(format!("addr {}\n", hex(&node.addr().encode())).as_bytes())
+    out.write_all(format!("addr {}\n", hex(&peer.node.addr().encode())).as_bytes())
         .await?;
     out.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -143,15 +163,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         if line == "quit" {
             break;
         }
-        let reply = match command(&node, &line).await {
+        let reply = match peer.command(&line).await {
             Ok(v) => format!("ok {v}\n"),
             Err(e) => format!("err {}\n", e.to_string().replace('\n', " ")),
         };
         out.write_all(reply.as_bytes()).await?;
         out.flush().await?;
     }
-    node.close().await;
+    if let Some(lan) = &peer.lan {
+        lan.shutdown().await;
+    }
+    peer.node.close().await;
     Ok(())
+}
+
+/// The running node and, with `--mdns`, its LAN discovery.
+struct Peer {
+    node: kith::Node,
+    lan: Option<Arc<MdnsDiscovery>>,
 }
 
 fn conn_to(node: &kith::Node, id: &str) -> anyhow::Result<Arc<QuicConnection>> {
@@ -161,12 +190,50 @@ fn conn_to(node: &kith::Node, id: &str) -> anyhow::Result<Arc<QuicConnection>> {
         .context("no connection to that node")
 }
 
+/// `connect`'s argument: a bare node id (resolved by discovery) or a hex `NodeAddr`.
+fn connect_target(arg: &str) -> anyhow::Result<NodeAddr> {
+    if arg.len() == kith::layers::core::NODE_ID_TEXT_LEN {
+        if let Ok(id) = arg.parse::<NodeId>() {
+            return Ok(NodeAddr::new(id));
+        }
+    }
+    Ok(NodeAddr::decode(&unhex(arg)?)?)
+}
+
+impl Peer {
+    async fn command(&self, line: &str) -> anyhow::Result<String> {
+        let mut words = line.split_whitespace();
+        let cmd = words.next().unwrap_or_default();
+        if !matches!(cmd, "lan-peers" | "wait-lan") {
+            return command(&self.node, line).await;
+        }
+        let lan = self.lan.as_ref().context("LAN commands need --mdns")?;
+        if cmd == "lan-peers" {
+            let peers = lan.peers();
+            let mut out = peers.len().to_string();
+            for p in &peers {
+                out.push(' ');
+                out.push_str(&p.to_string());
+            }
+            return Ok(out);
+        }
+        let id: NodeId = words.next().context("wait-lan <id> <ms>")?.parse()?;
+        let ms: u64 = words.next().context("wait-lan <id> <ms>")?.parse()?;
+        let start = Instant::now();
+        let found = lan
+            .wait_for(id, Duration::from_millis(ms.min(60_000)))
+            .await
+            .context("not seen on the LAN")?;
+        Ok(format!("{found} ms={}", start.elapsed().as_millis()))
+    }
+}
+
 async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
     let mut words = line.split_whitespace();
     let cmd = words.next().unwrap_or_default();
     match cmd {
         "connect" => {
-            let addr = NodeAddr::decode(&unhex(words.next().context("connect <hex>")?)?)?;
+            let addr = connect_target(words.next().context("connect <hex|node id>")?)?;
             let start = Instant::now();
             let conn = node.connect(addr).await?;
             Ok(format!(
@@ -232,5 +299,22 @@ async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
             .probes_sent
             .to_string()),
         other => bail!("unknown command {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kith::SecretKey;
+
+    use super::*;
+
+    #[test]
+    fn connect_takes_a_bare_id_or_a_hex_node_addr() {
+        let id = SecretKey::from_bytes(&[7; 32]).node_id();
+        assert_eq!(connect_target(&id.to_string()).unwrap(), NodeAddr::new(id));
+        let full = NodeAddr::new(id).with_direct(["192.0.2.1:4433".parse().unwrap()]);
+        assert_eq!(connect_target(&hex(&full.encode())).unwrap(), full);
+        assert!(connect_target("zz").is_err());
+        assert!(connect_target(&"!".repeat(52)).is_err());
     }
 }

@@ -59,8 +59,10 @@
 
 mod config;
 mod conn;
+pub mod discovery;
 mod endpoint;
 mod identity;
+pub mod mdns;
 mod paths;
 mod punch;
 pub mod relay;

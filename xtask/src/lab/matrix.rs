@@ -9,7 +9,9 @@
 //! 4. for every unordered pair (a, b), a < b: `connect`, `wait-direct`, `transfer`
 //!    1 MiB, `probes` and `path` on a, then `wait-direct` on b (the commands are documented at
 //!    the top of `crates/kith-cli/src/peer.rs`);
-//! 5. prints the table and `figure …` lines, writes them to
+//! 5. runs the mDNS step ([`super::mdns`]): two relay-less peers on one segment connect
+//!    by bare node id over a direct path;
+//! 6. prints the table and `figure …` lines, writes them to
 //!    `target/kith-lab/matrix-<id>.txt` (peer logs next to it), and compares each pair
 //!    with what the current implementation is expected to do ([`expected`]).
 //!
@@ -485,7 +487,7 @@ pub(crate) fn decode_peer_addr(hex: &str) -> Result<PeerAddr, String> {
 
 /// A `kith` process inside a namespace, spoken to line by line. Every read has a
 /// deadline; on a missed deadline the process is killed by its pid. Killed on drop.
-struct Kith {
+pub(crate) struct Kith {
     node: String,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -496,7 +498,7 @@ struct Kith {
 }
 
 impl Kith {
-    fn spawn(
+    pub(crate) fn spawn(
         lab: &Lab,
         node: &str,
         exe: &Path,
@@ -551,7 +553,7 @@ impl Kith {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -601,7 +603,7 @@ impl Kith {
     }
 
     /// The first line starting with `addr `, without that prefix.
-    fn addr_line(&mut self) -> Result<String, String> {
+    pub(crate) fn addr_line(&mut self) -> Result<String, String> {
         let deadline = Instant::now() + START_TIMEOUT;
         for _ in 0..MAX_PREAMBLE {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -615,7 +617,11 @@ impl Kith {
 
     /// Sends a command and parses the reply: outer `Err` is a process or protocol
     /// failure, inner `Err` the command's own `err …`.
-    fn ask(&mut self, command: &str, timeout: Duration) -> Result<Result<String, String>, String> {
+    pub(crate) fn ask(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Result<String, String>, String> {
         if let Some(d) = &self.dead {
             return Err(format!("not asked (earlier: {d})"));
         }
@@ -859,7 +865,13 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
     let logs = state_dir(root).join(format!("matrix-{}", lab.id));
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     // The processes live in `matrix`'s frame and are dropped (killed by pid) before `lab`.
-    let outcome = matrix(&lab, opts, &exe, &logs).and_then(|(pairs, peers, broken)| {
+    let outcome = matrix(&lab, opts, &exe, &logs).and_then(|(pairs, peers, mut broken)| {
+        // Two peers on one segment find each other with mDNS (docs/nat-lab.md).
+        let lan = super::mdns::step(&lab, &exe, &logs, opts.lab.verbose);
+        broken.extend(lan.problems.iter().cloned());
+        if !lan.connected && lan.problems.is_empty() {
+            broken.push("mdns: not connected".into());
+        }
         report(
             root,
             &lab,
@@ -868,6 +880,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
             &broken,
             &fences,
             &logs,
+            &lan.figures(),
             start.elapsed().as_secs_f64(),
         )
     });
@@ -882,7 +895,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
     outcome
 }
 
-fn kith_binary(root: &Path) -> PathBuf {
+pub(crate) fn kith_binary(root: &Path) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })
@@ -890,7 +903,7 @@ fn kith_binary(root: &Path) -> PathBuf {
     target.join("release").join("kith")
 }
 
-fn build_kith(root: &Path) -> Result<(), String> {
+pub(crate) fn build_kith(root: &Path) -> Result<(), String> {
     let args = ["build", "--release", "-p", "kith-cli"];
     eprintln!("$ cargo {}", args.join(" "));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -1404,6 +1417,7 @@ fn report(
     broken: &[String],
     fences: &[String],
     logs: &Path,
+    more_figures: &str,
     seconds: f64,
 ) -> Result<(), String> {
     let mut out = String::new();
@@ -1433,6 +1447,7 @@ fn report(
             let _ = writeln!(out, "figure lab.nat.{label} {nat}");
         }
     }
+    out.push_str(more_figures);
     let _ = writeln!(out, "figure lab.fences.ok {}", u8::from(fences.is_empty()));
     let _ = writeln!(out, "figure lab.matrix.seconds {seconds:.1}");
     print!("{out}");

@@ -11,6 +11,7 @@
 //! cargo xtask lab plan                      print the address plan
 //! cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--keep] [--no-input-drop]
 //! cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
+//! cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 //! ```
 //!
 //! Needs root, `ip`/`tc` (iproute2) and `nft` (nftables). Uses only std: it shells out
@@ -20,11 +21,13 @@
 //! Module map: [`plan`] (addresses, pure), [`nft`] (rule text, pure), [`sys`] (running
 //! tools with timeouts), [`topology`] (build/teardown/state file), [`tool`] (the probe
 //! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences),
-//! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`).
+//! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`), [`mdns`]
+//! (two peers on one segment find each other with mDNS).
 
 mod check;
 mod hygiene;
 mod matrix;
+mod mdns;
 mod nft;
 mod plan;
 mod sys;
@@ -43,7 +46,8 @@ const USAGE: &str = "usage:
   cargo xtask lab plan
   cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--require-delay] [--keep]
                         [--no-input-drop] [-v]
-  cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]";
+  cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
+  cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]";
 
 /// Default one-way delay per access link and direction, in ms.
 const DEFAULT_DELAY_MS: u32 = 10;
@@ -109,6 +113,16 @@ fn parse_options(args: &[String], default_id: &str) -> Result<Options, String> {
     Ok(o)
 }
 
+/// Takes `--no-build` out of `args`: (whether to build `kith`, the other arguments).
+fn no_build(args: &[String]) -> (bool, Vec<String>) {
+    let rest: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--no-build")
+        .cloned()
+        .collect();
+    (rest.len() == args.len(), rest)
+}
+
 /// Entry point of `cargo xtask lab [args]`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     let (cmd, rest) = match args.split_first() {
@@ -119,13 +133,12 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         "topology" => topology_command(root, rest),
         "check" => check::run(root, &parse_options(rest, "check")?),
         "matrix" => {
-            let build = !rest.iter().any(|a| a == "--no-build");
-            let rest: Vec<String> = rest
-                .iter()
-                .filter(|a| *a != "--no-build")
-                .cloned()
-                .collect();
+            let (build, rest) = no_build(rest);
             matrix::run(root, &parse_options(&rest, "matrix")?, build)
+        }
+        "mdns" => {
+            let (build, rest) = no_build(rest);
+            mdns::run(root, &parse_options(&rest, "mdns")?, build)
         }
         "plan" => {
             print!("{}", plan::Plan::standard().describe());
