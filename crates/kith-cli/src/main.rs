@@ -3,7 +3,8 @@
 //! ```text
 //! kith id [--key-file PATH]                 print this node's id (creating the key file)
 //! kith relay [--bind ADDR] [--key-file PATH]  offer relaying; prints its address
-//! kith peer [--bind ADDR] [--relay NODEADDR]  connectivity experiments (see peer.rs)
+//! kith peer [--bind ADDR] [--relay NODEADDR] [--port-map]
+//!                                           connectivity experiments (see peer.rs)
 //! kith dht-node [--bind ADDR] [--key-file PATH] [--bootstrap NODEADDR]…
 //!                                           run a DHT node controlled by lines on stdin
 //! ```
@@ -43,6 +44,8 @@ struct Args {
     bind: Option<SocketAddr>,
     bootstrap: Vec<NodeAddr>,
     relay: Option<NodeAddr>,
+    /// Map the IPv4 socket on the gateway (PCP, NAT-PMP, UPnP-IGD).
+    port_map: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -54,8 +57,13 @@ fn parse_args() -> anyhow::Result<Args> {
         bind: None,
         bootstrap: Vec::new(),
         relay: None,
+        port_map: false,
     };
     while let Some(flag) = it.next() {
+        if flag == "--port-map" {
+            args.port_map = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--key-file" => args.key_file = Some(value.into()),
@@ -81,6 +89,9 @@ async fn start_node(args: &Args) -> anyhow::Result<(Node, SecretKey)> {
         config.bind_v6 = bind.is_ipv6().then_some(bind);
     }
     config.relay = args.relay.clone();
+    if args.port_map {
+        config.port_mapping = Some(kith::layers::transport::portmap::Config::default());
+    }
     if args.command == "relay" {
         config.relay_server = Some(kith::layers::transport::relay::RelayConfig::default());
     }

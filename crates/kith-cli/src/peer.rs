@@ -9,6 +9,9 @@
 //! transfer <id> <bytes>     ok bytes=<n> intact=<true|false> path_before=<p> path_after=<p>
 //! path <id>                 ok <relayed|direct=<addr>|none>
 //! probes <id>               ok <pings sent>
+//! mapping [<ms>]            ok <pcp|natpmp|upnp> <external addr> | err none
+//!                           (waits up to <ms>, default 0, for a port mapping; --port-map)
+//! mapped-addr               ok <hex NodeAddr with the mapped address only, no relay>
 //! quit
 //! ```
 //!
@@ -20,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use kith::layers::transport::portmap::Mapping;
 use kith::{
     BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, NodeAddr, NodeId, PathKind,
     Protocol, ProtocolHandler, QuicConnection, StreamError,
@@ -144,6 +148,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The endpoint's port mapping, waiting up to `wait` for one.
+async fn mapping(node: &kith::Node, wait: Duration) -> anyhow::Result<Mapping> {
+    let Some(mut w) = node.endpoint().watch_port_mapping() else {
+        bail!("none");
+    };
+    let found = tokio::time::timeout(wait, w.wait_for(|m| m.is_some()))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|m| *m));
+    found.or(*w.borrow()).context("none")
+}
+
 fn conn_to(node: &kith::Node, id: &str) -> anyhow::Result<Arc<QuicConnection>> {
     let id: NodeId = id.parse()?;
     node.endpoint()
@@ -192,6 +208,16 @@ async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
             .stats()
             .probes_sent
             .to_string()),
+        "mapping" => {
+            let ms: u64 = words.next().map(str::parse).transpose()?.unwrap_or(0);
+            let m = mapping(node, Duration::from_millis(ms.min(60_000))).await?;
+            Ok(format!("{} {}", m.protocol, m.external))
+        }
+        "mapped-addr" => {
+            let m = mapping(node, Duration::ZERO).await?;
+            let addr = NodeAddr::new(node.endpoint().node_id()).with_direct([m.external]);
+            Ok(hex(&addr.encode()))
+        }
         other => bail!("unknown command {other:?}"),
     }
 }

@@ -31,6 +31,14 @@ pub struct EndpointConfig {
     pub relay: Option<kith_core::NodeAddr>,
     /// Offer relaying to others with these limits (opt-in). Default none.
     pub relay_server: Option<crate::relay::RelayConfig>,
+    /// Map the IPv4 socket on the home router (PCP, NAT-PMP, UPnP-IGD; see
+    /// [`portmap`](crate::portmap)) and offer the external address to peers: in
+    /// [`node_addr`](crate::Endpoint::node_addr) and as a hole-punching candidate. The
+    /// mapping is renewed while the endpoint runs and removed by
+    /// [`close`](crate::Endpoint::close). Default `None` (off): a library does not open
+    /// ports on a user's router unless the application asks; the `kith` CLI has
+    /// `--port-map`.
+    pub port_mapping: Option<crate::portmap::Config>,
     /// Wait this long after a relayed connection starts before probing for a direct
     /// path. Default zero; tests use it to hold a connection on the relay.
     #[doc(hidden)]
@@ -53,6 +61,7 @@ impl Default for EndpointConfig {
             limits: Limits::default(),
             relay: None,
             relay_server: None,
+            port_mapping: None,
             path_probe_delay: Duration::ZERO,
             relay_over_tcp_only: false,
         }

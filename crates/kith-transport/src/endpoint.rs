@@ -145,6 +145,8 @@ pub(crate) struct Inner {
     active: AtomicUsize,
     bucket: Mutex<TokenBucket>,
     closing: AtomicBool,
+    /// The gateway port mapping of the IPv4 socket (`EndpointConfig::port_mapping`).
+    portmap: Mutex<Option<crate::portmap::PortMapper>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -214,12 +216,13 @@ impl Inner {
 
     /// Addresses to offer a peer for hole punching: bound addresses and the addresses
     /// peers observe for us.
-    fn candidates(&self) -> Vec<SocketAddr> {
+    pub(crate) fn candidates(&self) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = self
             .socks()
             .filter_map(|s| s.ep.local_addr().ok())
             .filter(|a| !a.ip().is_unspecified())
             .collect();
+        out.extend(self.mapped_addr());
         let observed: Vec<SocketAddr> = lock(&self.peers)
             .values()
             .filter_map(|s| s.conn.as_ref().and_then(|c| c.observed_addr()))
@@ -231,6 +234,11 @@ impl Inner {
         }
         out.truncate(MAX_ADVERTISED);
         out
+    }
+
+    /// The external address the gateway maps to the IPv4 socket, if port mapping holds one.
+    fn mapped_addr(&self) -> Option<SocketAddr> {
+        lock(&self.portmap).as_ref().and_then(|m| m.external())
     }
 
     fn shutdown_now(&self) {
@@ -460,6 +468,7 @@ impl Endpoint {
                 last: Instant::now(),
             }),
             closing: AtomicBool::new(false),
+            portmap: Mutex::new(None),
         });
         for ep in inner.endpoints() {
             let span = tracing::debug_span!("endpoint", id = %inner.id.fmt_short());
@@ -468,6 +477,17 @@ impl Endpoint {
         let endpoint = Self {
             handle: Arc::new(Handle { inner }),
         };
+        if let Some(pm) = endpoint.config().port_mapping.clone() {
+            let v4 = endpoint
+                .inner()
+                .v4
+                .as_ref()
+                .and_then(|s| s.ep.local_addr().ok());
+            if let Some(local) = v4 {
+                let mapper = crate::portmap::PortMapper::start(pm, local);
+                *lock(&endpoint.inner().portmap) = Some(mapper);
+            }
+        }
         if let Some(rc) = endpoint.config().relay_server.clone() {
             let server = RelayServer::new(rc);
             endpoint
@@ -556,7 +576,7 @@ impl Endpoint {
         Ok(client)
     }
 
-    fn inner(&self) -> &Arc<Inner> {
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.handle.inner
     }
 
@@ -587,10 +607,25 @@ impl Endpoint {
             a
         });
         let mut addr = NodeAddr::new(self.node_id()).with_direct(direct);
+        addr.direct.extend(self.inner().mapped_addr());
         if let Some(hint) = *lock(&self.inner().home_relay) {
             addr.relays.push(hint);
         }
         addr
+    }
+
+    /// The gateway port mapping of the IPv4 socket, when
+    /// [`EndpointConfig::port_mapping`] is on and a mapping is held.
+    pub fn port_mapping(&self) -> Option<crate::portmap::Mapping> {
+        lock(&self.inner().portmap)
+            .as_ref()
+            .and_then(|m| m.mapping())
+    }
+
+    /// A receiver that sees every change of the port mapping (`None` when
+    /// [`EndpointConfig::port_mapping`] is off), e.g. to republish this node's address.
+    pub fn watch_port_mapping(&self) -> Option<watch::Receiver<Option<crate::portmap::Mapping>>> {
+        lock(&self.inner().portmap).as_ref().map(|m| m.watch())
     }
 
     /// The configuration the endpoint runs with.
@@ -871,6 +906,10 @@ impl Endpoint {
     /// until peers have been told (bounded by the handshake timeout).
     pub async fn close(&self) {
         let inner = self.inner();
+        let mapper = lock(&inner.portmap).take();
+        if let Some(mapper) = mapper {
+            mapper.shutdown().await;
+        }
         inner.shutdown_now();
         for ep in inner.endpoints() {
             let _ = tokio::time::timeout(inner.config.handshake_timeout, ep.wait_idle()).await;

@@ -325,3 +325,27 @@ fn proc_net_route() {
     assert_eq!(parse_proc_route(text), Some(want));
     assert_eq!(parse_proc_route("Iface\n"), None);
 }
+
+#[tokio::test]
+async fn endpoint_offers_mapping_and_removes_it_on_close() {
+    let (port, mut seen) = pmp_gateway(true, 3600, None).await;
+    let key = kith_core::SecretKey::from_bytes(&[5; 32]);
+    let config = crate::EndpointConfig {
+        port_mapping: Some(config(port)),
+        ..crate::EndpointConfig::loopback()
+    };
+    let ep = crate::Endpoint::bind(key, config).await.unwrap();
+    let local = ep.local_addrs()[0];
+    assert_eq!(next(&mut seen).await, (Protocol::Pcp, local.port(), 7200));
+    let mut w = ep.watch_port_mapping().unwrap();
+    let mapping = tokio::time::timeout(WAIT, w.wait_for(|m| m.is_some())).await;
+    let mapping = mapping.unwrap().unwrap().unwrap();
+    let external = SocketAddr::new(EXT.into(), local.port());
+    assert_eq!(mapping.external, external);
+    assert_eq!(ep.port_mapping(), Some(mapping));
+    assert!(ep.node_addr().direct.contains(&external));
+    assert!(ep.inner().candidates().contains(&external));
+    ep.close().await;
+    assert_eq!(next(&mut seen).await, (Protocol::Pcp, local.port(), 0));
+    assert_eq!(ep.port_mapping(), None);
+}
