@@ -3,7 +3,7 @@
 //! ```text
 //! kith id [--key-file PATH]                 print this node's id (creating the key file)
 //! kith relay [--bind ADDR] [--key-file PATH]  offer relaying; prints its address
-//! kith peer [--bind ADDR] [--relay NODEADDR] [--port-map]
+//! kith peer [--bind ADDR] [--relay NODEADDR] [--port-map] [--port-map-protocols pcp,natpmp,upnp]
 //!                                           connectivity experiments (see peer.rs)
 //! kith dht-node [--bind ADDR] [--key-file PATH] [--bootstrap NODEADDR]…
 //!                                           run a DHT node controlled by lines on stdin
@@ -46,6 +46,8 @@ struct Args {
     relay: Option<NodeAddr>,
     /// Map the IPv4 socket on the gateway (PCP, NAT-PMP, UPnP-IGD).
     port_map: bool,
+    /// Which port-mapping protocols to try (default all).
+    port_map_protocols: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -58,6 +60,7 @@ fn parse_args() -> anyhow::Result<Args> {
         bootstrap: Vec::new(),
         relay: None,
         port_map: false,
+        port_map_protocols: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--port-map" {
@@ -71,6 +74,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--bootstrap" => args
                 .bootstrap
                 .push(value.parse().context("--bootstrap takes a NodeAddr")?),
+            "--port-map-protocols" => {
+                args.port_map = true;
+                args.port_map_protocols = Some(value);
+            }
             "--relay" => args.relay = Some(value.parse().context("--relay takes a NodeAddr")?),
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
@@ -90,7 +97,20 @@ async fn start_node(args: &Args) -> anyhow::Result<(Node, SecretKey)> {
     }
     config.relay = args.relay.clone();
     if args.port_map {
-        config.port_mapping = Some(kith::layers::transport::portmap::Config::default());
+        let mut pm = kith::layers::transport::portmap::Config::default();
+        if let Some(list) = &args.port_map_protocols {
+            let names: Vec<&str> = list.split(',').map(str::trim).collect();
+            if let Some(bad) = names
+                .iter()
+                .find(|n| !["pcp", "natpmp", "upnp"].contains(n))
+            {
+                bail!("--port-map-protocols: unknown protocol {bad:?} (pcp, natpmp, upnp)");
+            }
+            pm.pcp = names.contains(&"pcp");
+            pm.nat_pmp = names.contains(&"natpmp");
+            pm.upnp = names.contains(&"upnp");
+        }
+        config.port_mapping = Some(pm);
     }
     if args.command == "relay" {
         config.relay_server = Some(kith::layers::transport::relay::RelayConfig::default());
