@@ -456,7 +456,7 @@ pub(crate) fn decode_peer_addr(hex: &str) -> Result<PeerAddr, String> {
 
 /// A `kith` process inside a namespace, spoken to line by line. Every read has a
 /// deadline; on a missed deadline the process is killed by its pid. Killed on drop.
-struct Kith {
+pub(crate) struct Kith {
     node: String,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -467,7 +467,7 @@ struct Kith {
 }
 
 impl Kith {
-    fn spawn(
+    pub(crate) fn spawn(
         lab: &Lab,
         node: &str,
         exe: &Path,
@@ -572,7 +572,7 @@ impl Kith {
     }
 
     /// The first line starting with `addr `, without that prefix.
-    fn addr_line(&mut self) -> Result<String, String> {
+    pub(crate) fn addr_line(&mut self) -> Result<String, String> {
         let deadline = Instant::now() + START_TIMEOUT;
         for _ in 0..MAX_PREAMBLE {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -586,7 +586,11 @@ impl Kith {
 
     /// Sends a command and parses the reply: outer `Err` is a process or protocol
     /// failure, inner `Err` the command's own `err …`.
-    fn ask(&mut self, command: &str, timeout: Duration) -> Result<Result<String, String>, String> {
+    pub(crate) fn ask(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Result<String, String>, String> {
         if let Some(d) = &self.dead {
             return Err(format!("not asked (earlier: {d})"));
         }
@@ -603,6 +607,23 @@ impl Kith {
             return Err(why);
         }
         parse_reply(&self.line(timeout)?)
+    }
+}
+
+impl Kith {
+    /// Closes stdin (the process's cue to exit) and waits up to `timeout` for it to
+    /// exit; kills it by its pid if it does not. True if it exited by itself.
+    pub(crate) fn quit(&mut self, timeout: Duration) -> bool {
+        self.stdin = None;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.kill(format!("kith in {} did not exit in time", self.node));
+        false
     }
 }
 
@@ -724,16 +745,7 @@ pub(crate) fn median(v: &[u64]) -> Option<f64> {
 /// Entry point of `cargo xtask lab matrix`.
 pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String> {
     let start = Instant::now();
-    let exe = kith_binary(root);
-    if build {
-        build_kith(root)?;
-    }
-    if !exe.is_file() {
-        return Err(format!(
-            "{} does not exist; run `cargo build --release -p kith-cli`",
-            exe.display()
-        ));
-    }
+    let exe = kith_ready(root, build)?;
     super::sys::require_tools()?;
     let root_before = hygiene::root_links()?;
     let lab = Lab::up(root, &opts.lab)?;
@@ -762,6 +774,21 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
         lab.keep();
     }
     outcome
+}
+
+/// The release `kith` binary, built first when `build`; an error if it does not exist.
+pub(crate) fn kith_ready(root: &Path, build: bool) -> Result<PathBuf, String> {
+    let exe = kith_binary(root);
+    if build {
+        build_kith(root)?;
+    }
+    if !exe.is_file() {
+        return Err(format!(
+            "{} does not exist; run `cargo build --release -p kith-cli`",
+            exe.display()
+        ));
+    }
+    Ok(exe)
 }
 
 fn kith_binary(root: &Path) -> PathBuf {

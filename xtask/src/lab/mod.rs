@@ -11,6 +11,7 @@
 //! cargo xtask lab plan                      print the address plan
 //! cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--keep] [--no-input-drop]
 //! cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
+//! cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! ```
 //!
 //! Needs root, `ip`/`tc` (iproute2) and `nft` (nftables). Uses only std: it shells out
@@ -20,13 +21,15 @@
 //! Module map: [`plan`] (addresses, pure), [`nft`] (rule text, pure), [`sys`] (running
 //! tools with timeouts), [`topology`] (build/teardown/state file), [`tool`] (the probe
 //! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences),
-//! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`).
+//! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`), [`portmap`]
+//! (`kith peer --port-map` against miniupnpd on a home router).
 
 mod check;
 mod hygiene;
 mod matrix;
 mod nft;
 mod plan;
+mod portmap;
 mod sys;
 mod tool;
 mod topology;
@@ -43,7 +46,8 @@ const USAGE: &str = "usage:
   cargo xtask lab plan
   cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--require-delay] [--keep]
                         [--no-input-drop] [-v]
-  cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]";
+  cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
+  cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]";
 
 /// Default one-way delay per access link and direction, in ms.
 const DEFAULT_DELAY_MS: u32 = 10;
@@ -118,14 +122,19 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     match cmd {
         "topology" => topology_command(root, rest),
         "check" => check::run(root, &parse_options(rest, "check")?),
-        "matrix" => {
+        "matrix" | "portmap" => {
             let build = !rest.iter().any(|a| a == "--no-build");
             let rest: Vec<String> = rest
                 .iter()
                 .filter(|a| *a != "--no-build")
                 .cloned()
                 .collect();
-            matrix::run(root, &parse_options(&rest, "matrix")?, build)
+            let opts = parse_options(&rest, cmd)?;
+            if cmd == "matrix" {
+                matrix::run(root, &opts, build)
+            } else {
+                portmap::run(root, &opts, build)
+            }
         }
         "plan" => {
             print!("{}", plan::Plan::standard().describe());
