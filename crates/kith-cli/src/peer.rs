@@ -12,6 +12,7 @@
 //! mapping [<ms>]            ok <pcp|natpmp|upnp> <external addr> | err none
 //!                           (waits up to <ms>, default 0, for a port mapping; --port-map)
 //! mapped-addr               ok <hex NodeAddr with the mapped address only, no relay>
+//! addr-with <ip:port>       ok <hex NodeAddr with this node's id and only that address>
 //! quit
 //! ```
 //!
@@ -216,6 +217,11 @@ async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
         "mapped-addr" => {
             let m = mapping(node, Duration::ZERO).await?;
             let addr = NodeAddr::new(node.endpoint().node_id()).with_direct([m.external]);
+            Ok(hex(&addr.encode()))
+        }
+        "addr-with" => {
+            let at: std::net::SocketAddr = words.next().context("addr-with <ip:port>")?.parse()?;
+            let addr = NodeAddr::new(node.endpoint().node_id()).with_direct([at]);
             Ok(hex(&addr.encode()))
         }
         other => bail!("unknown command {other:?}"),

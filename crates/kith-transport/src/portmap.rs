@@ -3,7 +3,7 @@
 //! A [`PortMapper`] asks the gateway to forward an external UDP port to a local socket,
 //! keeps the mapping alive by renewing it at half its lifetime, and removes it on
 //! [`shutdown`](PortMapper::shutdown) or drop (best effort, bounded in time). The
-//! external address is published through a [`watch`](tokio::sync::watch) channel, so a
+//! external address is published through a [`watch`](PortMapper::watch) channel, so a
 //! caller can offer it to peers as soon as it exists and withdraw it when it is lost.
 //!
 //! Protocols are tried in the order PCP, NAT-PMP, UPnP-IGD (each can be switched off in

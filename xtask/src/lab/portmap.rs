@@ -12,7 +12,9 @@
 //! 3. `kith peer` on `pub2` (the internet) dials the host **at the mapped address only**
 //!    (a NodeAddr with no relay and no other address) and gets a direct connection and
 //!    an intact transfer: the mapping made the host reachable;
-//! 4. after the peer exits, the rule and the lease are gone;
+//! 4. after the peer exits, the rule and the lease are gone; without `--quick`, a
+//!    control: a peer on the same host and port without a mapping is *not* reachable
+//!    at that address;
 //! 5. the same map/remove cycle with NAT-PMP only and with UPnP-IGD only.
 //!
 //! miniupnpd refuses to forward when its WAN address is private or reserved (the lab's
@@ -337,15 +339,14 @@ fn scenario(
     let mut failures = Vec::new();
 
     // 1-4: default protocols, reached from the internet, removed at exit.
-    let mut peer = Kith::spawn(
+    let mut peer = start_peer(
         lab,
         HOST,
         exe,
-        &args(&["peer", "--bind", &format!("{host}:0"), "--port-map"]),
+        &["peer", "--bind", &format!("{host}:0"), "--port-map"],
         &dir.join("upnp-h.log"),
         v,
     )?;
-    peer.addr_line()?;
     let mapping = peer.ask(&format!("mapping {MAPPING_WAIT_MS}"), REPLY)?;
     let (protocol, external) = parse_mapping(&mapping)?;
     figures.push(("protocol".into(), protocol.clone()));
@@ -371,15 +372,14 @@ fn scenario(
         .ask("mapped-addr", REPLY)?
         .map_err(|e| format!("mapped-addr: {e}"))?;
     let target = matrix::decode_peer_addr(&hex)?;
-    let mut outside = Kith::spawn(
+    let mut outside = start_peer(
         lab,
         "pub2",
         exe,
-        &args(&["peer", "--bind", &format!("{pub2}:0")]),
+        &["peer", "--bind", &format!("{pub2}:0")],
         &dir.join("pub2.log"),
         v,
     )?;
-    outside.addr_line()?;
     let direct = match outside.ask(&format!("connect {}", target.hex), REPLY)? {
         Ok(body) => {
             let c = matrix::parse_connect(&body)?;
@@ -416,23 +416,54 @@ fn scenario(
         ));
     }
 
-    // 5: each other protocol on its own.
-    for proto in ["natpmp", "upnp"] {
-        let mut p = Kith::spawn(
+    // Control (not with --quick: the dial waits for its 10 s handshake timeout): the
+    // same host and port without a mapping cannot be reached from the internet.
+    if !opts.quick {
+        let mut bare = start_peer(
             lab,
             HOST,
             exe,
-            &args(&[
+            &["peer", "--bind", &local.to_string()],
+            &dir.join("upnp-h-unmapped.log"),
+            v,
+        )?;
+        let hex = bare
+            .ask(&format!("addr-with {external}"), REPLY)?
+            .map_err(|e| format!("addr-with: {e}"))?;
+        let mut outside = start_peer(
+            lab,
+            "pub2",
+            exe,
+            &["peer", "--bind", &format!("{pub2}:0")],
+            &dir.join("pub2-control.log"),
+            v,
+        )?;
+        let reached = outside.ask(&format!("connect {hex}"), REPLY)?.is_ok();
+        figures.push((
+            "control.unmapped_reachable".into(),
+            u8::from(reached).to_string(),
+        ));
+        if reached {
+            failures.push(format!("control: {external} reachable without a mapping"));
+        }
+    }
+
+    // 5: each other protocol on its own.
+    for proto in ["natpmp", "upnp"] {
+        let mut p = start_peer(
+            lab,
+            HOST,
+            exe,
+            &[
                 "peer",
                 "--bind",
                 &format!("{host}:0"),
                 "--port-map-protocols",
                 proto,
-            ]),
+            ],
             &dir.join(format!("upnp-h-{proto}.log")),
             v,
         )?;
-        p.addr_line()?;
         let got = parse_mapping(&p.ask(&format!("mapping {MAPPING_WAIT_MS}"), REPLY)?);
         let (mapped, removed) = match got {
             Ok((pr, ext)) if pr == proto => {
@@ -465,8 +496,19 @@ fn scenario(
     }
 }
 
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| (*s).to_owned()).collect()
+/// Starts `kith <args>` in `node` and waits for its `addr` line.
+fn start_peer(
+    lab: &Lab,
+    node: &str,
+    exe: &Path,
+    args: &[&str],
+    log: &Path,
+    verbose: bool,
+) -> Result<Kith, String> {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let mut k = Kith::spawn(lab, node, exe, &args, log, verbose)?;
+    k.addr_line()?;
+    Ok(k)
 }
 
 /// `mapping` reply: `Ok("<protocol> <addr>")`.
