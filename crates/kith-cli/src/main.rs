@@ -4,6 +4,7 @@
 //! kith id [--key-file PATH]                 print this node's id (creating the key file)
 //! kith relay [--bind ADDR] [--key-file PATH]  offer relaying; prints its address
 //! kith peer [--bind ADDR] [--relay NODEADDR] [--stun ADDR]… [--mdns]
+//!           [--port-map] [--port-map-protocols pcp,natpmp,upnp]
 //!                                           connectivity experiments (see peer.rs);
 //!                                           --mdns: find and be found on the LAN
 //! kith dht-node [--bind ADDR] [--key-file PATH] [--bootstrap NODEADDR]…
@@ -48,6 +49,10 @@ struct Args {
     stun: Vec<SocketAddr>,
     /// `--mdns`: announce on the LAN and resolve bare node ids there (`peer`).
     mdns: bool,
+    /// Map the IPv4 socket on the gateway (PCP, NAT-PMP, UPnP-IGD).
+    port_map: bool,
+    /// Which port-mapping protocols to try (default all).
+    port_map_protocols: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -61,10 +66,16 @@ fn parse_args() -> anyhow::Result<Args> {
         relay: None,
         stun: Vec::new(),
         mdns: false,
+        port_map: false,
+        port_map_protocols: None,
     };
     while let Some(flag) = it.next() {
         if flag == "--mdns" {
             args.mdns = true;
+            continue;
+        }
+        if flag == "--port-map" {
+            args.port_map = true;
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -74,6 +85,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--bootstrap" => args
                 .bootstrap
                 .push(value.parse().context("--bootstrap takes a NodeAddr")?),
+            "--port-map-protocols" => {
+                args.port_map = true;
+                args.port_map_protocols = Some(value);
+            }
             "--relay" => args.relay = Some(value.parse().context("--relay takes a NodeAddr")?),
             "--stun" => args
                 .stun
@@ -96,6 +111,22 @@ async fn start_node(args: &Args) -> anyhow::Result<(Node, SecretKey)> {
     }
     config.relay = args.relay.clone();
     config.stun_servers = args.stun.clone();
+    if args.port_map {
+        let mut pm = kith::layers::transport::portmap::Config::default();
+        if let Some(list) = &args.port_map_protocols {
+            let names: Vec<&str> = list.split(',').map(str::trim).collect();
+            if let Some(bad) = names
+                .iter()
+                .find(|n| !["pcp", "natpmp", "upnp"].contains(n))
+            {
+                bail!("--port-map-protocols: unknown protocol {bad:?} (pcp, natpmp, upnp)");
+            }
+            pm.pcp = names.contains(&"pcp");
+            pm.nat_pmp = names.contains(&"natpmp");
+            pm.upnp = names.contains(&"upnp");
+        }
+        config.port_mapping = Some(pm);
+    }
     if args.command == "relay" {
         config.relay_server = Some(kith::layers::transport::relay::RelayConfig::default());
     }

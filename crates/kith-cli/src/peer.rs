@@ -16,6 +16,10 @@
 //!                           for it in a capture on the relay)
 //! lan-peers                 ok <count> <id>@<addr>,<addr> …   (--mdns)
 //! wait-lan <id> <ms>        ok <id>@<addr>,… ms=<time until seen on the LAN>   (--mdns)
+//! mapping [<ms>]            ok <pcp|natpmp|upnp> <external addr> | err none
+//!                           (waits up to <ms>, default 0, for a port mapping; --port-map)
+//! mapped-addr               ok <hex NodeAddr with the mapped address only, no relay>
+//! addr-with <ip:port>       ok <hex NodeAddr with this node's id and only that address>
 //! quit
 //! ```
 //!
@@ -31,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use kith::layers::transport::mdns::{MdnsConfig, MdnsDiscovery};
+use kith::layers::transport::portmap::Mapping;
 use kith::{
     BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, HolePunch, NatKind, NodeAddr,
     NodeId, PathKind, Protocol, ProtocolHandler, QuicConnection, StreamError,
@@ -177,6 +182,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The endpoint's port mapping, waiting up to `wait` for one.
+async fn mapping(node: &kith::Node, wait: Duration) -> anyhow::Result<Mapping> {
+    let Some(mut w) = node.endpoint().watch_port_mapping() else {
+        bail!("none");
+    };
+    let found = tokio::time::timeout(wait, w.wait_for(|m| m.is_some()))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|m| *m));
+    found.or(*w.borrow()).context("none")
+}
+
 /// The running node and, with `--mdns`, its LAN discovery.
 struct Peer {
     node: kith::Node,
@@ -298,6 +315,21 @@ async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
             .stats()
             .probes_sent
             .to_string()),
+        "mapping" => {
+            let ms: u64 = words.next().map(str::parse).transpose()?.unwrap_or(0);
+            let m = mapping(node, Duration::from_millis(ms.min(60_000))).await?;
+            Ok(format!("{} {}", m.protocol, m.external))
+        }
+        "mapped-addr" => {
+            let m = mapping(node, Duration::ZERO).await?;
+            let addr = NodeAddr::new(node.endpoint().node_id()).with_direct([m.external]);
+            Ok(hex(&addr.encode()))
+        }
+        "addr-with" => {
+            let at: std::net::SocketAddr = words.next().context("addr-with <ip:port>")?.parse()?;
+            let addr = NodeAddr::new(node.endpoint().node_id()).with_direct([at]);
+            Ok(hex(&addr.encode()))
+        }
         other => bail!("unknown command {other:?}"),
     }
 }

@@ -41,6 +41,14 @@ pub struct EndpointConfig {
     pub stun_servers: Vec<SocketAddr>,
     /// Hole-punching behaviour and bounds.
     pub hole_punch: HolePunchConfig,
+    /// Map the IPv4 socket on the home router (PCP, NAT-PMP, UPnP-IGD; see
+    /// [`portmap`](crate::portmap)) and offer the external address to peers: in
+    /// [`node_addr`](crate::Endpoint::node_addr) and as a hole-punching candidate. The
+    /// mapping is renewed while the endpoint runs and removed by
+    /// [`close`](crate::Endpoint::close). Default `None` (off): a library does not open
+    /// ports on a user's router unless the application asks; the `kith` CLI has
+    /// `--port-map`.
+    pub port_mapping: Option<crate::portmap::Config>,
     /// Wait this long after a relayed connection starts before probing for a direct
     /// path. Default zero; tests use it to hold a connection on the relay.
     #[doc(hidden)]
@@ -65,6 +73,7 @@ impl Default for EndpointConfig {
             relay_server: None,
             stun_servers: Vec::new(),
             hole_punch: HolePunchConfig::default(),
+            port_mapping: None,
             path_probe_delay: Duration::ZERO,
             relay_over_tcp_only: false,
         }

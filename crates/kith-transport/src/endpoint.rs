@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     active: AtomicUsize,
     bucket: Mutex<TokenBucket>,
     closing: AtomicBool,
+    /// The gateway port mapping of the IPv4 socket (`EndpointConfig::port_mapping`).
+    portmap: Mutex<Option<crate::portmap::PortMapper>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -250,7 +252,8 @@ impl Inner {
     /// Addresses to offer a peer for hole punching, reflexive ones (what STUN servers and
     /// peers observe for us) first, then bound addresses; and how many are reflexive.
     pub(crate) fn candidates(&self) -> (Vec<SocketAddr>, usize) {
-        let mut out: Vec<SocketAddr> = Vec::new();
+        // A port mapping on the gateway is the most reliable public address.
+        let mut out: Vec<SocketAddr> = self.mapped_addr().into_iter().collect();
         for (_, seen) in self.observations() {
             if !out.contains(&seen) {
                 out.push(seen);
@@ -268,6 +271,16 @@ impl Inner {
         }
         out.truncate(MAX_ADVERTISED);
         (out, reflexive.min(MAX_ADVERTISED))
+    }
+
+    /// Whether a port mapping on the gateway holds an external address for us.
+    pub(crate) fn has_port_mapping(&self) -> bool {
+        self.mapped_addr().is_some()
+    }
+
+    /// The external address the gateway maps to the IPv4 socket, if port mapping holds one.
+    fn mapped_addr(&self) -> Option<SocketAddr> {
+        lock(&self.portmap).as_ref().and_then(|m| m.external())
     }
 
     fn shutdown_now(&self) {
@@ -500,6 +513,7 @@ impl Endpoint {
                 last: Instant::now(),
             }),
             closing: AtomicBool::new(false),
+            portmap: Mutex::new(None),
         });
         for ep in inner.endpoints() {
             let span = tracing::debug_span!("endpoint", id = %inner.id.fmt_short());
@@ -508,6 +522,17 @@ impl Endpoint {
         let endpoint = Self {
             handle: Arc::new(Handle { inner }),
         };
+        if let Some(pm) = endpoint.config().port_mapping.clone() {
+            let v4 = endpoint
+                .inner()
+                .v4
+                .as_ref()
+                .and_then(|s| s.ep.local_addr().ok());
+            if let Some(local) = v4 {
+                let mapper = crate::portmap::PortMapper::start(pm, local);
+                *lock(&endpoint.inner().portmap) = Some(mapper);
+            }
+        }
         if let Some(rc) = endpoint.config().relay_server.clone() {
             let server = RelayServer::new(rc);
             endpoint
@@ -618,7 +643,7 @@ impl Endpoint {
         Ok(client)
     }
 
-    fn inner(&self) -> &Arc<Inner> {
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.handle.inner
     }
 
@@ -660,6 +685,20 @@ impl Endpoint {
             addr.relays.push(hint);
         }
         addr
+    }
+
+    /// The gateway port mapping of the IPv4 socket, when
+    /// [`EndpointConfig::port_mapping`] is on and a mapping is held.
+    pub fn port_mapping(&self) -> Option<crate::portmap::Mapping> {
+        lock(&self.inner().portmap)
+            .as_ref()
+            .and_then(|m| m.mapping())
+    }
+
+    /// A receiver that sees every change of the port mapping (`None` when
+    /// [`EndpointConfig::port_mapping`] is off), e.g. to republish this node's address.
+    pub fn watch_port_mapping(&self) -> Option<watch::Receiver<Option<crate::portmap::Mapping>>> {
+        lock(&self.inner().portmap).as_ref().map(|m| m.watch())
     }
 
     /// The configuration the endpoint runs with.
@@ -972,6 +1011,10 @@ impl Endpoint {
     /// until peers have been told (bounded by the handshake timeout).
     pub async fn close(&self) {
         let inner = self.inner();
+        let mapper = lock(&inner.portmap).take();
+        if let Some(mapper) = mapper {
+            mapper.shutdown().await;
+        }
         inner.shutdown_now();
         for ep in inner.endpoints() {
             let _ = tokio::time::timeout(inner.config.handshake_timeout, ep.wait_idle()).await;

@@ -64,6 +64,7 @@ mod endpoint;
 mod identity;
 pub mod mdns;
 mod paths;
+pub mod portmap;
 mod punch;
 pub mod relay;
 pub mod stun;
@@ -104,6 +105,19 @@ pub mod fuzzing {
             let _ = crate::paths::verify_probe(data, &[0u8; 32]);
             let _ = p;
         }
+    }
+
+    /// Decodes NAT-PMP and PCP replies (port mapping); never panics.
+    pub fn portmap_pcp(data: &[u8]) {
+        use crate::portmap::wire;
+        let _ = wire::decode_natpmp_external(data);
+        let _ = wire::decode_natpmp_map(data, 4000);
+        let _ = wire::decode_pcp_map(data, &[7; 12], 4000);
+    }
+
+    /// Parses UPnP answers (SSDP reply, HTTP response, device description); never panics.
+    pub fn portmap_upnp(data: &[u8]) {
+        crate::portmap::fuzz_upnp(data);
     }
 
     /// Parses a path-candidate message; never panics.

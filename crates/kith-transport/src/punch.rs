@@ -311,6 +311,10 @@ fn maybe_birthday(
         // The other side opens its mappings and tells us when (`kith/punch/1`).
         return;
     }
+    if inner.has_port_mapping() {
+        // The peer reaches our mapped address directly; no need to guess mappings.
+        return;
+    }
     use std::sync::atomic::Ordering;
     if conn.punch.attempts.fetch_add(1, Ordering::AcqRel) >= cfg.birthday_attempts {
         return;

@@ -641,6 +641,23 @@ impl Kith {
     }
 }
 
+impl Kith {
+    /// Closes stdin (the process's cue to exit) and waits up to `timeout` for it to
+    /// exit; kills it by its pid if it does not. True if it exited by itself.
+    pub(crate) fn quit(&mut self, timeout: Duration) -> bool {
+        self.stdin = None;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.kill(format!("kith in {} did not exit in time", self.node));
+        false
+    }
+}
+
 impl Drop for Kith {
     fn drop(&mut self) {
         // Closing stdin asks the process to exit; give it a moment, then kill by pid.
@@ -848,16 +865,7 @@ pub(crate) fn median(v: &[u64]) -> Option<f64> {
 /// Entry point of `cargo xtask lab matrix`.
 pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String> {
     let start = Instant::now();
-    let exe = kith_binary(root);
-    if build {
-        build_kith(root)?;
-    }
-    if !exe.is_file() {
-        return Err(format!(
-            "{} does not exist; run `cargo build --release -p kith-cli`",
-            exe.display()
-        ));
-    }
+    let exe = kith_ready(root, build)?;
     super::sys::require_tools()?;
     let root_before = hygiene::root_links()?;
     let lab = Lab::up(root, &opts.lab)?;
@@ -895,7 +903,22 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
     outcome
 }
 
-pub(crate) fn kith_binary(root: &Path) -> PathBuf {
+/// The release `kith` binary, built first when `build`; an error if it does not exist.
+pub(crate) fn kith_ready(root: &Path, build: bool) -> Result<PathBuf, String> {
+    let exe = kith_binary(root);
+    if build {
+        build_kith(root)?;
+    }
+    if !exe.is_file() {
+        return Err(format!(
+            "{} does not exist; run `cargo build --release -p kith-cli`",
+            exe.display()
+        ));
+    }
+    Ok(exe)
+}
+
+fn kith_binary(root: &Path) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })

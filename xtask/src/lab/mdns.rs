@@ -240,16 +240,7 @@ pub(crate) fn step(lab: &Lab, exe: &Path, logs: &Path, verbose: bool) -> MdnsOut
 
 /// Entry point of `cargo xtask lab mdns`: the lab, the step, the teardown.
 pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String> {
-    let exe = super::matrix::kith_binary(root);
-    if build {
-        super::matrix::build_kith(root)?;
-    }
-    if !exe.is_file() {
-        return Err(format!(
-            "{} does not exist; run `cargo build --release -p kith-cli`",
-            exe.display()
-        ));
-    }
+    let exe = super::matrix::kith_ready(root, build)?;
     super::sys::require_tools()?;
     let lab = Lab::up(root, &opts.lab)?;
     let logs = state_dir(root).join(format!("mdns-{}", lab.id));

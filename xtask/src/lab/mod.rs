@@ -12,6 +12,7 @@
 //! cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--keep] [--no-input-drop]
 //! cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
+//! cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! ```
 //!
 //! Needs root, `ip`/`tc` (iproute2) and `nft` (nftables). Uses only std: it shells out
@@ -22,7 +23,8 @@
 //! tools with timeouts), [`topology`] (build/teardown/state file), [`tool`] (the probe
 //! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences),
 //! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`), [`mdns`]
-//! (two peers on one segment find each other with mDNS).
+//! (two peers on one segment find each other with mDNS), [`portmap`]
+//! (`kith peer --port-map` against miniupnpd on a home router).
 
 mod check;
 mod hygiene;
@@ -30,6 +32,7 @@ mod matrix;
 mod mdns;
 mod nft;
 mod plan;
+mod portmap;
 mod sys;
 mod tool;
 mod topology;
@@ -47,7 +50,9 @@ const USAGE: &str = "usage:
   cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--require-delay] [--keep]
                         [--no-input-drop] [-v]
   cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
-  cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]";
+  cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
+
+  cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]";
 
 /// Default one-way delay per access link and direction, in ms.
 const DEFAULT_DELAY_MS: u32 = 10;
@@ -132,9 +137,19 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     match cmd {
         "topology" => topology_command(root, rest),
         "check" => check::run(root, &parse_options(rest, "check")?),
-        "matrix" => {
-            let (build, rest) = no_build(rest);
-            matrix::run(root, &parse_options(&rest, "matrix")?, build)
+        "matrix" | "portmap" => {
+            let build = !rest.iter().any(|a| a == "--no-build");
+            let rest: Vec<String> = rest
+                .iter()
+                .filter(|a| *a != "--no-build")
+                .cloned()
+                .collect();
+            let opts = parse_options(&rest, cmd)?;
+            if cmd == "matrix" {
+                matrix::run(root, &opts, build)
+            } else {
+                portmap::run(root, &opts, build)
+            }
         }
         "mdns" => {
             let (build, rest) = no_build(rest);

@@ -373,7 +373,6 @@ impl Plan {
     }
 
     /// The address of `node`'s interface `iface`.
-    #[cfg(test)]
     pub(crate) fn addr(&self, node: &str, iface: &str) -> Option<Ipv4Addr> {
         self.node(node)?
             .ifaces

@@ -6,6 +6,8 @@
 //!   hole punching). A TCP connection gets one line with the observed peer address.
 //! * `agent --bind ADDR --lifetime SECS`: holds ONE UDP socket and runs commands read
 //!   from standard input, one result line each (see [`agent_command`]).
+//! * `stun A B SECS`: an RFC 5780 STUN responder for miniupnpd's start-up check (see
+//!   `portmap.rs`).
 //! * `sysctl KEY VALUE`: writes `/proc/sys/KEY` of the current network namespace.
 //!
 //! Everything is bounded: each process exits by itself after its lifetime, and every
@@ -81,10 +83,11 @@ impl Msg {
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let (cmd, rest) = args
         .split_first()
-        .ok_or("usage: lab _tool <server|agent|sysctl> …")?;
+        .ok_or("usage: lab _tool <server|agent|stun|sysctl> …")?;
     match cmd.as_str() {
         "server" => server(rest),
         "agent" => agent(rest),
+        "stun" => super::portmap::stun_main(rest),
         "sysctl" => match rest {
             [key, value] => {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));

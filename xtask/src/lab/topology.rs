@@ -207,9 +207,14 @@ pub(crate) struct Lab {
 }
 
 impl Lab {
-    /// Builds the standard lab. Removes a stale lab with the same id first; on any
+    /// Builds the standard lab ([`Plan::standard`]). Removes a stale lab with the same id first; on any
     /// failure removes what it created.
     pub(crate) fn up(root: &Path, cfg: &LabConfig) -> Result<Lab, String> {
+        Lab::up_with(root, cfg, Plan::standard())
+    }
+
+    /// Builds the lab of `plan` (like [`Lab::up`], which builds the standard one).
+    pub(crate) fn up_with(root: &Path, cfg: &LabConfig, plan: Plan) -> Result<Lab, String> {
         validate_id(&cfg.id)?;
         super::sys::require_tools()?;
         let removed = teardown(root, &cfg.id)?;
@@ -220,7 +225,6 @@ impl Lab {
                 removed.len()
             );
         }
-        let plan = Plan::standard();
         plan.validate()?;
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the xtask binary: {e}"))?
