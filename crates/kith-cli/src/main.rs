@@ -47,6 +47,9 @@ struct Args {
     bootstrap: Vec<NodeAddr>,
     relay: Option<NodeAddr>,
     stun: Vec<SocketAddr>,
+    /// Hidden `--probe-delay-ms`: hold relayed connections on the relay this long before
+    /// probing (tests that must see a connection start relayed).
+    probe_delay_ms: u64,
     /// `--mdns`: announce on the LAN and resolve bare node ids there (`peer`).
     mdns: bool,
     /// Map the IPv4 socket on the gateway (PCP, NAT-PMP, UPnP-IGD).
@@ -65,6 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
         bootstrap: Vec::new(),
         relay: None,
         stun: Vec::new(),
+        probe_delay_ms: 0,
         mdns: false,
         port_map: false,
         port_map_protocols: None,
@@ -93,6 +97,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--stun" => args
                 .stun
                 .push(value.parse().context("--stun takes ip:port")?),
+            "--probe-delay-ms" => {
+                args.probe_delay_ms = value.parse().context("--probe-delay-ms takes ms")?
+            }
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
@@ -111,6 +118,7 @@ async fn start_node(args: &Args) -> anyhow::Result<(Node, SecretKey)> {
     }
     config.relay = args.relay.clone();
     config.stun_servers = args.stun.clone();
+    config.path_probe_delay = std::time::Duration::from_millis(args.probe_delay_ms);
     if args.port_map {
         let mut pm = kith::layers::transport::portmap::Config::default();
         if let Some(list) = &args.port_map_protocols {

@@ -71,8 +71,24 @@ fn id_of(hex_addr: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_then_direct_between_processes() {
     let relay = Proc::spawn(&["relay", "--bind", "127.0.0.1:0"]).await;
-    let mut a = Proc::spawn(&["peer", "--bind", "127.0.0.1:0", "--relay", &relay.addr]).await;
-    let b = Proc::spawn(&["peer", "--bind", "127.0.0.1:0", "--relay", &relay.addr]).await;
+    // Both hold a new connection on the relay for 300 ms before probing, so it is seen
+    // relayed first (on loopback the first probe round can finish inside the dial).
+    let peer = |relay: &str| {
+        [
+            "peer",
+            "--bind",
+            "127.0.0.1:0",
+            "--relay",
+            relay,
+            "--probe-delay-ms",
+            "300",
+        ]
+        .map(String::from)
+    };
+    let a_args = peer(&relay.addr);
+    let b_args = peer(&relay.addr);
+    let mut a = Proc::spawn(&a_args.each_ref().map(String::as_str)).await;
+    let b = Proc::spawn(&b_args.each_ref().map(String::as_str)).await;
     let b_id = id_of(&b.addr);
     let connected = a.ask(&format!("connect {}", b.addr)).await;
     assert!(connected.contains("path=relayed"), "{connected}");
