@@ -622,6 +622,12 @@ impl Kith {
         command: &str,
         timeout: Duration,
     ) -> Result<Result<String, String>, String> {
+        self.send(command)?;
+        self.reply(timeout)
+    }
+
+    /// Sends a command without waiting for its reply (read it with [`reply`](Self::reply)).
+    pub(crate) fn send(&mut self, command: &str) -> Result<(), String> {
         if let Some(d) = &self.dead {
             return Err(format!("not asked (earlier: {d})"));
         }
@@ -637,6 +643,11 @@ impl Kith {
             self.kill(why.clone());
             return Err(why);
         }
+        Ok(())
+    }
+
+    /// The reply to the command sent last.
+    pub(crate) fn reply(&mut self, timeout: Duration) -> Result<Result<String, String>, String> {
         parse_reply(&self.line(timeout)?)
     }
 }
@@ -763,14 +774,14 @@ impl Drop for Coturn {
 // The run.
 
 /// A host running `kith peer`.
-struct Peer {
+pub(crate) struct Peer {
     /// Label in tables and figures (`pub2`, `eim`, …).
-    label: String,
+    pub(crate) label: String,
     /// Namespace node (`pub2`, `eim-h`, …).
-    node: String,
-    class: Class,
-    proc: Option<Kith>,
-    addr: Option<PeerAddr>,
+    pub(crate) node: String,
+    pub(crate) class: Class,
+    pub(crate) proc: Option<Kith>,
+    pub(crate) addr: Option<PeerAddr>,
     /// Why this peer is not fully usable (no home relay, did not start).
     note: Option<String>,
     /// Its NAT kind as it classified it (`nat` command), with the lab's STUN server.
@@ -873,7 +884,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
     let logs = state_dir(root).join(format!("matrix-{}", lab.id));
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     // The processes live in `matrix`'s frame and are dropped (killed by pid) before `lab`.
-    let outcome = matrix(&lab, opts, &exe, &logs).and_then(|(pairs, peers, mut broken)| {
+    let outcome = matrix(&lab, opts, &exe, &logs).and_then(|(pairs, peers, mut broken, relay)| {
         // Two peers on one segment find each other with mDNS (docs/nat-lab.md).
         let lan = super::mdns::step(&lab, &exe, &logs, opts.lab.verbose);
         broken.extend(lan.problems.iter().cloned());
@@ -888,7 +899,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
             &broken,
             &fences,
             &logs,
-            &lan.figures(),
+            &format!("{relay}{}", lan.figures()),
             start.elapsed().as_secs_f64(),
         )
     });
@@ -956,7 +967,7 @@ pub(crate) fn build_kith(root: &Path) -> Result<(), String> {
 type PeerSummary = (String, Class, Option<String>, Option<String>);
 
 /// Per-pair results, the peers' summary, and lab breakages.
-type MatrixResult = (Vec<PairResult>, Vec<PeerSummary>, Vec<String>);
+type MatrixResult = (Vec<PairResult>, Vec<PeerSummary>, Vec<String>, String);
 
 /// Starts the relay and the peers and measures every pair.
 fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixResult, String> {
@@ -1119,6 +1130,9 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
             pairs.push(r);
         }
     }
+    // The relay never sees plaintext, and its limits hold while a peer floods.
+    let check = super::relaycheck::step(lab, relay_node, &mut peers, logs);
+    broken.extend(check.problems.iter().cloned());
     // The relay must have survived the whole run.
     if let Ok(Some(status)) = relay.child.try_wait() {
         broken.push(format!("the relay exited during the run ({status})"));
@@ -1127,7 +1141,7 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
         .iter()
         .map(|p| (p.label.clone(), p.class, p.note.clone(), p.nat.clone()))
         .collect();
-    Ok((pairs, summary, broken))
+    Ok((pairs, summary, broken, check.figures))
 }
 
 /// Runs the command sequence for one pair; a hung or dead process ends it early.

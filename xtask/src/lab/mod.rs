@@ -33,6 +33,7 @@ mod mdns;
 mod nft;
 mod plan;
 mod portmap;
+mod relaycheck;
 mod sys;
 mod tool;
 mod topology;

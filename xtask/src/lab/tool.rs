@@ -8,6 +8,7 @@
 //!   from standard input, one result line each (see [`agent_command`]).
 //! * `stun A B SECS`: an RFC 5780 STUN responder for miniupnpd's start-up check (see
 //!   `portmap.rs`).
+//! * `send ADDR TEXT`: sends one UDP datagram carrying TEXT.
 //! * `sysctl KEY VALUE`: writes `/proc/sys/KEY` of the current network namespace.
 //!
 //! Everything is bounded: each process exits by itself after its lifetime, and every
@@ -83,11 +84,25 @@ impl Msg {
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let (cmd, rest) = args
         .split_first()
-        .ok_or("usage: lab _tool <server|agent|stun|sysctl> …")?;
+        .ok_or("usage: lab _tool <server|agent|stun|send|sysctl> …")?;
     match cmd.as_str() {
         "server" => server(rest),
         "agent" => agent(rest),
         "stun" => super::portmap::stun_main(rest),
+        // One UDP datagram carrying TEXT (the relay step's plaintext control).
+        "send" => match rest {
+            [addr, text] => {
+                let to: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr}"))?;
+                let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                    .parse()
+                    .map_err(|_| "bad bind address".to_string())?;
+                let sock = UdpSocket::bind(any).map_err(|e| e.to_string())?;
+                sock.send_to(text.as_bytes(), to)
+                    .map(|_| ())
+                    .map_err(|e| format!("sending to {to}: {e}"))
+            }
+            _ => Err("usage: lab _tool send ADDR TEXT".into()),
+        },
         "sysctl" => match rest {
             [key, value] => {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));
