@@ -1429,18 +1429,31 @@ pub(crate) fn figures(pairs: &[PairResult]) -> String {
 }
 
 /// Pairs that make the command fail: expected to connect (directly or through the
-/// relay) but not connected at all.
+/// relay) but not connected at all, or worse than expected (relayed where direct was
+/// expected, a transfer not intact).
 pub(crate) fn gate_failures(pairs: &[PairResult]) -> Vec<String> {
     pairs
         .iter()
-        .filter(|r| r.expect.outcome != Outcome::None && !r.connected())
-        .map(|r| {
-            format!(
-                "{} × {}: expected to connect but did not: {}",
-                r.a,
-                r.b,
-                r.connect.as_ref().err().map_or("", String::as_str)
-            )
+        .filter_map(|r| {
+            if r.expect.outcome != Outcome::None && !r.connected() {
+                Some(format!(
+                    "{} × {}: expected to connect but did not: {}",
+                    r.a,
+                    r.b,
+                    r.connect.as_ref().err().map_or("", String::as_str)
+                ))
+            } else if r.verdict() == Verdict::Fail {
+                Some(format!(
+                    "{} × {}: expected {}, got {} (transfer intact: {:?})",
+                    r.a,
+                    r.b,
+                    r.expect.outcome.name(),
+                    r.outcome().name(),
+                    r.intact()
+                ))
+            } else {
+                None
+            }
         })
         .collect()
 }
@@ -1685,7 +1698,10 @@ mod tests {
             lines.contains(&"figure lab.pair.eim.cgnat.path none"),
             "{f}"
         );
-        assert!(gate_failures(&pairs).is_empty());
+        // Only the pair that stayed relayed where direct was expected fails the gate.
+        let gate = gate_failures(&pairs);
+        assert_eq!(gate.len(), 1, "{gate:?}");
+        assert!(gate[0].contains("expected direct, got relayed"), "{gate:?}");
         let mut broken = pairs[2].clone();
         broken.connect = Err("timed out".into());
         assert_eq!(broken.verdict(), Fail);
