@@ -1042,6 +1042,117 @@ mod tests {
         );
     }
 
+    fn keyed_pair() -> (Arc<PathTable>, Arc<PathTable>) {
+        let a = PathTable::new(id(1), false);
+        let b = PathTable::new(id(2), false);
+        a.map(id(2), None, &[]);
+        b.map(id(1), None, &[]);
+        let (ka, kb) = ([1u8; 32], [2u8; 32]);
+        a.set_my_key(id(2), ka);
+        a.set_their_key(id(2), kb);
+        b.set_my_key(id(1), kb);
+        b.set_their_key(id(1), ka);
+        a.enable_probing(&id(2));
+        b.enable_probing(&id(1));
+        (a, b)
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| unreachable!())
+    }
+
+    #[tokio::test]
+    async fn a_birthday_hit_validates_only_on_the_socket_it_reached() {
+        let now = Instant::now();
+        let (easy, hard) = keyed_pair();
+        let extra = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let other = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        hard.set_extra_sockets(&id(1), vec![extra.clone(), other.clone()]);
+        let easy_pub = sa("203.0.113.16:4000");
+        let hit = sa("203.0.113.20:31337");
+        // The easy side sprays; one ping lands on the hard side's `extra` socket.
+        let spray = easy.spray_pings(&id(2), &[(None, sa("203.0.113.20:1024")), (None, hit)], now);
+        assert_eq!(spray.len(), 2);
+        assert_eq!(easy.sprayed(&id(2)), 2);
+        let (_, to, ping) = spray[1].clone();
+        assert_eq!(to, hit);
+        let answers = hard.on_extra_datagram(&extra, &ping, easy_pub, now);
+        // A pong and a ping back, both from the socket the ping reached.
+        assert_eq!(answers.len(), 2);
+        assert!(
+            answers.iter().all(|(via, to, _)| *to == easy_pub
+                && via.as_ref().is_some_and(|v| Arc::ptr_eq(v, &extra)))
+        );
+        let (_, _, pong) = answers[0].clone();
+        let (_, _, ping_back) = answers[1].clone();
+        // The pong validates the easy side's path to the hit address.
+        assert!(easy.on_probe(&pong, hit, now, None).is_none());
+        assert_eq!(
+            *easy.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
+            PathKind::Direct(hit)
+        );
+        // The easy side answers the ping back; its pong arriving on the *other* extra
+        // socket (or the main one) does not count...
+        let back = easy
+            .on_probe(&ping_back, hit, now, None)
+            .unwrap_or_else(|| panic!("pong"));
+        let (_, _, pong_back) = back[0].clone();
+        assert!(
+            hard.on_extra_datagram(&other, &pong_back, easy_pub, now)
+                .is_empty()
+        );
+        assert!(hard.on_probe(&pong_back, easy_pub, now, None).is_none());
+        assert!(!hard.is_direct(&id(1)));
+        // ...on the socket the ping left from, it does, and the path sends from it.
+        assert!(
+            hard.on_extra_datagram(&extra, &pong_back, easy_pub, now)
+                .is_empty()
+        );
+        assert!(hard.is_direct(&id(1)));
+        // Ending the attempt keeps only that socket.
+        hard.keep_only_used_socket(&id(1));
+        assert!(hard.uses_socket(&id(1), &extra));
+        assert!(!hard.uses_socket(&id(1), &other));
+        // A QUIC packet from the proven address on the kept socket goes to quinn under
+        // the peer's mapped address; one from elsewhere is dropped.
+        let quic = [0x40u8; 40];
+        let _ = hard.on_extra_datagram(&extra, &quic, easy_pub, now);
+        let _ = hard.on_extra_datagram(&extra, &quic, sa("192.0.2.66:1"), now);
+        let st = lock(&hard.state);
+        assert_eq!(st.relay_queue.len(), 1);
+        assert_eq!(
+            Some(st.relay_queue[0].0),
+            st.nodes.get(&id(1)).map(|p| p.mapped)
+        );
+    }
+
+    #[test]
+    fn the_spray_is_bounded() {
+        let (a, _) = keyed_pair();
+        let targets: Vec<(Via, SocketAddr)> = (0..MAX_SPRAY + 100)
+            .map(|i| {
+                (
+                    None,
+                    SocketAddr::new([203, 0, 113, 20].into(), (1024 + i % 60000) as u16),
+                )
+            })
+            .collect();
+        let now = Instant::now();
+        assert_eq!(a.spray_pings(&id(2), &targets, now).len(), MAX_SPRAY);
+        assert!(a.spray_pings(&id(2), &targets, now).is_empty());
+        // Expired spray entries make room again.
+        let _ = a.make_pings(&id(2), now + PATH_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(a.spray_pings(&id(2), &targets[..10], now).len(), 10);
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..100)) {
