@@ -1133,6 +1133,9 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
     // The relay never sees plaintext, and its limits hold while a peer floods.
     let check = super::relaycheck::step(lab, relay_node, &mut peers, logs);
     broken.extend(check.problems.iter().cloned());
+    // A stream opened while relayed survives the move to direct.
+    let switch = super::switch::step(lab, exe, &relay_addr, logs, verbose);
+    broken.extend(switch.problems.iter().cloned());
     // The relay must have survived the whole run.
     if let Ok(Some(status)) = relay.child.try_wait() {
         broken.push(format!("the relay exited during the run ({status})"));
@@ -1141,7 +1144,7 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
         .iter()
         .map(|p| (p.label.clone(), p.class, p.note.clone(), p.nat.clone()))
         .collect();
-    Ok((pairs, summary, broken, check.figures))
+    Ok((pairs, summary, broken, check.figures + &switch.figures))
 }
 
 /// Runs the command sequence for one pair; a hung or dead process ends it early.

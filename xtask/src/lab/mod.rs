@@ -34,6 +34,7 @@ mod nft;
 mod plan;
 mod portmap;
 mod relaycheck;
+mod switch;
 mod sys;
 mod tool;
 mod topology;
