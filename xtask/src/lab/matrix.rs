@@ -642,6 +642,11 @@ impl Kith {
 }
 
 impl Kith {
+    /// The exit status if the process has exited (by itself or killed), else `None`.
+    pub(crate) fn exited(&mut self) -> Option<String> {
+        self.child.try_wait().ok().flatten().map(|s| s.to_string())
+    }
+
     /// Closes stdin (the process's cue to exit) and waits up to `timeout` for it to
     /// exit; kills it by its pid if it does not. True if it exited by itself.
     pub(crate) fn quit(&mut self, timeout: Duration) -> bool {

@@ -8,6 +8,8 @@
 //!   from standard input, one result line each (see [`agent_command`]).
 //! * `stun A B SECS`: an RFC 5780 STUN responder for miniupnpd's start-up check (see
 //!   `portmap.rs`).
+//! * `send --bind ADDR --file PATH …`: sends the datagrams listed in a file from one UDP
+//!   socket and counts the answers (the attacker of `lab spoof`, see `spoof.rs`).
 //! * `sysctl KEY VALUE`: writes `/proc/sys/KEY` of the current network namespace.
 //!
 //! Everything is bounded: each process exits by itself after its lifetime, and every
@@ -83,11 +85,12 @@ impl Msg {
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let (cmd, rest) = args
         .split_first()
-        .ok_or("usage: lab _tool <server|agent|stun|sysctl> …")?;
+        .ok_or("usage: lab _tool <server|agent|stun|send|sysctl> …")?;
     match cmd.as_str() {
         "server" => server(rest),
         "agent" => agent(rest),
         "stun" => super::portmap::stun_main(rest),
+        "send" => super::spoof::send_main(rest),
         "sysctl" => match rest {
             [key, value] => {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));
