@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use super::Options;
 use super::hygiene;
-use super::matrix::{self, Kith, PathSeen, PeerAddr, decode_peer_addr, parse_transfer};
+use super::matrix::{self, Kith, PathSeen, PeerAddr, parse_transfer};
 use super::plan::{HomeKind, Plan};
 use super::sys::Cmd;
 use super::topology::{Lab, state_dir};
@@ -639,24 +639,8 @@ fn start_peer(
     dir: &Path,
     v: bool,
 ) -> Result<(Kith, PeerAddr), String> {
-    let ip = lab
-        .plan
-        .primary_addr(node)
-        .ok_or_else(|| format!("no address for {node}"))?;
-    let bind = SocketAddr::new(ip.into(), 0).to_string();
-    let args: Vec<String> = ["peer", "--bind", &bind, "--relay", relay]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut k = Kith::spawn(lab, node, exe, &args, &dir.join(format!("{node}.log")), v)?;
-    let a = k.addr_line().and_then(|a| decode_peer_addr(&a))?;
-    eprintln!(
-        "spoof: peer in {node} (pid {}): id {} direct {:?}",
-        k.pid(),
-        &a.id[..10],
-        a.direct
-    );
-    Ok((k, a))
+    let log = dir.join(format!("{node}.log"));
+    matrix::spawn_peer(lab, node, exe, &["--relay", relay], &log, "spoof", v)
 }
 
 fn read_log(dir: &Path, node: &str) -> String {
