@@ -1002,7 +1002,14 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
     let path = state_dir(root).join(format!("spoof-{}.txt", opts.lab.id));
     let _ = std::fs::write(&path, &out);
     if problems.is_empty() {
-        println!("lab spoof: forged and replayed probes did not move a path");
+        if figs.iter().any(|(k, _)| k == "replay_skipped") {
+            println!(
+                "lab spoof: forged probes did not move a path \
+                 (replays skipped: tcpdump is not installed)"
+            );
+        } else {
+            println!("lab spoof: forged and replayed probes did not move a path");
+        }
         Ok(())
     } else {
         for p in &problems {
