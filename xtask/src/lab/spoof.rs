@@ -300,6 +300,11 @@ pub(crate) struct SendReport {
 }
 
 impl SendReport {
+    /// Datagrams received that were not probes.
+    fn data(&self) -> usize {
+        self.received - self.pongs - self.pings
+    }
+
     fn line(&self) -> String {
         format!(
             "sent={} failed={} received={} pongs={} pings={}",
@@ -688,12 +693,13 @@ fn scenario(
         .direct
         .first()
         .ok_or("pub2 lists no direct address")?;
+    let host_ip = std::net::IpAddr::V4(ip(HOST)?);
     let home_bound = *peers
         .home
         .1
         .direct
         .iter()
-        .find(|a| a.ip() == std::net::IpAddr::V4(ip(HOST).unwrap_or(Ipv4Addr::UNSPECIFIED)))
+        .find(|a| a.ip() == host_ip)
         .ok_or("eim-h lists no bound address")?;
 
     // Capture the probes the peers exchange while they go direct.
@@ -878,6 +884,15 @@ fn scenario(
             "replay_pinged_back".into(),
             (r_inet.pings + r_lan.pings).to_string(),
         ));
+        // Anything but a probe coming back is QUIC: a victim sending its connection
+        // to the attacker, i.e. a path that moved (perhaps only for a moment).
+        let data = r_inet.data() + r_lan.data();
+        figs.push(("replay_data_to_attacker".into(), data.to_string()));
+        if data > 0 {
+            problems.push(format!(
+                "replay: {data} non-probe datagrams (QUIC) reached the attackers"
+            ));
+        }
         thread::sleep(Duration::from_millis(200));
         let (pub2_log, home_log) = (read_log(dir, "pub2"), read_log(dir, HOST));
         let unmatched_pub2 = count_log(&pub2_log, PONG_UNMATCHED, internet.ip);
