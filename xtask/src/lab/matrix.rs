@@ -622,6 +622,12 @@ impl Kith {
         command: &str,
         timeout: Duration,
     ) -> Result<Result<String, String>, String> {
+        self.send(command)?;
+        self.reply(timeout)
+    }
+
+    /// Sends a command without waiting for its reply (read it with [`reply`](Self::reply)).
+    pub(crate) fn send(&mut self, command: &str) -> Result<(), String> {
         if let Some(d) = &self.dead {
             return Err(format!("not asked (earlier: {d})"));
         }
@@ -637,6 +643,11 @@ impl Kith {
             self.kill(why.clone());
             return Err(why);
         }
+        Ok(())
+    }
+
+    /// The reply to the command sent last.
+    pub(crate) fn reply(&mut self, timeout: Duration) -> Result<Result<String, String>, String> {
         parse_reply(&self.line(timeout)?)
     }
 }
@@ -797,14 +808,14 @@ impl Drop for Coturn {
 // The run.
 
 /// A host running `kith peer`.
-struct Peer {
+pub(crate) struct Peer {
     /// Label in tables and figures (`pub2`, `eim`, …).
-    label: String,
+    pub(crate) label: String,
     /// Namespace node (`pub2`, `eim-h`, …).
-    node: String,
-    class: Class,
-    proc: Option<Kith>,
-    addr: Option<PeerAddr>,
+    pub(crate) node: String,
+    pub(crate) class: Class,
+    pub(crate) proc: Option<Kith>,
+    pub(crate) addr: Option<PeerAddr>,
     /// Why this peer is not fully usable (no home relay, did not start).
     note: Option<String>,
     /// Its NAT kind as it classified it (`nat` command), with the lab's STUN server.
@@ -907,7 +918,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
     let logs = state_dir(root).join(format!("matrix-{}", lab.id));
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     // The processes live in `matrix`'s frame and are dropped (killed by pid) before `lab`.
-    let outcome = matrix(&lab, opts, &exe, &logs).and_then(|(pairs, peers, mut broken)| {
+    let outcome = matrix(&lab, opts, &exe, &logs).and_then(|(pairs, peers, mut broken, relay)| {
         // Two peers on one segment find each other with mDNS (docs/nat-lab.md).
         let lan = super::mdns::step(&lab, &exe, &logs, opts.lab.verbose);
         broken.extend(lan.problems.iter().cloned());
@@ -922,7 +933,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
             &broken,
             &fences,
             &logs,
-            &lan.figures(),
+            &format!("{relay}{}", lan.figures()),
             start.elapsed().as_secs_f64(),
         )
     });
@@ -990,7 +1001,7 @@ pub(crate) fn build_kith(root: &Path) -> Result<(), String> {
 type PeerSummary = (String, Class, Option<String>, Option<String>);
 
 /// Per-pair results, the peers' summary, and lab breakages.
-type MatrixResult = (Vec<PairResult>, Vec<PeerSummary>, Vec<String>);
+type MatrixResult = (Vec<PairResult>, Vec<PeerSummary>, Vec<String>, String);
 
 /// Starts the relay and the peers and measures every pair.
 fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixResult, String> {
@@ -1153,6 +1164,9 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
             pairs.push(r);
         }
     }
+    // The relay never sees plaintext, and its limits hold while a peer floods.
+    let check = super::relaycheck::step(lab, relay_node, &mut peers, logs);
+    broken.extend(check.problems.iter().cloned());
     // The relay must have survived the whole run.
     if let Ok(Some(status)) = relay.child.try_wait() {
         broken.push(format!("the relay exited during the run ({status})"));
@@ -1161,7 +1175,7 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
         .iter()
         .map(|p| (p.label.clone(), p.class, p.note.clone(), p.nat.clone()))
         .collect();
-    Ok((pairs, summary, broken))
+    Ok((pairs, summary, broken, check.figures))
 }
 
 /// Runs the command sequence for one pair; a hung or dead process ends it early.
@@ -1449,18 +1463,31 @@ pub(crate) fn figures(pairs: &[PairResult]) -> String {
 }
 
 /// Pairs that make the command fail: expected to connect (directly or through the
-/// relay) but not connected at all.
+/// relay) but not connected at all, or worse than expected (relayed where direct was
+/// expected, a transfer not intact).
 pub(crate) fn gate_failures(pairs: &[PairResult]) -> Vec<String> {
     pairs
         .iter()
-        .filter(|r| r.expect.outcome != Outcome::None && !r.connected())
-        .map(|r| {
-            format!(
-                "{} × {}: expected to connect but did not: {}",
-                r.a,
-                r.b,
-                r.connect.as_ref().err().map_or("", String::as_str)
-            )
+        .filter_map(|r| {
+            if r.expect.outcome != Outcome::None && !r.connected() {
+                Some(format!(
+                    "{} × {}: expected to connect but did not: {}",
+                    r.a,
+                    r.b,
+                    r.connect.as_ref().err().map_or("", String::as_str)
+                ))
+            } else if r.verdict() == Verdict::Fail {
+                Some(format!(
+                    "{} × {}: expected {}, got {} (transfer intact: {:?})",
+                    r.a,
+                    r.b,
+                    r.expect.outcome.name(),
+                    r.outcome().name(),
+                    r.intact()
+                ))
+            } else {
+                None
+            }
         })
         .collect()
 }
@@ -1705,7 +1732,10 @@ mod tests {
             lines.contains(&"figure lab.pair.eim.cgnat.path none"),
             "{f}"
         );
-        assert!(gate_failures(&pairs).is_empty());
+        // Only the pair that stayed relayed where direct was expected fails the gate.
+        let gate = gate_failures(&pairs);
+        assert_eq!(gate.len(), 1, "{gate:?}");
+        assert!(gate[0].contains("expected direct, got relayed"), "{gate:?}");
         let mut broken = pairs[2].clone();
         broken.connect = Err("timed out".into());
         assert_eq!(broken.verdict(), Fail);

@@ -35,6 +35,7 @@ mod mdns;
 mod nft;
 mod plan;
 mod portmap;
+mod relaycheck;
 mod spoof;
 mod sys;
 mod tool;

@@ -5,7 +5,7 @@
 //! NAT (`eim-r`/`eim-h`). A `kith relay` runs in `pub1`, `kith peer`s in `pub2` and
 //! `eim-h`; `eim-h` connects to `pub2` and both wait for the direct path (`D` on `pub2`:
 //! eim-r's mapping; `D'` on `eim-h`: pub2's bound address). Then two attackers send
-//! probes with `xtask lab _tool send` (a plain UDP socket, no raw sockets, no spoofed
+//! probes with `xtask lab _tool spray` (a plain UDP socket, no raw sockets, no spoofed
 //! source addresses):
 //!
 //! * **internet**: `pub1` (the relay's host, on the internet segment), from its own
@@ -285,7 +285,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The attack tool: `xtask lab _tool send --bind ADDR --file PATH [--pace-us N]
+// The attack tool: `xtask lab _tool spray --bind ADDR --file PATH [--pace-us N]
 // [--listen-ms N] [--lifetime S]`. Each line of the file is `<to> <hex datagram>`; it
 // sends them in order from one socket and counts what comes back.
 
@@ -329,8 +329,8 @@ impl SendReport {
     }
 }
 
-/// Entry point of `lab _tool send`.
-pub(crate) fn send_main(args: &[String]) -> Result<(), String> {
+/// Entry point of `lab _tool spray`.
+pub(crate) fn spray_main(args: &[String]) -> Result<(), String> {
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -344,14 +344,14 @@ pub(crate) fn send_main(args: &[String]) -> Result<(), String> {
     let lifetime = Duration::from_secs(num("--lifetime", 30)?.clamp(1, 600));
     thread::spawn(move || {
         thread::sleep(lifetime);
-        eprintln!("lab tool send: lifetime over, exiting");
+        eprintln!("lab tool spray: lifetime over, exiting");
         std::process::exit(3);
     });
     let bind: SocketAddr = flag("--bind")
-        .ok_or("send: missing --bind")?
+        .ok_or("spray: missing --bind")?
         .parse()
-        .map_err(|e| format!("send: bad --bind: {e}"))?;
-    let file = flag("--file").ok_or("send: missing --file")?;
+        .map_err(|e| format!("spray: bad --bind: {e}"))?;
+    let file = flag("--file").ok_or("spray: missing --file")?;
     let pace = Duration::from_micros(num("--pace-us", PACE_US)?.min(1_000_000));
     let listen = Duration::from_millis(num("--listen-ms", LISTEN_MS)?.min(10_000));
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
@@ -364,7 +364,7 @@ pub(crate) fn send_main(args: &[String]) -> Result<(), String> {
         let data = unhex(data.trim()).ok_or_else(|| format!("{file}:{}: bad hex", i + 1))?;
         jobs.push((to, data));
     }
-    let sock = UdpSocket::bind(bind).map_err(|e| format!("send: bind {bind}: {e}"))?;
+    let sock = UdpSocket::bind(bind).map_err(|e| format!("spray: bind {bind}: {e}"))?;
     let rx = sock.try_clone().map_err(|e| e.to_string())?;
     rx.set_read_timeout(Some(Duration::from_millis(20)))
         .map_err(|e| e.to_string())?;
@@ -395,7 +395,7 @@ pub(crate) fn send_main(args: &[String]) -> Result<(), String> {
     }
     thread::sleep(listen);
     stop.store(true, Ordering::Relaxed);
-    let mut r = listener.join().map_err(|_| "send: listener panicked")?;
+    let mut r = listener.join().map_err(|_| "spray: listener panicked")?;
     r.sent = sent;
     r.failed = failed;
     println!("{}", r.line());
@@ -549,7 +549,7 @@ fn attack(
             &xtask.to_string_lossy(),
             "lab",
             "_tool",
-            "send",
+            "spray",
             "--bind",
             &bind,
             "--file",

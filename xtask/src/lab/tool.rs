@@ -8,7 +8,8 @@
 //!   from standard input, one result line each (see [`agent_command`]).
 //! * `stun A B SECS`: an RFC 5780 STUN responder for miniupnpd's start-up check (see
 //!   `portmap.rs`).
-//! * `send --bind ADDR --file PATH …`: sends the datagrams listed in a file from one UDP
+//! * `send ADDR TEXT`: sends one UDP datagram carrying TEXT.
+//! * `spray --bind ADDR --file PATH …`: sends the datagrams listed in a file from one UDP
 //!   socket and counts the answers (the attacker of `lab spoof`, see `spoof.rs`).
 //! * `sysctl KEY VALUE`: writes `/proc/sys/KEY` of the current network namespace.
 //!
@@ -85,12 +86,26 @@ impl Msg {
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let (cmd, rest) = args
         .split_first()
-        .ok_or("usage: lab _tool <server|agent|stun|send|sysctl> …")?;
+        .ok_or("usage: lab _tool <server|agent|stun|send|spray|sysctl> …")?;
     match cmd.as_str() {
         "server" => server(rest),
         "agent" => agent(rest),
         "stun" => super::portmap::stun_main(rest),
-        "send" => super::spoof::send_main(rest),
+        // One UDP datagram carrying TEXT (the relay step's plaintext control).
+        "send" => match rest {
+            [addr, text] => {
+                let to: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr}"))?;
+                let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                    .parse()
+                    .map_err(|_| "bad bind address".to_string())?;
+                let sock = UdpSocket::bind(any).map_err(|e| e.to_string())?;
+                sock.send_to(text.as_bytes(), to)
+                    .map(|_| ())
+                    .map_err(|e| format!("sending to {to}: {e}"))
+            }
+            _ => Err("usage: lab _tool send ADDR TEXT".into()),
+        },
+        "spray" => super::spoof::spray_main(rest),
         "sysctl" => match rest {
             [key, value] => {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));
