@@ -637,11 +637,12 @@ impl PathTable {
         if probe.pong {
             // Only an answer to one of our own pings, from the address we pinged and on
             // the socket we pinged from, counts.
-            let pending = p
-                .pending
-                .get(&probe.tx)
-                .or_else(|| p.spray.get(&probe.tx))?;
+            let Some(pending) = p.pending.get(&probe.tx).or_else(|| p.spray.get(&probe.tx)) else {
+                tracing::debug!(%from, "pong answering no outstanding ping dropped");
+                return None;
+            };
             if pending.addr != from || !same_via(&pending.via, &via) {
+                tracing::debug!(%from, pinged = %pending.addr, "pong from another address dropped");
                 return None;
             }
             let sent = pending.at;

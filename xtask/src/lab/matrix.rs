@@ -653,6 +653,11 @@ impl Kith {
 }
 
 impl Kith {
+    /// The exit status if the process has exited (by itself or killed), else `None`.
+    pub(crate) fn exited(&mut self) -> Option<String> {
+        self.child.try_wait().ok().flatten().map(|s| s.to_string())
+    }
+
     /// Closes stdin (the process's cue to exit) and waits up to `timeout` for it to
     /// exit; kills it by its pid if it does not. True if it exited by itself.
     pub(crate) fn quit(&mut self, timeout: Duration) -> bool {
@@ -667,6 +672,35 @@ impl Kith {
         self.kill(format!("kith in {} did not exit in time", self.node));
         false
     }
+}
+
+/// Starts `kith peer --bind <node's address>:0 <extra…>` in `node`, logging to `log`,
+/// and reads its `addr` line; prints `<what>: peer in <node> (pid …): id … direct …`.
+pub(crate) fn spawn_peer(
+    lab: &Lab,
+    node: &str,
+    exe: &Path,
+    extra: &[&str],
+    log: &Path,
+    what: &str,
+    verbose: bool,
+) -> Result<(Kith, PeerAddr), String> {
+    let ip = lab
+        .plan
+        .primary_addr(node)
+        .ok_or_else(|| format!("no address for {node}"))?;
+    let bind = SocketAddr::new(ip.into(), 0).to_string();
+    let mut args = vec!["peer".to_string(), "--bind".into(), bind];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut k = Kith::spawn(lab, node, exe, &args, log, verbose)?;
+    let addr = k.addr_line().and_then(|a| decode_peer_addr(&a))?;
+    eprintln!(
+        "{what}: peer in {node} (pid {}): id {} direct {:?}",
+        k.pid(),
+        &addr.id[..10],
+        addr.direct
+    );
+    Ok((k, addr))
 }
 
 impl Drop for Kith {

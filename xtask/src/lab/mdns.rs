@@ -25,7 +25,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::Options;
-use super::matrix::{Kith, PathSeen, PeerAddr, decode_peer_addr, parse_connect};
+use super::matrix::{Kith, PathSeen, PeerAddr, parse_connect, spawn_peer};
 use super::topology::{Lab, state_dir};
 
 /// Deadline for a `connect` reply: discovery waits up to 5 s, the dial up to 10 s.
@@ -118,25 +118,8 @@ fn start(
     logs: &Path,
     verbose: bool,
 ) -> Result<(Kith, PeerAddr), String> {
-    let ip = lab
-        .plan
-        .primary_addr(node)
-        .ok_or_else(|| format!("no address for {node}"))?;
-    let bind = SocketAddr::new(ip.into(), 0).to_string();
-    let args: Vec<String> = ["peer", "--mdns", "--bind", &bind]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
     let log = logs.join(format!("{node}-mdns.log"));
-    let mut k = Kith::spawn(lab, node, exe, &args, &log, verbose)?;
-    let addr = k.addr_line().and_then(|a| decode_peer_addr(&a))?;
-    eprintln!(
-        "mdns: peer in {node} (pid {}): id {} direct {:?}",
-        k.pid(),
-        &addr.id[..10],
-        addr.direct
-    );
-    Ok((k, addr))
+    spawn_peer(lab, node, exe, &["--mdns"], &log, "mdns", verbose)
 }
 
 /// Runs the step on a lab that is up; never fails, the outcome says what happened.

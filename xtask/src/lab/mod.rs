@@ -13,6 +13,7 @@
 //! cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
+//! cargo xtask lab spoof [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! ```
 //!
 //! Needs root, `ip`/`tc` (iproute2) and `nft` (nftables). Uses only std: it shells out
@@ -24,7 +25,8 @@
 //! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences),
 //! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`), [`mdns`]
 //! (two peers on one segment find each other with mDNS), [`portmap`]
-//! (`kith peer --port-map` against miniupnpd on a home router).
+//! (`kith peer --port-map` against miniupnpd on a home router), [`spoof`] (forged and
+//! replayed path probes do not move a path).
 
 mod check;
 mod hygiene;
@@ -34,6 +36,7 @@ mod nft;
 mod plan;
 mod portmap;
 mod relaycheck;
+mod spoof;
 mod switch;
 mod sys;
 mod tool;
@@ -54,7 +57,8 @@ const USAGE: &str = "usage:
   cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
   cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 
-  cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]";
+  cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
+  cargo xtask lab spoof [--quick] [--id ID] [--keep] [--no-build] [-v]";
 
 /// Default one-way delay per access link and direction, in ms.
 const DEFAULT_DELAY_MS: u32 = 10;
@@ -152,6 +156,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
             } else {
                 portmap::run(root, &opts, build)
             }
+        }
+        "spoof" => {
+            let (build, rest) = no_build(rest);
+            spoof::run(root, &parse_options(&rest, "spoof")?, build)
         }
         "mdns" => {
             let (build, rest) = no_build(rest);

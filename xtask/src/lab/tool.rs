@@ -9,6 +9,8 @@
 //! * `stun A B SECS`: an RFC 5780 STUN responder for miniupnpd's start-up check (see
 //!   `portmap.rs`).
 //! * `send ADDR TEXT`: sends one UDP datagram carrying TEXT.
+//! * `spray --bind ADDR --file PATH …`: sends the datagrams listed in a file from one UDP
+//!   socket and counts the answers (the attacker of `lab spoof`, see `spoof.rs`).
 //! * `sysctl KEY VALUE`: writes `/proc/sys/KEY` of the current network namespace.
 //!
 //! Everything is bounded: each process exits by itself after its lifetime, and every
@@ -84,7 +86,7 @@ impl Msg {
 pub(crate) fn main(args: &[String]) -> Result<(), String> {
     let (cmd, rest) = args
         .split_first()
-        .ok_or("usage: lab _tool <server|agent|stun|send|sysctl> …")?;
+        .ok_or("usage: lab _tool <server|agent|stun|send|spray|sysctl> …")?;
     match cmd.as_str() {
         "server" => server(rest),
         "agent" => agent(rest),
@@ -103,6 +105,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
             }
             _ => Err("usage: lab _tool send ADDR TEXT".into()),
         },
+        "spray" => super::spoof::spray_main(rest),
         "sysctl" => match rest {
             [key, value] => {
                 let path = format!("/proc/sys/{}", key.replace('.', "/"));
