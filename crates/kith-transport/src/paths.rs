@@ -46,6 +46,8 @@ const MAX_CANDIDATES: usize = 8;
 const MAX_STUN_IN_FLIGHT: usize = 64;
 /// Most addresses labelled as some peer's on receive.
 const MAX_KNOWN_ADDRS: usize = 4096;
+/// Recent ping tx ids remembered per peer to drop replays.
+const MAX_SEEN_PINGS: usize = 1024;
 /// Most outstanding pings per peer.
 const MAX_PENDING_PINGS: usize = 64;
 /// Relayed packets buffered for quinn before new ones are dropped.
@@ -180,6 +182,9 @@ struct NodePaths {
     sprayed: u64,
     /// Whether this side probes yet (it may hold off; see `path_probe_delay`).
     probing: bool,
+    /// Tx ids of the peer's recent pings (replay detection), oldest first.
+    seen_order: VecDeque<[u8; 12]>,
+    seen_pings: std::collections::HashSet<[u8; 12]>,
 }
 
 impl NodePaths {
@@ -287,6 +292,8 @@ impl PathTable {
                 pings_sent: 0,
                 sprayed: 0,
                 probing: false,
+                seen_order: VecDeque::new(),
+                seen_pings: std::collections::HashSet::new(),
             },
         );
         mapped
@@ -627,12 +634,33 @@ impl PathTable {
             tracing::debug!(%from, "probe with a bad MAC dropped");
             return None;
         }
-        // The peer proved it sends from `from`: label what arrives from there as the
-        // peer's, so quinn never sees the address change when either side moves paths.
+        // A ping's tx id is fresh every time: one seen before is a replay (an attacker
+        // re-sending a captured ping must not make us answer it, nor add its address).
+        if !probe.pong {
+            if p.seen_pings.contains(&probe.tx) {
+                tracing::debug!(%from, "replayed ping dropped");
+                return None;
+            }
+            if p.seen_order.len() >= MAX_SEEN_PINGS {
+                if let Some(old) = p.seen_order.pop_front() {
+                    p.seen_pings.remove(&old);
+                }
+            }
+            p.seen_order.push_back(probe.tx);
+            p.seen_pings.insert(probe.tx);
+        }
+        // The peer proved it sends from `from` (a fresh ping, or a pong to our ping from
+        // where we sent it, checked below): label what arrives from there as the peer's,
+        // so quinn never sees the address change when either side moves paths.
         // (Receiving is safe to relabel: QUIC authenticates every packet. Where we
         // *send* changes only on a pong to our own ping, below.)
-        if by_direct.len() < MAX_KNOWN_ADDRS {
-            by_direct.insert(from, probe.sender);
+        let label = |by_direct: &mut HashMap<SocketAddr, NodeId>| {
+            if by_direct.len() < MAX_KNOWN_ADDRS {
+                by_direct.insert(from, probe.sender);
+            }
+        };
+        if !probe.pong {
+            label(by_direct);
         }
         if probe.pong {
             // Only an answer to one of our own pings, from the address we pinged and on
@@ -646,6 +674,7 @@ impl PathTable {
                 return None;
             }
             let sent = pending.at;
+            label(by_direct);
             p.pending.remove(&probe.tx);
             if p.spray.remove(&probe.tx).is_some() {
                 tracing::debug!(%from, "birthday probe answered");
@@ -1004,6 +1033,11 @@ mod tests {
             .unwrap_or_else(|| panic!("pong"));
         // A pong, and (a's address being new to b) a ping straight back.
         assert_eq!(replies.len(), 2);
+        // The same ping replayed, from a's address or another, is not answered again.
+        assert!(b.on_probe(&ping, a_addr, now, None).is_none());
+        let attacker: SocketAddr = "192.0.2.77:7".parse().unwrap_or_else(|_| unreachable!());
+        assert!(b.on_probe(&ping, attacker, now, None).is_none());
+        assert!(!lock(&b.state).by_direct.contains_key(&attacker));
         let (_, back, pong) = replies[0].clone();
         assert_eq!(back, a_addr);
         // A pong from another address than the one pinged does not count.

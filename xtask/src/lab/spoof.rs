@@ -20,10 +20,13 @@
 //!    answered, paths stay, a 256 KiB transfer is intact.
 //! 2. **replayed** (needs tcpdump): the probes the two peers exchanged while going
 //!    direct, captured on eim-r's WAN interface, are re-sent verbatim (3 rounds) from
-//!    both attackers to both peers. A replayed ping passes the MAC, so the victim
-//!    answers the attacker (counted: `replay_answered`), but a replayed pong answers no
-//!    outstanding ping (`pong answering no outstanding ping dropped`), so where the
-//!    victim *sends* does not change. Paths are checked right after, and again after a
+//!    both attackers to both peers. A replayed ping passes the MAC but its tx id was
+//!    seen before (`replayed ping dropped`), so the victim answers each captured ping
+//!    at most once — only one it never received itself (the NAT dropped it before the
+//!    mapping opened) is fresh to it (`replay_answered` ≤ captured pings, over 3
+//!    rounds); a replayed pong answers no outstanding ping
+//!    (`pong answering no outstanding ping dropped`), so where the victim *sends* does
+//!    not change. Paths are checked right after, and again after a
 //!    keep-alive round; then a second transfer.
 //!
 //! A replay from the *peer's own* address is not attempted: from another host it needs IP
@@ -90,6 +93,8 @@ const MIN_SEEN_PERCENT: usize = 90;
 
 const BAD_MAC: &str = "probe with a bad MAC dropped";
 const PONG_UNMATCHED: &str = "pong answering no outstanding ping dropped";
+/// paths.rs's debug line for a ping whose tx id it has seen before.
+const PING_REPLAYED: &str = "replayed ping dropped";
 const PONG_OTHER_ADDR: &str = "pong from another address dropped";
 
 // ---------------------------------------------------------------------------------------
@@ -908,15 +913,37 @@ fn scenario(
             unmatched_home.to_string(),
         ));
         figs.push(("replay_pong_other_addr".into(), other_addr.to_string()));
-        // Evidence that the replays reached kith and passed the MAC where they should:
-        // the victims answered replayed pings, and dropped replayed pongs as unmatched.
-        for (who, answered, dropped) in [
-            ("pub2", r_inet.pongs, unmatched_pub2),
-            ("eim-h (from its LAN)", r_lan.pongs, unmatched_home),
+        let replayed_pub2 = count_log(&pub2_log, PING_REPLAYED, internet.ip);
+        let replayed_home = count_log(&home_log, PING_REPLAYED, lan.ip);
+        figs.push(("replay_ping_dropped.pub2".into(), replayed_pub2.to_string()));
+        figs.push((
+            "replay_ping_dropped.eim_lan".into(),
+            replayed_home.to_string(),
+        ));
+        // Evidence that the replays reached kith and were recognised: the victims
+        // dropped replayed pings as replays (and answered none: answering would reflect
+        // traffic to the attacker), and dropped replayed pongs as unmatched.
+        for (who, answered, replayed, dropped) in [
+            ("pub2", r_inet.pongs, replayed_pub2, unmatched_pub2),
+            (
+                "eim-h (from its LAN)",
+                r_lan.pongs,
+                replayed_home,
+                unmatched_home,
+            ),
         ] {
-            if answered == 0 {
+            // A captured ping the NAT dropped before it reached the victim is fresh to
+            // the victim and answered once; a ping answered again is a replay answered.
+            if answered > pings {
                 problems.push(format!(
-                    "replay: {who} answered no replayed ping; the replays did not reach kith"
+                    "replay: {who} answered {answered} replayed pings, more than the \
+                     {pings} distinct pings captured: replays were answered"
+                ));
+            }
+            if replayed == 0 {
+                problems.push(format!(
+                    "replay: {who} logged no replayed ping as `{PING_REPLAYED}`; \
+                     the replays did not reach kith"
                 ));
             }
             if dropped == 0 {
