@@ -596,51 +596,68 @@ impl Endpoint {
     }
 
     /// The reservation on `relay`, made if needed. Packets from it feed the path layer.
-    async fn ensure_relay(&self, relay: NodeAddr) -> Result<RelayClient, RelayError> {
-        let inner = self.inner();
-        if let Some(c) = lock(&inner.relays).get(&relay.node_id) {
-            return Ok(c.clone());
-        }
-        let relay_id = relay.node_id;
-        // QUIC first; where UDP is blocked, TLS over TCP to the same address.
-        let quic = if inner.config.relay_over_tcp_only {
-            None
-        } else {
-            let limit = inner
-                .config
-                .handshake_timeout
-                .min(std::time::Duration::from_secs(3));
-            match tokio::time::timeout(limit, RelayClient::connect(self, relay.clone())).await {
-                Ok(Ok(c)) => Some(c),
-                Ok(Err(RelayError::Refused)) => return Err(RelayError::Refused),
-                _ => None,
+    ///
+    /// Boxed (not `async fn`) because the task it spawns may call it again (re-reserving
+    /// the home relay), which an opaque future type cannot express.
+    fn ensure_relay(&self, relay: NodeAddr) -> BoxFuture<'_, Result<RelayClient, RelayError>> {
+        Box::pin(async move {
+            let inner = self.inner();
+            if let Some(c) = lock(&inner.relays).get(&relay.node_id) {
+                return Ok(c.clone());
             }
-        };
-        let (client, mut events) = match quic {
-            Some(c) => c,
-            None => {
-                tracing::debug!(relay = %relay_id.fmt_short(), "relay over TCP");
-                RelayClient::connect_tcp(&inner.key, relay).await?
-            }
-        };
-        let table = inner
-            .primary()
-            .map(|s| s.table.clone())
-            .ok_or(RelayError::Closed)?;
-        lock(&inner.relays).insert(relay_id, client.clone());
-        let weak = Arc::downgrade(inner);
-        let pump_client = client.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                if let RelayEvent::Packet { from, packet } = ev {
-                    table.on_relay_packet(&pump_client, from, packet);
+            let relay_id = relay.node_id;
+            // QUIC first; where UDP is blocked, TLS over TCP to the same address.
+            let quic = if inner.config.relay_over_tcp_only {
+                None
+            } else {
+                let limit = inner
+                    .config
+                    .handshake_timeout
+                    .min(std::time::Duration::from_secs(3));
+                match tokio::time::timeout(limit, RelayClient::connect(self, relay.clone())).await {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(RelayError::Refused)) => return Err(RelayError::Refused),
+                    _ => None,
                 }
-            }
-            if let Some(inner) = weak.upgrade() {
-                lock(&inner.relays).remove(&relay_id);
-            }
-        });
-        Ok(client)
+            };
+            let (client, mut events) = match quic {
+                Some(c) => c,
+                None => {
+                    tracing::debug!(relay = %relay_id.fmt_short(), "relay over TCP");
+                    RelayClient::connect_tcp(&inner.key, relay).await?
+                }
+            };
+            let table = inner
+                .primary()
+                .map(|s| s.table.clone())
+                .ok_or(RelayError::Closed)?;
+            lock(&inner.relays).insert(relay_id, client.clone());
+            // Connections already going through this relay (a new reservation after the
+            // old one was lost) continue on the new one.
+            table.replace_relay(&client);
+            let weak = Arc::downgrade(&self.handle);
+            let pump_client = client.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = events.recv().await {
+                    if let RelayEvent::Packet { from, packet } = ev {
+                        table.on_relay_packet(&pump_client, from, packet);
+                    }
+                }
+                let home = match weak.upgrade() {
+                    Some(handle) => {
+                        let inner = &handle.inner;
+                        lock(&inner.relays).remove(&relay_id);
+                        inner.config.relay.clone().filter(|h| h.node_id == relay_id)
+                    }
+                    None => None,
+                };
+                if let Some(home) = home {
+                    tracing::info!(relay = %relay_id.fmt_short(), "home relay lost; reserving again");
+                    reserve_again(weak, home).await;
+                }
+            });
+            Ok(client)
+        })
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
@@ -1148,6 +1165,39 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming, guard: Co
     }
     .instrument(span)
     .await;
+}
+
+/// First retry delay after the home relay's reservation is lost, and the cap of the
+/// doubling backoff.
+const RESERVE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+const RESERVE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reserves on the home relay again after the reservation was lost (the relay restarted,
+/// the network changed), with doubling backoff, for as long as the endpoint is open. The
+/// task holds the endpoint only while it dials, so dropping the endpoint ends it.
+async fn reserve_again(weak: std::sync::Weak<Handle>, home: NodeAddr) {
+    let mut wait = RESERVE_RETRY;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(handle) = weak.upgrade() else {
+            return;
+        };
+        if handle.inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let ep = Endpoint { handle };
+        match ep.ensure_relay(home.clone()).await {
+            Ok(_) => {
+                tracing::info!(relay = %home.node_id.fmt_short(), "home relay reserved again");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(relay = %home.node_id.fmt_short(), error = %e, ?wait, "home relay still unavailable");
+            }
+        }
+        drop(ep);
+        wait = (wait * 2).min(RESERVE_RETRY_MAX);
+    }
 }
 
 /// Tells the dialer we keep this connection, and which address we observe for it.

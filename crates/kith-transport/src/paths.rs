@@ -594,6 +594,20 @@ impl PathTable {
         }
     }
 
+    /// Peers reached through `client`'s relay use `client` from now on (a new
+    /// reservation on the same relay replaced a lost one).
+    pub(crate) fn replace_relay(&self, client: &RelayClient) {
+        let mut st = lock(&self.state);
+        for p in st.nodes.values_mut() {
+            if p.relay
+                .as_ref()
+                .is_some_and(|r| r.relay() == client.relay())
+            {
+                p.relay = Some(client.clone());
+            }
+        }
+    }
+
     /// A packet arrived through a relay from `from`.
     pub(crate) fn on_relay_packet(&self, relay: &RelayClient, from: NodeId, packet: Bytes) {
         let mut st = lock(&self.state);

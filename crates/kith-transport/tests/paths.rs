@@ -268,3 +268,79 @@ async fn a_udp_blocked_host_connects_through_the_relay_over_tcp() {
     assert_eq!(echo(&*back, b"b->c").await.unwrap(), b"b->c");
     assert_eq!(conn.path(), PathKind::Relayed(relay.node_id()));
 }
+
+/// Sends `len` bytes on a new stream of `conn` to the hash handler; true if the peer's
+/// hash and length match.
+async fn hashed_transfer(conn: &kith_transport::QuicConnection, len: usize) -> bool {
+    let data: Vec<u8> = (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let (mut send, mut recv) = conn.open_bi(&HASH).await.unwrap();
+    send.write_all(&data).await.unwrap();
+    send.finish().unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(T, recv.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    reply.len() == 40
+        && &reply[..32] == blake3::hash(&data).as_bytes()
+        && u64::from_le_bytes(reply[32..40].try_into().unwrap()) == len as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_relay_is_reserved_again_after_it_restarts() {
+    let net = relay().await;
+    let bound = net.relay.local_addrs()[0];
+    // Both peers stay on the relay (they never probe within the test).
+    let hold = Duration::from_secs(3600);
+    let a = peer(2, &net, hold).await;
+    let b = peer(3, &net, hold).await;
+    let conn = a.connect(relay_only(&b)).await.unwrap();
+    assert_eq!(conn.path(), PathKind::Relayed(net.relay.node_id()));
+    assert!(hashed_transfer(&conn, 64 << 10).await);
+    assert_eq!(net.relay_server.clients(), 2);
+
+    // The relay goes away and comes back on the same address with the same key.
+    net.relay.close().await;
+    drop(net);
+    let server = RelayServer::new(RelayConfig::default());
+    let cfg = EndpointConfig {
+        bind_v4: Some(bound),
+        ..EndpointConfig::loopback()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let relay2 = loop {
+        // The old socket is released once the old endpoint's tasks end.
+        match Endpoint::bind(key(1), cfg.clone()).await {
+            Ok(ep) => break ep,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("rebinding the relay's address: {e}"),
+        }
+    };
+    relay2
+        .mount(
+            kith_transport::relay::RELAY_PROTOCOL,
+            Arc::new(server.clone()),
+        )
+        .unwrap();
+
+    // Both peers reserve again by themselves (backoff from 0.5 s).
+    tokio::time::timeout(T, async {
+        while server.clients() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both peers reserved again on the restarted relay");
+    // The connection made before the restart still works through the new reservations:
+    // the same connection, nothing redialed.
+    assert!(hashed_transfer(&conn, 256 << 10).await);
+    assert!(Arc::ptr_eq(
+        &conn,
+        &a.connect(relay_only(&b)).await.unwrap()
+    ));
+    assert_eq!(b.node_addr().relays.len(), 1);
+}
