@@ -158,6 +158,8 @@ pub(crate) struct Inner {
     last_net_change: Mutex<Option<Instant>>,
     /// A network change's STUN round is running.
     net_change_busy: AtomicBool,
+    /// Another network change arrived while a round was running.
+    net_change_again: AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -321,17 +323,30 @@ impl Inner {
         for c in self.path_connections() {
             crate::punch::kick(&c, false);
         }
-        // One STUN round at a time; a change during a round is covered by the
-        // re-announcement at its end, which reads the candidates then.
+        // One STUN round at a time; a change during a round asks for another one.
+        self.net_change_again.store(true, Ordering::Release);
         if self.net_change_busy.swap(true, Ordering::AcqRel) {
             return;
         }
         let inner = self.clone();
         tokio::spawn(async move {
-            inner.stun_round(true).await;
-            inner.net_change_busy.store(false, Ordering::Release);
-            for c in inner.path_connections() {
-                crate::punch::kick(&c, true);
+            loop {
+                inner.net_change_again.store(false, Ordering::Release);
+                inner.stun_round(true).await;
+                for c in inner.path_connections() {
+                    crate::punch::kick(&c, true);
+                }
+                if inner.net_change_again.load(Ordering::Acquire) {
+                    continue;
+                }
+                inner.net_change_busy.store(false, Ordering::Release);
+                // A change between the check and the release found us busy: take it on,
+                // unless a new round already did.
+                if !inner.net_change_again.load(Ordering::Acquire)
+                    || inner.net_change_busy.swap(true, Ordering::AcqRel)
+                {
+                    break;
+                }
             }
         });
     }
@@ -644,6 +659,7 @@ impl Endpoint {
             portmap: Mutex::new(None),
             last_net_change: Mutex::new(None),
             net_change_busy: AtomicBool::new(false),
+            net_change_again: AtomicBool::new(false),
         });
         for ep in inner.endpoints() {
             let span = tracing::debug_span!("endpoint", id = %inner.id.fmt_short());

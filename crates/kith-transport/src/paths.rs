@@ -190,8 +190,17 @@ struct NodePaths {
 }
 
 impl NodePaths {
+    /// The direct path datagrams take: none while the path is in doubt after a network
+    /// change and a relay can carry them (so what is sent then, the new candidates
+    /// among it, is not lost on a dead path); the doubtful path if there is no relay.
+    fn usable_direct(&self) -> Option<&DirectPath> {
+        self.direct
+            .as_ref()
+            .filter(|d| d.suspect.is_none() || self.relay.is_none())
+    }
+
     fn kind(&self) -> PathKind {
-        match (&self.direct, &self.relay) {
+        match (self.usable_direct(), &self.relay) {
             (Some(d), _) => PathKind::Direct(d.addr),
             (None, Some(r)) => PathKind::Relayed(r.relay()),
             (None, None) => PathKind::None,
@@ -395,16 +404,19 @@ impl PathTable {
             if let Some(d) = &mut p.direct {
                 d.suspect = Some(now);
             }
+            p.publish();
         }
     }
 
     /// Our network changed: every direct path must be confirmed again by a pong to a
-    /// ping sent from now on, within [`REPROBE_GRACE`], or it falls back to the relay.
+    /// ping sent from now on, within [`REPROBE_GRACE`], or it is dropped; meanwhile the
+    /// relay carries the connection (see [`NodePaths::usable_direct`]).
     pub(crate) fn network_changed(&self, now: Instant) {
         for p in lock(&self.state).nodes.values_mut() {
             if let Some(d) = &mut p.direct {
                 d.suspect = Some(now);
             }
+            p.publish();
         }
     }
 
@@ -818,7 +830,7 @@ impl AsyncUdpSocket for PathSocket {
             let p = st.nodes.get(&node);
             (
                 node,
-                p.and_then(|p| p.direct.as_ref().map(|d| (d.addr, d.via.clone()))),
+                p.and_then(|p| p.usable_direct().map(|d| (d.addr, d.via.clone()))),
                 p.and_then(|p| p.relay.clone()),
             )
         };

@@ -54,16 +54,18 @@ pub(crate) fn kick(conn: &QuicConnection, reannounce: bool) {
 
 /// Sends our probe key, candidates (as known now) and NAT kind to the peer.
 async fn send_paths(inner: &Inner, conn: &QuicConnection, key: [u8; 32]) {
-    let (candidates, reflexive) = inner.candidates();
-    let msg = PathsMsg {
-        key,
-        candidates,
-        reflexive,
-        nat: inner.nat_now(),
-    }
-    .encode(inner.id);
     let sent = tokio::time::timeout(SEND_PATHS_TIMEOUT, async {
         let mut s = conn.inner.open_uni().await.ok()?;
+        // Read the candidates once the stream is open: stream order is freshness order
+        // (the peer ignores a message on an older stream than one it applied).
+        let (candidates, reflexive) = inner.candidates();
+        let msg = PathsMsg {
+            key,
+            candidates,
+            reflexive,
+            nat: inner.nat_now(),
+        }
+        .encode(inner.id);
         s.write_all(&PATHS.header()).await.ok()?;
         s.write_all(&msg).await.ok()?;
         s.finish().ok()
@@ -186,6 +188,9 @@ pub(crate) struct PunchState {
     /// Set with a `path_kick`: send our `kith/paths/1` message again (our network
     /// changed).
     reannounce: AtomicBool,
+    /// Stream index + 1 of the newest `kith/paths/1` message applied (0: none), so a
+    /// stale message that completes after a newer one is ignored.
+    applied: std::sync::atomic::AtomicU64,
 }
 
 impl PunchState {
@@ -196,6 +201,7 @@ impl PunchState {
             attempts: std::sync::atomic::AtomicU32::new(0),
             fast: AtomicBool::new(false),
             reannounce: AtomicBool::new(false),
+            applied: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -300,6 +306,7 @@ pub(crate) async fn handle_paths(
     conn: &Arc<QuicConnection>,
     mut recv: QuicRecv,
 ) {
+    let seq = recv.0.id().index().saturating_add(1);
     let mut buf = Vec::new();
     let limit = (32 + 1 + MAX_ADVERTISED * (1 + 255) + 2) as u64;
     if (&mut recv).take(limit).read_to_end(&mut buf).await.is_err() {
@@ -312,6 +319,10 @@ pub(crate) async fn handle_paths(
         tracing::debug!("malformed path message ignored");
         return;
     };
+    if conn.punch.applied.fetch_max(seq, Ordering::AcqRel) > seq {
+        tracing::debug!("stale path message ignored");
+        return;
+    }
     sock.table.set_their_key(conn.remote, msg.key);
     let update = crate::endpoint::lock(&conn.punch.peer)
         .replace(msg.clone())
