@@ -36,9 +36,9 @@ use super::topology::{Lab, state_dir};
 use super::{Options, hygiene};
 
 /// Port of the STUN server (coturn) in `pub2`.
-const STUN_PORT: u16 = 3478;
+pub(crate) const STUN_PORT: u16 = 3478;
 /// Port of the relay in `pub1`.
-const RELAY_PORT: u16 = 7000;
+pub(crate) const RELAY_PORT: u16 = 7000;
 /// Bytes per transfer.
 const TRANSFER_BYTES: u64 = 1 << 20;
 /// How long `wait-direct` waits inside the peer, ms.
@@ -622,6 +622,23 @@ impl Kith {
         command: &str,
         timeout: Duration,
     ) -> Result<Result<String, String>, String> {
+        self.send(command)?;
+        self.reply(timeout)
+    }
+
+    /// The reply to a command sent with [`send`](Self::send), within `timeout`.
+    pub(crate) fn reply(&mut self, timeout: Duration) -> Result<Result<String, String>, String> {
+        parse_reply(&self.line(timeout)?)
+    }
+
+    /// A line (a reply) that is already waiting, taken from the queue; `None` if none.
+    pub(crate) fn try_line(&mut self) -> Option<String> {
+        self.lines.try_recv().ok()
+    }
+
+    /// Sends a command without waiting for its reply (read it with
+    /// [`reply`](Self::reply)), so a long command can span something else.
+    pub(crate) fn send(&mut self, command: &str) -> Result<(), String> {
         if let Some(d) = &self.dead {
             return Err(format!("not asked (earlier: {d})"));
         }
@@ -637,7 +654,7 @@ impl Kith {
             self.kill(why.clone());
             return Err(why);
         }
-        parse_reply(&self.line(timeout)?)
+        Ok(())
     }
 }
 
@@ -676,14 +693,19 @@ impl Drop for Kith {
 
 /// coturn (`turnserver`) as a STUN-only server in a lab namespace; killed by its pid on
 /// drop (and with its namespace when the lab goes down).
-struct Coturn {
-    node: String,
-    addr: SocketAddr,
+pub(crate) struct Coturn {
+    pub(crate) node: String,
+    pub(crate) addr: SocketAddr,
     child: Child,
 }
 
 impl Coturn {
-    fn start(lab: &Lab, node: &str, addr: SocketAddr, logs: &Path) -> Result<Coturn, String> {
+    pub(crate) fn start(
+        lab: &Lab,
+        node: &str,
+        addr: SocketAddr,
+        logs: &Path,
+    ) -> Result<Coturn, String> {
         if !super::sys::have("turnserver") {
             return Err("`turnserver` (Debian package coturn) is not installed".into());
         }
@@ -747,7 +769,7 @@ impl Coturn {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }

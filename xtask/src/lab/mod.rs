@@ -13,6 +13,7 @@
 //! cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
+//! cargo xtask lab renumber [--id ID] [--keep] [--no-build] [-v]
 //! ```
 //!
 //! Needs root, `ip`/`tc` (iproute2) and `nft` (nftables). Uses only std: it shells out
@@ -24,7 +25,8 @@
 //! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences),
 //! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`), [`mdns`]
 //! (two peers on one segment find each other with mDNS), [`portmap`]
-//! (`kith peer --port-map` against miniupnpd on a home router).
+//! (`kith peer --port-map` against miniupnpd on a home router), [`renumber`] (a home
+//! router's WAN address changes under a direct connection).
 
 mod check;
 mod hygiene;
@@ -33,6 +35,7 @@ mod mdns;
 mod nft;
 mod plan;
 mod portmap;
+mod renumber;
 mod sys;
 mod tool;
 mod topology;
@@ -52,7 +55,8 @@ const USAGE: &str = "usage:
   cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
   cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 
-  cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]";
+  cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
+  cargo xtask lab renumber [--id ID] [--keep] [--no-build] [-v]";
 
 /// Default one-way delay per access link and direction, in ms.
 const DEFAULT_DELAY_MS: u32 = 10;
@@ -154,6 +158,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         "mdns" => {
             let (build, rest) = no_build(rest);
             mdns::run(root, &parse_options(&rest, "mdns")?, build)
+        }
+        "renumber" => {
+            let (build, rest) = no_build(rest);
+            renumber::run(root, &parse_options(&rest, "renumber")?, build)
         }
         "plan" => {
             print!("{}", plan::Plan::standard().describe());
