@@ -308,8 +308,9 @@ impl Inner {
     }
 
     /// This host's network changed: direct paths must be confirmed again soon (or fall
-    /// back to the relay), probers go back to fast rounds, the STUN servers are asked
-    /// again, and then every relayed connection sends its candidates to the peer anew.
+    /// back to the relay), probers go back to fast rounds and every relayed connection
+    /// sends its candidates to the peer anew; the STUN servers are asked again, and if
+    /// that changes the candidates they are sent once more.
     pub(crate) fn network_changed(self: &Arc<Self>, why: &'static str) {
         if self.closing.load(Ordering::Acquire) {
             return;
@@ -320,8 +321,10 @@ impl Inner {
         for s in self.socks() {
             s.table.network_changed(now);
         }
+        // Re-advertise at once with what is known now (a peer's new hello may already
+        // name the new address), and again after STUN if that changed the candidates.
         for c in self.path_connections() {
-            crate::punch::kick(&c, false);
+            crate::punch::kick(&c, true);
         }
         // One STUN round at a time; a change during a round asks for another one.
         self.net_change_again.store(true, Ordering::Release);
@@ -332,9 +335,12 @@ impl Inner {
         tokio::spawn(async move {
             loop {
                 inner.net_change_again.store(false, Ordering::Release);
+                let before = inner.candidates();
                 inner.stun_round(true).await;
-                for c in inner.path_connections() {
-                    crate::punch::kick(&c, true);
+                if inner.candidates() != before {
+                    for c in inner.path_connections() {
+                        crate::punch::kick(&c, true);
+                    }
                 }
                 if inner.net_change_again.load(Ordering::Acquire) {
                     continue;
