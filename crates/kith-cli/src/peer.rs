@@ -6,7 +6,10 @@
 //! ```text
 //! connect <hex NodeAddr>    ok ms=<connect time> path=<relayed|direct>
 //! connect <node id>         the same, addresses from discovery (--mdns)
-//! wait-direct <id> <ms>     ok direct=<addr> ms=<time to direct> | ok relayed
+//! wait-direct <id> <ms> [<ip>]
+//!                           ok direct=<addr> ms=<time to direct> | ok relayed
+//!                           (with <ip>: waits for a direct path to that IP address)
+//! network-changed           ok   (tells the endpoint the host's network changed)
 //! transfer <id> <bytes>     ok bytes=<n> intact=<true|false> path_before=<p> path_after=<p>
 //! path <id>                 ok <relayed|direct=<addr>|none>
 //! probes <id>               ok <pings sent>
@@ -260,13 +263,18 @@ async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
             ))
         }
         "wait-direct" => {
-            let conn = conn_to(node, words.next().context("wait-direct <id> <ms>")?)?;
-            let ms: u64 = words.next().context("wait-direct <id> <ms>")?.parse()?;
+            let usage = "wait-direct <id> <ms> [<ip>]";
+            let conn = conn_to(node, words.next().context(usage)?)?;
+            let ms: u64 = words.next().context(usage)?.parse()?;
+            let ip: Option<std::net::IpAddr> = words.next().map(str::parse).transpose()?;
             let start = Instant::now();
             let mut events = conn.path_events();
             let r = tokio::time::timeout(
                 Duration::from_millis(ms),
-                events.wait_for(|p| matches!(p, PathKind::Direct(_))),
+                events.wait_for(|p| match p {
+                    PathKind::Direct(a) => ip.is_none_or(|ip| a.ip() == ip),
+                    _ => false,
+                }),
             )
             .await;
             Ok(match r {
@@ -300,6 +308,10 @@ async fn command(node: &kith::Node, line: &str) -> anyhow::Result<String> {
                 "{status} birthday_probes={}",
                 conn.stats().birthday_probes
             ))
+        }
+        "network-changed" => {
+            node.endpoint().network_changed();
+            Ok(String::new())
         }
         "nat" => Ok(match node.endpoint().nat() {
             NatKind::Public => "public",

@@ -117,8 +117,16 @@ pub struct HolePunchConfig {
     pub birthday_window: Duration,
     /// Attempts per connection (a later one when the direct path is lost). Default 3.
     pub birthday_attempts: u32,
-    /// How often the STUN servers are asked again. Default 5 min.
+    /// How often the STUN servers are asked again. Default 5 min. An answer that
+    /// differs from the server's previous one (the NAT was renumbered) counts as a
+    /// network change (see [`Endpoint::network_changed`](crate::Endpoint::network_changed)).
     pub stun_refresh: Duration,
+    /// How often the host's interface addresses are checked; a change counts as a
+    /// network change (see
+    /// [`Endpoint::network_changed`](crate::Endpoint::network_changed)). At least
+    /// 1 s. `None` disables the check, for an application that reports changes itself
+    /// from the operating system's callbacks. Default 5 s.
+    pub network_poll: Option<Duration>,
 }
 
 impl Default for HolePunchConfig {
@@ -131,6 +139,7 @@ impl Default for HolePunchConfig {
             birthday_window: Duration::from_secs(10),
             birthday_attempts: 3,
             stun_refresh: Duration::from_secs(300),
+            network_poll: Some(Duration::from_secs(5)),
         }
     }
 }

@@ -32,6 +32,14 @@ use crate::tls;
 /// Internal control protocol: the acceptor's hello (observed address, "connection kept").
 const CTL: Protocol = Protocol::from_static("kith/ctl/1");
 
+/// Network changes detected automatically (a STUN server or a peer reports a new
+/// address for us) are acted on at most once per this interval.
+const AUTO_CHANGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often the acceptor of a connection to a real address checks whether the peer's
+/// address changed (its NAT rebound or was renumbered), to tell it in a new hello.
+const ADDR_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// TLS alert `no_application_protocol` (RFC 8446 §6.2), as a QUIC crypto error.
 const ALERT_NO_APPLICATION_PROTOCOL: u8 = 0x78;
 
@@ -146,6 +154,12 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     /// The gateway port mapping of the IPv4 socket (`EndpointConfig::port_mapping`).
     portmap: Mutex<Option<crate::portmap::PortMapper>>,
+    /// When a network change was last acted on (rate limit of automatic detection).
+    last_net_change: Mutex<Option<Instant>>,
+    /// A network change's STUN round is running.
+    net_change_busy: AtomicBool,
+    /// Another network change arrived while a round was running.
+    net_change_again: AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -281,6 +295,141 @@ impl Inner {
     /// The external address the gateway maps to the IPv4 socket, if port mapping holds one.
     fn mapped_addr(&self) -> Option<SocketAddr> {
         lock(&self.portmap).as_ref().and_then(|m| m.external())
+    }
+
+    /// Live connections that run over a mapped address (relayed, or direct under the
+    /// path layer).
+    fn path_connections(&self) -> Vec<Arc<QuicConnection>> {
+        lock(&self.peers)
+            .values()
+            .filter_map(PeerSlot::live)
+            .filter(|c| c.table.is_some())
+            .collect()
+    }
+
+    /// This host's network changed: direct paths must be confirmed again soon (or fall
+    /// back to the relay), probers go back to fast rounds and every relayed connection
+    /// sends its candidates to the peer anew; the STUN servers are asked again, and if
+    /// that changes the candidates they are sent once more.
+    pub(crate) fn network_changed(self: &Arc<Self>, why: &'static str) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::info!(why, "network changed: probing paths again");
+        *lock(&self.last_net_change) = Some(Instant::now());
+        let now = Instant::now();
+        for s in self.socks() {
+            s.table.network_changed(now);
+        }
+        // Re-advertise at once with what is known now (a peer's new hello may already
+        // name the new address), and again after STUN if that changed the candidates.
+        for c in self.path_connections() {
+            crate::punch::kick(&c, true);
+        }
+        // One STUN round at a time; a change during a round asks for another one.
+        self.net_change_again.store(true, Ordering::Release);
+        if self.net_change_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            loop {
+                inner.net_change_again.store(false, Ordering::Release);
+                let before = inner.candidates();
+                inner.stun_round(true).await;
+                if inner.candidates() != before {
+                    for c in inner.path_connections() {
+                        crate::punch::kick(&c, true);
+                    }
+                }
+                if inner.net_change_again.load(Ordering::Acquire) {
+                    continue;
+                }
+                inner.net_change_busy.store(false, Ordering::Release);
+                // A change between the check and the release found us busy: take it on,
+                // unless a new round already did.
+                if !inner.net_change_again.load(Ordering::Acquire)
+                    || inner.net_change_busy.swap(true, Ordering::AcqRel)
+                {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// A network change detected from outside (a new address reported for us), acted on
+    /// at most once per [`AUTO_CHANGE_INTERVAL`].
+    fn maybe_network_changed(self: &Arc<Self>, why: &'static str) {
+        let recent =
+            lock(&self.last_net_change).is_some_and(|t| t.elapsed() < AUTO_CHANGE_INTERVAL);
+        if recent {
+            tracing::debug!(why, "network change ignored (rate limit)");
+            return;
+        }
+        self.network_changed(why);
+    }
+
+    /// Asks a STUN server which address it sees for our socket of its family (three
+    /// tries, 500 ms apart) and records the answer; also returns whether it differs
+    /// from the server's previous answer.
+    async fn stun(&self, server: SocketAddr) -> Result<(SocketAddr, bool), StunError> {
+        let sock = match server {
+            SocketAddr::V4(_) => self.v4.as_ref(),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
+        .ok_or(StunError::NoSocket)?;
+        let tx: [u8; 12] = rand::random();
+        let mut rx = sock.table.stun_wait(tx).ok_or(StunError::TimedOut)?;
+        let request = crate::stun::binding_request(tx);
+        for _ in 0..3 {
+            let _ = sock.socket.send_raw(server, &request);
+            match tokio::time::timeout(std::time::Duration::from_millis(500), &mut rx).await {
+                Ok(Ok(resp)) => {
+                    let mapped = crate::stun::parse_binding_response(&resp, &tx)?;
+                    let mut reports = lock(&self.stun_reports);
+                    let before = reports.iter().find(|(s, _)| *s == server).map(|r| r.1);
+                    reports.retain(|(s, _)| *s != server);
+                    if reports.len() >= 16 {
+                        reports.remove(0);
+                    }
+                    reports.push((server, mapped));
+                    return Ok((mapped, before.is_some_and(|b| b != mapped)));
+                }
+                Ok(Err(_)) => return Err(StunError::TimedOut),
+                Err(_) => continue,
+            }
+        }
+        Err(StunError::TimedOut)
+    }
+
+    /// Asks every configured STUN server once, concurrently (each at most 1.5 s).
+    /// After a network change (`after_change`), a server that no longer answers loses
+    /// its old answer (it is likely stale); otherwise an answer that moved is itself a
+    /// network change.
+    async fn stun_round(self: &Arc<Self>, after_change: bool) {
+        let servers = self.config.stun_servers.clone();
+        let asks = servers.iter().map(|s| self.stun(*s));
+        let mut moved = false;
+        for (server, res) in servers
+            .iter()
+            .zip(futures_util::future::join_all(asks).await)
+        {
+            match res {
+                Ok((mapped, changed)) => {
+                    tracing::debug!(%server, %mapped, changed, "STUN");
+                    moved |= changed;
+                }
+                Err(e) => {
+                    tracing::debug!(%server, error = %e, "STUN failed");
+                    if after_change {
+                        lock(&self.stun_reports).retain(|(s, _)| s != server);
+                    }
+                }
+            }
+        }
+        if moved && !after_change {
+            self.maybe_network_changed("a STUN server reports a new address");
+        }
     }
 
     fn shutdown_now(&self) {
@@ -514,6 +663,9 @@ impl Endpoint {
             }),
             closing: AtomicBool::new(false),
             portmap: Mutex::new(None),
+            last_net_change: Mutex::new(None),
+            net_change_busy: AtomicBool::new(false),
+            net_change_again: AtomicBool::new(false),
         });
         for ep in inner.endpoints() {
             let span = tracing::debug_span!("endpoint", id = %inner.id.fmt_short());
@@ -557,7 +709,7 @@ impl Endpoint {
         if !endpoint.config().stun_servers.is_empty() {
             // The first round before bind returns, so the first connections already
             // carry reflexive candidates and a NAT kind; then refresh in the background.
-            endpoint.stun_round().await;
+            endpoint.inner().stun_round(false).await;
             let weak = Arc::downgrade(&endpoint.handle);
             let every = endpoint
                 .config()
@@ -572,9 +724,13 @@ impl Endpoint {
                     if ep.inner().closing.load(Ordering::Acquire) {
                         return;
                     }
-                    ep.stun_round().await;
+                    ep.inner().stun_round(false).await;
                 }
             });
+        }
+        if let Some(every) = endpoint.config().hole_punch.network_poll {
+            let every = every.max(std::time::Duration::from_secs(1));
+            tokio::spawn(poll_interfaces(Arc::downgrade(endpoint.inner()), every));
         }
         if let Some(home) = endpoint.config().relay.clone() {
             // A relay that is down now is not fatal: the node still works directly.
@@ -827,33 +983,7 @@ impl Endpoint {
     /// socket of the server's address family: the mapping any peer reaching that socket
     /// from outside sees. Three tries, 500 ms apart.
     pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr, StunError> {
-        let inner = self.inner();
-        let sock = match server {
-            SocketAddr::V4(_) => inner.v4.as_ref(),
-            SocketAddr::V6(_) => inner.v6.as_ref(),
-        }
-        .ok_or(StunError::NoSocket)?;
-        let tx: [u8; 12] = rand::random();
-        let mut rx = sock.table.stun_wait(tx).ok_or(StunError::TimedOut)?;
-        let request = crate::stun::binding_request(tx);
-        for _ in 0..3 {
-            let _ = sock.socket.send_raw(server, &request);
-            match tokio::time::timeout(std::time::Duration::from_millis(500), &mut rx).await {
-                Ok(Ok(resp)) => {
-                    let mapped = crate::stun::parse_binding_response(&resp, &tx)?;
-                    let mut reports = lock(&inner.stun_reports);
-                    reports.retain(|(s, _)| *s != server);
-                    if reports.len() >= 16 {
-                        reports.remove(0);
-                    }
-                    reports.push((server, mapped));
-                    return Ok(mapped);
-                }
-                Ok(Err(_)) => return Err(StunError::TimedOut),
-                Err(_) => continue,
-            }
-        }
-        Err(StunError::TimedOut)
+        self.inner().stun(server).await.map(|(mapped, _)| mapped)
     }
 
     /// Classifies the NAT in front of the IPv4 socket by asking several STUN servers
@@ -884,19 +1014,20 @@ impl Endpoint {
         self.inner().nat_now()
     }
 
-    /// Asks every configured STUN server once, concurrently (each at most 1.5 s).
-    async fn stun_round(&self) {
-        let servers = self.config().stun_servers.clone();
-        let asks = servers.iter().map(|s| self.stun(*s));
-        for (server, res) in servers
-            .iter()
-            .zip(futures_util::future::join_all(asks).await)
-        {
-            match res {
-                Ok(mapped) => tracing::debug!(%server, %mapped, "STUN"),
-                Err(e) => tracing::debug!(%server, error = %e, "STUN failed"),
-            }
-        }
+    /// Tells the endpoint that the host's network changed (an interface came or went,
+    /// an address changed: mobile platforms report such events). Relayed connections
+    /// then find a direct path again quickly instead of waiting for the old one to time
+    /// out: every direct path must be confirmed again within about 2 s or falls back to
+    /// the relay, probing restarts at the fast rate, the STUN servers are asked again,
+    /// and each relayed connection sends its fresh candidates to the peer.
+    ///
+    /// The endpoint also detects changes itself: it checks the interface addresses every
+    /// [`HolePunchConfig::network_poll`](crate::HolePunchConfig::network_poll), and a
+    /// STUN server or a peer reporting a new public address for us counts as a change.
+    /// Calling this more often than needed costs a few probes and one small message per
+    /// relayed connection.
+    pub fn network_changed(&self) {
+        self.inner().network_changed("reported by the application");
     }
 
     /// Sets the source the endpoint asks for the addresses of a node dialed by id alone
@@ -1218,8 +1349,24 @@ async fn send_hello(conn: &Arc<QuicConnection>) {
 
 /// Runs one connection: accepts its streams and datagrams and routes them.
 async fn drive(inner: Arc<Inner>, conn: Arc<QuicConnection>, guard: ConnGuard) {
+    // The acceptor of a connection to a real address tells the peer again which address
+    // it observes when that changes (QUIC migration after a NAT rebinding): the peer
+    // learns its new public address, as from a STUN server.
+    let mut seen = conn.inner.remote_address();
+    let watch_addr = !conn.outgoing && !is_synthetic(&seen);
+    let mut check = tokio::time::interval(ADDR_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = check.tick(), if watch_addr => {
+                let now = conn.inner.remote_address();
+                if now != seen {
+                    tracing::debug!(from = %seen, to = %now, "peer address changed; new hello");
+                    seen = now;
+                    let c = conn.clone();
+                    tokio::spawn(async move { send_hello(&c).await }.in_current_span());
+                }
+            }
             bi = conn.inner.accept_bi() => match bi {
                 Ok((send, recv)) => {
                     let fut = route_stream(inner.clone(), conn.clone(), Some(send), recv);
@@ -1316,7 +1463,7 @@ async fn route_stream(
     }
 }
 
-async fn handle_ctl(inner: &Inner, conn: &QuicConnection, mut recv: QuicRecv) {
+async fn handle_ctl(inner: &Arc<Inner>, conn: &QuicConnection, mut recv: QuicRecv) {
     let mut buf = Vec::new();
     let limit = kith_core::addr::MAX_NODE_ADDR_LEN as u64 + 1;
     if (&mut recv).take(limit).read_to_end(&mut buf).await.is_err() {
@@ -1325,7 +1472,16 @@ async fn handle_ctl(inner: &Inner, conn: &QuicConnection, mut recv: QuicRecv) {
     // The hello names us and the address the peer observes for us.
     match NodeAddr::decode(&buf) {
         Ok(hello) if hello.node_id == inner.id => {
-            conn.observed.send_replace(hello.direct.first().copied());
+            let seen = hello.direct.first().copied();
+            let before = conn.observed.send_replace(seen);
+            // A later hello (the peer saw our address change): our NAT rebound or was
+            // renumbered, unless the address is a relayed connection's synthetic one.
+            let moved = before.is_some_and(|b| Some(b) != seen)
+                && !is_synthetic(&conn.inner.remote_address());
+            if moved {
+                tracing::debug!(?before, ?seen, "a peer observes a new address for us");
+                inner.maybe_network_changed("a peer observes a new address for us");
+            }
         }
         _ => tracing::debug!("malformed hello ignored"),
     }
@@ -1371,4 +1527,45 @@ fn bind_socket(addr: SocketAddr, server: quinn::ServerConfig, id: NodeId) -> std
         runtime,
     )?;
     Ok(Sock { ep, socket, table })
+}
+
+/// The host's interface addresses (loopback left out), sorted; `None` if they cannot be
+/// read.
+fn interface_addrs() -> Option<Vec<IpAddr>> {
+    let mut out: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .ok()?
+        .into_iter()
+        .filter(|i| !i.is_loopback())
+        .map(|i| i.ip())
+        .collect();
+    out.sort();
+    out.dedup();
+    Some(out)
+}
+
+/// Checks the interface addresses every `every` while the endpoint lives; a change is a
+/// network change.
+async fn poll_interfaces(inner: std::sync::Weak<Inner>, every: std::time::Duration) {
+    let read = || async {
+        tokio::task::spawn_blocking(interface_addrs)
+            .await
+            .ok()
+            .flatten()
+    };
+    let mut known = read().await;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = read().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        if now.is_some() && known.is_some() && now != known {
+            tracing::debug!(before = ?known, after = ?now, "interface addresses changed");
+            inner.network_changed("the interface addresses changed");
+        }
+        if now.is_some() {
+            known = now;
+        }
+    }
 }

@@ -56,6 +56,10 @@ const RELAY_QUEUE: usize = 1024;
 pub(crate) const MAX_SPRAY: usize = 8192;
 /// A direct path not confirmed by a pong for this long is abandoned.
 pub(crate) const PATH_TIMEOUT: Duration = Duration::from_secs(6);
+/// After a network change, a direct path must be confirmed again by a pong to a ping
+/// sent since the change within this long, or it is abandoned (without waiting for
+/// [`PATH_TIMEOUT`]).
+pub(crate) const REPROBE_GRACE: Duration = Duration::from_secs(2);
 
 /// The path a connection currently uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +155,9 @@ struct DirectPath {
     via: Via,
     rtt: Duration,
     confirmed: Instant,
+    /// Set by a network change (ours or the peer's): the path must be confirmed by a
+    /// ping sent after this instant, within [`REPROBE_GRACE`].
+    suspect: Option<Instant>,
 }
 
 /// A ping waiting for its pong.
@@ -188,8 +195,17 @@ struct NodePaths {
 }
 
 impl NodePaths {
+    /// The direct path datagrams take: none while the path is in doubt after a network
+    /// change and a relay can carry them (so what is sent then, the new candidates
+    /// among it, is not lost on a dead path); the doubtful path if there is no relay.
+    fn usable_direct(&self) -> Option<&DirectPath> {
+        self.direct
+            .as_ref()
+            .filter(|d| d.suspect.is_none() || self.relay.is_none())
+    }
+
     fn kind(&self) -> PathKind {
-        match (&self.direct, &self.relay) {
+        match (self.usable_direct(), &self.relay) {
             (Some(d), _) => PathKind::Direct(d.addr),
             (None, Some(r)) => PathKind::Relayed(r.relay()),
             (None, None) => PathKind::None,
@@ -248,6 +264,19 @@ pub(crate) fn is_synthetic(addr: &SocketAddr) -> bool {
     match addr.ip() {
         IpAddr::V4(ip) => ip.octets()[0] == 240 && ip.octets()[1] == 107,
         IpAddr::V6(ip) => ip.segments()[..3] == [0xfd6b, 0x6974, 0x6800],
+    }
+}
+
+/// Appends the usable addresses of `new` to `list`, without duplicates, up to
+/// [`MAX_CANDIDATES`].
+fn push_candidates(list: &mut Vec<SocketAddr>, new: &[SocketAddr]) {
+    for c in new {
+        if list.len() >= MAX_CANDIDATES {
+            break;
+        }
+        if !list.contains(c) && !is_synthetic(c) {
+            list.push(*c);
+        }
     }
 }
 
@@ -312,14 +341,7 @@ impl PathTable {
             if relay.is_some() {
                 p.relay = relay;
             }
-            for c in candidates {
-                if p.candidates.len() < MAX_CANDIDATES
-                    && !p.candidates.contains(c)
-                    && !is_synthetic(c)
-                {
-                    p.candidates.push(*c);
-                }
-            }
+            push_candidates(&mut p.candidates, candidates);
             p.publish();
         }
         mapped
@@ -374,16 +396,34 @@ impl PathTable {
 
     /// Adds candidates the peer advertised.
     pub(crate) fn add_candidates(&self, node: NodeId, candidates: &[SocketAddr]) {
-        let mut st = lock(&self.state);
-        if let Some(p) = st.nodes.get_mut(&node) {
-            for c in candidates {
-                if p.candidates.len() < MAX_CANDIDATES
-                    && !p.candidates.contains(c)
-                    && !is_synthetic(c)
-                {
-                    p.candidates.push(*c);
-                }
+        if let Some(p) = lock(&self.state).nodes.get_mut(&node) {
+            push_candidates(&mut p.candidates, candidates);
+        }
+    }
+
+    /// The peer's network changed (it advertised anew): its candidates become exactly
+    /// `candidates` (addresses it advertised or we learned before are likely stale and
+    /// would only waste probes), and the direct path must be confirmed again soon.
+    pub(crate) fn replace_candidates(&self, node: NodeId, candidates: &[SocketAddr], now: Instant) {
+        if let Some(p) = lock(&self.state).nodes.get_mut(&node) {
+            p.candidates.clear();
+            push_candidates(&mut p.candidates, candidates);
+            if let Some(d) = &mut p.direct {
+                d.suspect = Some(now);
             }
+            p.publish();
+        }
+    }
+
+    /// Our network changed: every direct path must be confirmed again by a pong to a
+    /// ping sent from now on, within [`REPROBE_GRACE`], or it is dropped; meanwhile the
+    /// relay carries the connection (see [`NodePaths::usable_direct`]).
+    pub(crate) fn network_changed(&self, now: Instant) {
+        for p in lock(&self.state).nodes.values_mut() {
+            if let Some(d) = &mut p.direct {
+                d.suspect = Some(now);
+            }
+            p.publish();
         }
     }
 
@@ -554,17 +594,19 @@ impl PathTable {
         Vec::new()
     }
 
-    /// Drops a direct path that has not been confirmed recently; returns true if the
-    /// path fell back.
+    /// Drops a direct path that has not been confirmed recently (within [`PATH_TIMEOUT`],
+    /// or within [`REPROBE_GRACE`] of a network change); returns true if the path fell
+    /// back.
     pub(crate) fn expire(&self, node: &NodeId, now: Instant) -> bool {
         let mut st = lock(&self.state);
         let Some(p) = st.nodes.get_mut(node) else {
             return false;
         };
-        if p.direct
-            .as_ref()
-            .is_some_and(|d| now.duration_since(d.confirmed) > PATH_TIMEOUT)
-        {
+        if p.direct.as_ref().is_some_and(|d| {
+            now.duration_since(d.confirmed) > PATH_TIMEOUT
+                || d.suspect
+                    .is_some_and(|s| now.saturating_duration_since(s) > REPROBE_GRACE)
+        }) {
             p.direct = None;
             p.publish();
             return true;
@@ -694,11 +736,17 @@ impl PathTable {
                 tracing::debug!(%from, "birthday probe answered");
             }
             let rtt = now.duration_since(sent);
+            let mut suspect = None;
             let better = match &p.direct {
                 None => true,
-                Some(d) if d.addr == from && same_via(&d.via, &via) => true,
+                Some(d) if d.addr == from && same_via(&d.via, &via) => {
+                    // Only a ping sent since the network change clears the doubt.
+                    suspect = d.suspect.filter(|s| sent < *s);
+                    true
+                }
                 Some(d) => {
-                    rtt + Duration::from_millis(2) < d.rtt
+                    d.suspect.is_some()
+                        || rtt + Duration::from_millis(2) < d.rtt
                         || now.duration_since(d.confirmed) > PATH_TIMEOUT / 2
                 }
             };
@@ -708,6 +756,7 @@ impl PathTable {
                     via,
                     rtt,
                     confirmed: now,
+                    suspect,
                 });
                 p.publish();
             }
@@ -825,7 +874,7 @@ impl AsyncUdpSocket for PathSocket {
             let p = st.nodes.get(&node);
             (
                 node,
-                p.and_then(|p| p.direct.as_ref().map(|d| (d.addr, d.via.clone()))),
+                p.and_then(|p| p.usable_direct().map(|d| (d.addr, d.via.clone()))),
                 p.and_then(|p| p.relay.clone()),
             )
         };
@@ -1091,6 +1140,133 @@ mod tests {
         );
     }
 
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Two tables that know each other's keys, `a` probing `b`'s `b_addrs`.
+    fn pair(b_addrs: &[SocketAddr]) -> (Arc<PathTable>, Arc<PathTable>) {
+        let a = PathTable::new(id(1), false);
+        let b = PathTable::new(id(2), false);
+        a.map(id(2), None, b_addrs);
+        b.map(id(1), None, &[]);
+        let (ka, kb) = ([1u8; 32], [2u8; 32]);
+        for (t, peer, mine, theirs) in [(&a, id(2), ka, kb), (&b, id(1), kb, ka)] {
+            t.enable_probing(&peer);
+            t.set_my_key(peer, mine);
+            t.set_their_key(peer, theirs);
+        }
+        (a, b)
+    }
+
+    /// `a` pings `to` at `sent`; `b` (which sees `a` at `a_addr`) answers; the pong
+    /// reaches `a` from `to` at `at`.
+    fn ping_pong(a: &PathTable, b: &PathTable, to: SocketAddr, sent: Instant, at: Instant) {
+        let a_addr = sa("198.51.100.1:4000");
+        let pings = a.make_pings(&id(2), sent);
+        let (_, _, ping) = pings
+            .iter()
+            .find(|(_, t, _)| *t == to)
+            .cloned()
+            .unwrap_or_else(|| panic!("a ping to {to}"));
+        let replies = b
+            .on_probe(&ping, a_addr, sent, None)
+            .unwrap_or_else(|| panic!("pong"));
+        assert!(a.on_probe(&replies[0].2, to, at, None).is_none());
+    }
+
+    fn candidates(t: &PathTable, node: &NodeId) -> Vec<SocketAddr> {
+        lock(&t.state).nodes[node].candidates.clone()
+    }
+
+    #[test]
+    fn replacing_candidates_drops_stale_ones_and_keeps_the_bound() {
+        let old = [sa("203.0.113.5:1000"), sa("192.0.2.5:1000")];
+        let (a, _b) = pair(&old);
+        assert_eq!(candidates(&a, &id(2)), old);
+        // A second advertisement: duplicates collapse, synthetic addresses are refused,
+        // and no more than MAX_CANDIDATES are kept.
+        let mut new: Vec<SocketAddr> = (0..12u16)
+            .map(|i| SocketAddr::new(Ipv4Addr::new(203, 0, 113, 40).into(), 2000 + i))
+            .collect();
+        new.insert(1, new[0]);
+        new.insert(2, sa("240.107.0.9:1"));
+        a.replace_candidates(id(2), &new, Instant::now());
+        let got = candidates(&a, &id(2));
+        assert_eq!(got.len(), MAX_CANDIDATES);
+        assert!(got.iter().all(|c| c.ip() == Ipv4Addr::new(203, 0, 113, 40)));
+        assert_eq!(got[0].port(), 2000);
+        assert_eq!(got[1].port(), 2001);
+        // Probes go to the new addresses only.
+        let pings = a.make_pings(&id(2), Instant::now());
+        assert!(pings.iter().all(|(_, to, _)| !old.contains(to)));
+        assert_eq!(pings.len(), MAX_CANDIDATES);
+        // Adding (a first advertisement) respects the bound too.
+        a.add_candidates(id(2), &old);
+        assert_eq!(candidates(&a, &id(2)).len(), MAX_CANDIDATES);
+    }
+
+    #[test]
+    fn a_network_change_drops_an_unconfirmed_direct_path_within_the_grace() {
+        let b_addr = sa("203.0.113.2:5000");
+        let t0 = Instant::now();
+        let (a, b) = pair(&[b_addr]);
+        ping_pong(&a, &b, b_addr, t0, t0);
+        assert!(a.is_direct(&id(2)));
+        // The network changes at t1; a pong to a ping sent before it proves nothing.
+        let t1 = t0 + Duration::from_secs(1);
+        let early = a.make_pings(&id(2), t1 - Duration::from_millis(1));
+        a.network_changed(t1);
+        let replies = b
+            .on_probe(&early[0].2, sa("198.51.100.1:4000"), t1, None)
+            .unwrap_or_else(|| panic!("pong"));
+        assert!(a.on_probe(&replies[0].2, b_addr, t1, None).is_none());
+        assert!(!a.expire(&id(2), t1 + REPROBE_GRACE));
+        assert!(
+            a.expire(&id(2), t1 + REPROBE_GRACE + Duration::from_millis(1)),
+            "gone long before PATH_TIMEOUT"
+        );
+        assert!(!a.is_direct(&id(2)));
+        assert!(REPROBE_GRACE + Duration::from_secs(1) < PATH_TIMEOUT);
+    }
+
+    #[test]
+    fn a_path_confirmed_after_the_change_stays() {
+        let b_addr = sa("203.0.113.2:5000");
+        let t0 = Instant::now();
+        let (a, b) = pair(&[b_addr]);
+        ping_pong(&a, &b, b_addr, t0, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        a.network_changed(t1);
+        ping_pong(&a, &b, b_addr, t1, t1 + Duration::from_millis(5));
+        assert!(!a.expire(&id(2), t1 + REPROBE_GRACE * 2));
+        assert_eq!(
+            *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
+            PathKind::Direct(b_addr)
+        );
+    }
+
+    #[test]
+    fn after_the_peer_moves_its_new_address_wins_at_once() {
+        let b_addr = sa("203.0.113.2:5000");
+        let moved = sa("203.0.113.40:5000");
+        let t0 = Instant::now();
+        let (a, b) = pair(&[b_addr]);
+        ping_pong(&a, &b, b_addr, t0, t0);
+        // b re-advertises from its new address: the old path is in doubt, and a pong
+        // from the new address replaces it even though it is slower and was confirmed
+        // a moment ago.
+        let t1 = t0 + Duration::from_millis(100);
+        a.replace_candidates(id(2), &[moved], t1);
+        assert_eq!(candidates(&a, &id(2)), [moved]);
+        ping_pong(&a, &b, moved, t1, t1 + Duration::from_millis(50));
+        assert_eq!(
+            *a.path(&id(2)).unwrap_or_else(|| panic!()).borrow(),
+            PathKind::Direct(moved)
+        );
+        assert!(!a.expire(&id(2), t1 + REPROBE_GRACE * 2));
+    }
+
     fn keyed_pair() -> (Arc<PathTable>, Arc<PathTable>) {
         let a = PathTable::new(id(1), false);
         let b = PathTable::new(id(2), false);
@@ -1104,10 +1280,6 @@ mod tests {
         a.enable_probing(&id(2));
         b.enable_probing(&id(1));
         (a, b)
-    }
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap_or_else(|_| unreachable!())
     }
 
     #[tokio::test]

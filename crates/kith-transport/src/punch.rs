@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kith_core::net::Protocol;
@@ -30,6 +31,50 @@ pub(crate) const PUNCH: Protocol = Protocol::from_static("kith/punch/1");
 
 /// Most candidate addresses sent to a peer.
 pub(crate) const MAX_ADVERTISED: usize = 8;
+
+/// Probe rounds right after a connection starts or a network changes.
+const FAST_ROUND: Duration = Duration::from_millis(150);
+/// How many fast rounds before probing slows down to [`SLOW_ROUND`].
+const FAST_ROUNDS: u32 = 20;
+/// Probe rounds afterwards (they also keep a direct path confirmed).
+const SLOW_ROUND: Duration = Duration::from_secs(2);
+/// Longest wait for the stream that carries a `kith/paths/1` message.
+const SEND_PATHS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wakes the prober of `conn` for fast rounds; with `reannounce` it also sends our
+/// candidates to the peer again (after our network changed). Repeated calls before the
+/// prober runs coalesce.
+pub(crate) fn kick(conn: &QuicConnection, reannounce: bool) {
+    conn.punch.fast.store(true, Ordering::Release);
+    if reannounce {
+        conn.punch.reannounce.store(true, Ordering::Release);
+    }
+    conn.path_kick.notify_one();
+}
+
+/// Sends our probe key, candidates (as known now) and NAT kind to the peer.
+async fn send_paths(inner: &Inner, conn: &QuicConnection, key: [u8; 32]) {
+    let sent = tokio::time::timeout(SEND_PATHS_TIMEOUT, async {
+        let mut s = conn.inner.open_uni().await.ok()?;
+        // Read the candidates once the stream is open: stream order is freshness order
+        // (the peer ignores a message on an older stream than one it applied).
+        let (candidates, reflexive) = inner.candidates();
+        let msg = PathsMsg {
+            key,
+            candidates,
+            reflexive,
+            nat: inner.nat_now(),
+        }
+        .encode(inner.id);
+        s.write_all(&PATHS.header()).await.ok()?;
+        s.write_all(&msg).await.ok()?;
+        s.finish().ok()
+    })
+    .await;
+    if !matches!(sent, Ok(Some(()))) {
+        tracing::debug!("could not send path candidates");
+    }
+}
 
 /// What hole punching is doing for a relayed connection, or why it stays relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +183,14 @@ pub(crate) struct PunchState {
     pub(crate) peer: std::sync::Mutex<Option<PathsMsg>>,
     /// Birthday attempts started.
     pub(crate) attempts: std::sync::atomic::AtomicU32,
+    /// Set with a `path_kick`: go back to fast probe rounds.
+    fast: AtomicBool,
+    /// Set with a `path_kick`: send our `kith/paths/1` message again (our network
+    /// changed).
+    reannounce: AtomicBool,
+    /// Stream index + 1 of the newest `kith/paths/1` message applied (0: none), so a
+    /// stale message that completes after a newer one is ignored.
+    applied: std::sync::atomic::AtomicU64,
 }
 
 impl PunchState {
@@ -146,6 +199,9 @@ impl PunchState {
             status: watch::channel(HolePunch::Idle).0,
             peer: std::sync::Mutex::new(None),
             attempts: std::sync::atomic::AtomicU32::new(0),
+            fast: AtomicBool::new(false),
+            reannounce: AtomicBool::new(false),
+            applied: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -193,24 +249,7 @@ pub(crate) fn start_paths(inner: &Arc<Inner>, conn: &Arc<QuicConnection>) {
         let node = conn.remote;
         let my_key: [u8; 32] = rand::random();
         table.set_my_key(node, my_key);
-        let (candidates, reflexive) = inner.candidates();
-        let msg = PathsMsg {
-            key: my_key,
-            candidates,
-            reflexive,
-            nat: inner.nat_now(),
-        }
-        .encode(inner.id);
-        let sent = async {
-            let mut s = conn.inner.open_uni().await.ok()?;
-            s.write_all(&PATHS.header()).await.ok()?;
-            s.write_all(&msg).await.ok()?;
-            s.finish().ok()
-        }
-        .await;
-        if sent.is_none() {
-            tracing::debug!("could not send path candidates");
-        }
+        send_paths(&inner, &conn, my_key).await;
         let delay = inner.config.path_probe_delay;
         if !delay.is_zero() {
             tokio::select! {
@@ -223,10 +262,10 @@ pub(crate) fn start_paths(inner: &Arc<Inner>, conn: &Arc<QuicConnection>) {
         let mut round = 0u32;
         let mut was_direct = false;
         loop {
-            let wait = if round < 20 {
-                Duration::from_millis(150)
+            let wait = if round < FAST_ROUNDS {
+                FAST_ROUND
             } else {
-                Duration::from_secs(2)
+                SLOW_ROUND
             };
             tokio::select! {
                 _ = conn.inner.closed() => break,
@@ -234,6 +273,14 @@ pub(crate) fn start_paths(inner: &Arc<Inner>, conn: &Arc<QuicConnection>) {
                 _ = tokio::time::sleep(wait) => {}
             }
             round = round.saturating_add(1);
+            if conn.punch.fast.swap(false, Ordering::AcqRel) {
+                round = 0;
+            }
+            if conn.punch.reannounce.swap(false, Ordering::AcqRel) {
+                // The same key: the peer's probes to us stay valid across the change.
+                let (inner, conn) = (inner.clone(), conn.clone());
+                tokio::spawn(async move { send_paths(&inner, &conn, my_key).await });
+            }
             let now = Instant::now();
             if table.expire(&node, now) {
                 tracing::debug!(peer = %node.fmt_short(), "direct path lost; probing again");
@@ -259,6 +306,7 @@ pub(crate) async fn handle_paths(
     conn: &Arc<QuicConnection>,
     mut recv: QuicRecv,
 ) {
+    let seq = recv.0.id().index().saturating_add(1);
     let mut buf = Vec::new();
     let limit = (32 + 1 + MAX_ADVERTISED * (1 + 255) + 2) as u64;
     if (&mut recv).take(limit).read_to_end(&mut buf).await.is_err() {
@@ -271,10 +319,26 @@ pub(crate) async fn handle_paths(
         tracing::debug!("malformed path message ignored");
         return;
     };
+    if conn.punch.applied.fetch_max(seq, Ordering::AcqRel) > seq {
+        tracing::debug!("stale path message ignored");
+        return;
+    }
     sock.table.set_their_key(conn.remote, msg.key);
-    sock.table.add_candidates(conn.remote, &msg.candidates);
-    *crate::endpoint::lock(&conn.punch.peer) = Some(msg);
-    conn.path_kick.notify_one();
+    let update = crate::endpoint::lock(&conn.punch.peer)
+        .replace(msg.clone())
+        .is_some();
+    if update {
+        // A later message: the peer's network changed. What it advertised before (and
+        // what we learned from its probes) is likely stale, and so may be our direct
+        // path to it: probe its new candidates at the fast rate.
+        tracing::debug!(peer = %conn.remote.fmt_short(), candidates = ?msg.candidates, "peer re-advertised its paths");
+        sock.table
+            .replace_candidates(conn.remote, &msg.candidates, Instant::now());
+        kick(conn, false);
+    } else {
+        sock.table.add_candidates(conn.remote, &msg.candidates);
+        conn.path_kick.notify_one();
+    }
     maybe_birthday(inner, conn, &sock.table, &sock.socket);
 }
 
@@ -315,7 +379,6 @@ fn maybe_birthday(
         // The peer reaches our mapped address directly; no need to guess mappings.
         return;
     }
-    use std::sync::atomic::Ordering;
     if conn.punch.attempts.fetch_add(1, Ordering::AcqRel) >= cfg.birthday_attempts {
         return;
     }
@@ -381,7 +444,6 @@ pub(crate) async fn handle_punch(
     {
         return;
     }
-    use std::sync::atomic::Ordering;
     if conn.punch.attempts.fetch_add(1, Ordering::AcqRel) >= cfg.birthday_attempts {
         tracing::debug!("birthday attempts spent; signal ignored");
         return;

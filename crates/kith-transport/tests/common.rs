@@ -10,10 +10,11 @@ use kith_core::net::{
 };
 use kith_transport::{Endpoint, EndpointConfig};
 use rand::SeedableRng;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const ECHO: Protocol = Protocol::from_static("test/echo/1");
 pub const FRAMED: Protocol = Protocol::from_static("test/framed/1");
+pub const HASH: Protocol = Protocol::from_static("test/hash/1");
 
 pub fn key(seed: u64) -> SecretKey {
     SecretKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed))
@@ -34,6 +35,38 @@ impl ProtocolHandler for Echo {
             if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
                 let _ = send.finish();
             }
+        })
+    }
+}
+
+/// Reads a whole stream and answers with its BLAKE3 hash and length.
+#[derive(Debug)]
+pub struct Hasher;
+
+impl ProtocolHandler for Hasher {
+    fn accept_bi(
+        &self,
+        _c: Conn,
+        mut send: BoxSendStream,
+        mut recv: BoxRecvStream,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0u64;
+            loop {
+                match recv.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(k) => {
+                        h.update(&buf[..k]);
+                        n += k as u64;
+                    }
+                    Err(_) => return,
+                }
+            }
+            let _ = send.write_all(h.finalize().as_bytes()).await;
+            let _ = send.write_all(&n.to_le_bytes()).await;
+            let _ = send.finish();
         })
     }
 }
@@ -92,7 +125,6 @@ pub async fn echo(
     msg: &[u8],
 ) -> Result<Vec<u8>, kith_core::net::StreamError> {
     use kith_core::net::StreamError;
-    use tokio::io::AsyncReadExt;
     let (mut send, mut recv) = conn.open_bi(&ECHO).await?;
     send.write_all(msg).await.map_err(StreamError::from_io)?;
     send.finish()?;

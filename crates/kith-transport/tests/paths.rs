@@ -7,47 +7,12 @@ use std::time::Duration;
 
 use common::*;
 use kith_core::NodeAddr;
-use kith_core::net::{
-    BoxFuture, BoxRecvStream, BoxSendStream, Conn, Connection, Protocol, ProtocolHandler,
-};
+use kith_core::net::Connection;
 use kith_transport::relay::{RelayConfig, RelayServer};
 use kith_transport::{Endpoint, EndpointConfig, PathKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(15);
-const HASH: Protocol = Protocol::from_static("test/hash/1");
-
-/// Reads a whole stream and answers with its BLAKE3 hash and length.
-#[derive(Debug)]
-struct Hasher;
-
-impl ProtocolHandler for Hasher {
-    fn accept_bi(
-        &self,
-        _c: Conn,
-        mut send: BoxSendStream,
-        mut recv: BoxRecvStream,
-    ) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let mut h = blake3::Hasher::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut n = 0u64;
-            loop {
-                match recv.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(k) => {
-                        h.update(&buf[..k]);
-                        n += k as u64;
-                    }
-                    Err(_) => return,
-                }
-            }
-            let _ = send.write_all(h.finalize().as_bytes()).await;
-            let _ = send.write_all(&n.to_le_bytes()).await;
-            let _ = send.finish();
-        })
-    }
-}
 
 struct Net {
     relay: Endpoint,

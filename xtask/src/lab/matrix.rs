@@ -36,9 +36,9 @@ use super::topology::{Lab, state_dir};
 use super::{Options, hygiene};
 
 /// Port of the STUN server (coturn) in `pub2`.
-const STUN_PORT: u16 = 3478;
+pub(crate) const STUN_PORT: u16 = 3478;
 /// Port of the relay in `pub1`.
-const RELAY_PORT: u16 = 7000;
+pub(crate) const RELAY_PORT: u16 = 7000;
 /// Bytes per transfer.
 const TRANSFER_BYTES: u64 = 1 << 20;
 /// How long `wait-direct` waits inside the peer, ms.
@@ -626,7 +626,18 @@ impl Kith {
         self.reply(timeout)
     }
 
-    /// Sends a command without waiting for its reply (read it with [`reply`](Self::reply)).
+    /// The reply to a command sent with [`send`](Self::send), within `timeout`.
+    pub(crate) fn reply(&mut self, timeout: Duration) -> Result<Result<String, String>, String> {
+        parse_reply(&self.line(timeout)?)
+    }
+
+    /// A line (a reply) that is already waiting, taken from the queue; `None` if none.
+    pub(crate) fn try_line(&mut self) -> Option<String> {
+        self.lines.try_recv().ok()
+    }
+
+    /// Sends a command without waiting for its reply (read it with
+    /// [`reply`](Self::reply)), so a long command can span something else.
     pub(crate) fn send(&mut self, command: &str) -> Result<(), String> {
         if let Some(d) = &self.dead {
             return Err(format!("not asked (earlier: {d})"));
@@ -644,11 +655,6 @@ impl Kith {
             return Err(why);
         }
         Ok(())
-    }
-
-    /// The reply to the command sent last.
-    pub(crate) fn reply(&mut self, timeout: Duration) -> Result<Result<String, String>, String> {
-        parse_reply(&self.line(timeout)?)
     }
 }
 
@@ -721,14 +727,19 @@ impl Drop for Kith {
 
 /// coturn (`turnserver`) as a STUN-only server in a lab namespace; killed by its pid on
 /// drop (and with its namespace when the lab goes down).
-struct Coturn {
-    node: String,
-    addr: SocketAddr,
+pub(crate) struct Coturn {
+    pub(crate) node: String,
+    pub(crate) addr: SocketAddr,
     child: Child,
 }
 
 impl Coturn {
-    fn start(lab: &Lab, node: &str, addr: SocketAddr, logs: &Path) -> Result<Coturn, String> {
+    pub(crate) fn start(
+        lab: &Lab,
+        node: &str,
+        addr: SocketAddr,
+        logs: &Path,
+    ) -> Result<Coturn, String> {
         if !super::sys::have("turnserver") {
             return Err("`turnserver` (Debian package coturn) is not installed".into());
         }
@@ -792,7 +803,7 @@ impl Coturn {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }

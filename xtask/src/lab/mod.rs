@@ -14,6 +14,7 @@
 //! cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab spoof [--quick] [--id ID] [--keep] [--no-build] [-v]
+//! cargo xtask lab renumber [--id ID] [--keep] [--no-build] [-v]
 //! ```
 //!
 //! Needs root, `ip`/`tc` (iproute2) and `nft` (nftables). Uses only std: it shells out
@@ -26,7 +27,8 @@
 //! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`), [`mdns`]
 //! (two peers on one segment find each other with mDNS), [`portmap`]
 //! (`kith peer --port-map` against miniupnpd on a home router), [`spoof`] (forged and
-//! replayed path probes do not move a path).
+//! replayed path probes do not move a path), [`renumber`] (a home
+//! router's WAN address changes under a direct connection).
 
 mod check;
 mod hygiene;
@@ -36,6 +38,7 @@ mod nft;
 mod plan;
 mod portmap;
 mod relaycheck;
+mod renumber;
 mod spoof;
 mod switch;
 mod sys;
@@ -58,7 +61,9 @@ const USAGE: &str = "usage:
   cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 
   cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
-  cargo xtask lab spoof [--quick] [--id ID] [--keep] [--no-build] [-v]";
+  cargo xtask lab spoof [--quick] [--id ID] [--keep] [--no-build] [-v]
+
+  cargo xtask lab renumber [--id ID] [--keep] [--no-build] [-v]";
 
 /// Default one-way delay per access link and direction, in ms.
 const DEFAULT_DELAY_MS: u32 = 10;
@@ -164,6 +169,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         "mdns" => {
             let (build, rest) = no_build(rest);
             mdns::run(root, &parse_options(&rest, "mdns")?, build)
+        }
+        "renumber" => {
+            let (build, rest) = no_build(rest);
+            renumber::run(root, &parse_options(&rest, "renumber")?, build)
         }
         "plan" => {
             print!("{}", plan::Plan::standard().describe());
