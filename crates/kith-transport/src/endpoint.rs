@@ -321,6 +321,10 @@ impl Inner {
         for s in self.socks() {
             s.table.network_changed(now);
         }
+        // The gateway (or its external address) may be new: ask it again now.
+        if let Some(pm) = lock(&self.portmap).as_ref() {
+            pm.refresh();
+        }
         // Re-advertise at once with what is known now (a peer's new hello may already
         // name the new address), and again after STUN if that changed the candidates.
         for c in self.path_connections() {

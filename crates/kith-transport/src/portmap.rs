@@ -38,6 +38,7 @@ pub(crate) mod wire;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -183,6 +184,7 @@ impl From<wire::WireError> for PortMapError {
 #[derive(Debug)]
 pub struct PortMapper {
     state: watch::Receiver<Option<Mapping>>,
+    refresh: Arc<tokio::sync::Notify>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -195,9 +197,11 @@ impl PortMapper {
     pub fn start(config: Config, local: SocketAddr) -> Self {
         let (tx, state) = watch::channel(None);
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(config, local, tx, stopped));
+        let refresh = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(run(config, local, tx, refresh.clone(), stopped));
         Self {
             state,
+            refresh,
             stop: Some(stop),
             task: Some(task),
         }
@@ -216,6 +220,13 @@ impl PortMapper {
     /// The protocol of the current mapping.
     pub fn protocol(&self) -> Option<Protocol> {
         self.mapping().map(|m| m.protocol)
+    }
+
+    /// Asks the gateway again now instead of at the next renewal (the network changed:
+    /// the gateway or its external address may be new); failures back off from the
+    /// start again.
+    pub fn refresh(&self) {
+        self.refresh.notify_one();
     }
 
     /// A receiver that sees every change of the mapping (made, moved, lost).
@@ -274,6 +285,7 @@ async fn run(
     config: Config,
     local: SocketAddr,
     tx: watch::Sender<Option<Mapping>>,
+    refresh: Arc<tokio::sync::Notify>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut rng = rand::rngs::StdRng::from_entropy();
@@ -328,6 +340,7 @@ async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
+            _ = refresh.notified() => failures = 0,
             _ = &mut stopped => break,
         }
     }

@@ -111,6 +111,19 @@ async fn pcp_maps_renews_and_deletes() {
 }
 
 #[tokio::test]
+async fn refresh_asks_the_gateway_again_at_once() {
+    // Granted an hour: without refresh the next request would come in 30 minutes.
+    let (port, mut seen) = pmp_gateway(true, 3600, None).await;
+    let mapper = PortMapper::start(config(port), local());
+    let _ = mapped(&mapper).await;
+    assert_eq!(next(&mut seen).await, (Protocol::Pcp, 4000, 7200));
+    mapper.refresh();
+    assert_eq!(next(&mut seen).await, (Protocol::Pcp, 4000, 7200));
+    mapper.shutdown().await;
+    assert_eq!(next(&mut seen).await, (Protocol::Pcp, 4000, 0));
+}
+
+#[tokio::test]
 async fn natpmp_fallback_and_delete_on_drop() {
     let (port, mut seen) = pmp_gateway(false, 3600, None).await;
     let mapper = PortMapper::start(config(port), local());
