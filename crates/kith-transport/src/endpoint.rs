@@ -714,7 +714,9 @@ impl Endpoint {
             // The first round before bind returns, so the first connections already
             // carry reflexive candidates and a NAT kind; then refresh in the background.
             endpoint.inner().stun_round(false).await;
-            let weak = Arc::downgrade(&endpoint.handle);
+            // The task holds `Inner` weakly, like the interface poll: it never keeps the
+            // endpoint open (nor closes it by dropping the last handle).
+            let weak = Arc::downgrade(endpoint.inner());
             let every = endpoint
                 .config()
                 .hole_punch
@@ -723,12 +725,11 @@ impl Endpoint {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let Some(handle) = weak.upgrade() else { return };
-                    let ep = Endpoint { handle };
-                    if ep.inner().closing.load(Ordering::Acquire) {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.closing.load(Ordering::Acquire) {
                         return;
                     }
-                    ep.inner().stun_round(false).await;
+                    inner.stun_round(false).await;
                 }
             });
         }

@@ -531,7 +531,7 @@ impl PathTable {
     }
 
     /// Ends a birthday-probing attempt: drops every extra socket but the one the direct
-    /// path uses. Returns whether `sock` is still in use.
+    /// path uses.
     pub(crate) fn keep_only_used_socket(&self, node: &NodeId) {
         if let Some(p) = lock(&self.state).nodes.get_mut(node) {
             let used = p.direct.as_ref().and_then(|d| d.via.clone());

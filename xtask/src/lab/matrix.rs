@@ -709,6 +709,34 @@ pub(crate) fn spawn_peer(
     Ok((k, addr))
 }
 
+/// Starts `kith relay --bind <node's address>:RELAY_PORT` in `node`, logging to
+/// `<logs>/<node>-relay.log`, and returns it with its address line.
+pub(crate) fn spawn_relay(
+    lab: &Lab,
+    node: &str,
+    exe: &Path,
+    logs: &Path,
+    verbose: bool,
+) -> Result<(Kith, String), String> {
+    let ip = lab
+        .plan
+        .primary_addr(node)
+        .ok_or_else(|| format!("no address for {node}"))?;
+    let bind = SocketAddr::new(ip.into(), RELAY_PORT).to_string();
+    let mut relay = Kith::spawn(
+        lab,
+        node,
+        exe,
+        &["relay".to_string(), "--bind".into(), bind],
+        &logs.join(format!("{node}-relay.log")),
+        verbose,
+    )?;
+    let addr = relay
+        .addr_line()
+        .map_err(|e| format!("the relay did not start: {e}"))?;
+    Ok((relay, addr))
+}
+
 impl Drop for Kith {
     fn drop(&mut self) {
         // Closing stdin asks the process to exit; give it a moment, then kill by pid.
@@ -1026,19 +1054,8 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
         plan.primary_addr(node)
             .ok_or_else(|| format!("no address for {node}"))
     };
-    let relay_bind = SocketAddr::new(ip(relay_node)?.into(), RELAY_PORT);
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
-    let mut relay = Kith::spawn(
-        lab,
-        relay_node,
-        exe,
-        &s(&["relay", "--bind", &relay_bind.to_string()]),
-        &logs.join(format!("{relay_node}-relay.log")),
-        verbose,
-    )?;
-    let relay_addr = relay
-        .addr_line()
-        .map_err(|e| format!("the relay did not start: {e}"))?;
+    let (mut relay, relay_addr) = spawn_relay(lab, relay_node, exe, logs, verbose)?;
     eprintln!(
         "matrix: relay in {relay_node} (pid {}): {relay_addr}",
         relay.pid()

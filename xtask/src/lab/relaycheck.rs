@@ -116,6 +116,18 @@ impl Drop for Capture {
     }
 }
 
+/// The bytes of `file` from `*seen - overlap` on, advancing `*seen` to its end.
+fn written_since(file: &Path, seen: &mut usize, overlap: usize) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(file).ok()?;
+    let from = seen.saturating_sub(overlap);
+    f.seek(SeekFrom::Start(from as u64)).ok()?;
+    let mut new = Vec::new();
+    f.read_to_end(&mut new).ok()?;
+    *seen = from + new.len();
+    Some(new)
+}
+
 /// Non-overlapping occurrences of `needle` in `hay`.
 pub(crate) fn count(hay: &[u8], needle: &[u8]) -> usize {
     if needle.is_empty() || hay.len() < needle.len() {
@@ -281,10 +293,14 @@ pub(crate) fn step(lab: &Lab, relay_node: &str, peers: &mut [Peer], logs: &Path)
         }
         // Wait until the capture has written the control (it may lag behind the relayed
         // megabytes), bounded: 10 s.
+        // Only what was written since the last look is read (with an overlap of one
+        // control length, for a control split across two reads).
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = 0usize;
         while control_sent && Instant::now() < deadline {
-            let so_far = std::fs::read(&cap.file).unwrap_or_default();
-            if count(&so_far, control.as_bytes()) > 0 {
+            if written_since(&cap.file, &mut seen, control.len())
+                .is_some_and(|new| count(&new, control.as_bytes()) > 0)
+            {
                 break;
             }
             thread::sleep(Duration::from_millis(100));

@@ -32,10 +32,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::Options;
-use super::matrix::{
-    Coturn, Kith, PathSeen, PeerAddr, RELAY_PORT, STUN_PORT, decode_peer_addr, parse_transfer,
-    parse_wait,
-};
+use super::matrix::{Coturn, Kith, PathSeen, PeerAddr, STUN_PORT, parse_transfer, parse_wait};
 use super::plan::{HomeKind, Plan};
 use super::sys::{self, Cmd};
 use super::topology::{Lab, state_dir};
@@ -188,31 +185,13 @@ fn start_peer(
     stun: Option<SocketAddr>,
     verbose: bool,
 ) -> Result<(Kith, PeerAddr), String> {
-    let ip = lab
-        .plan
-        .primary_addr(node)
-        .ok_or_else(|| format!("no address for {node}"))?;
-    let mut args = vec![
-        "peer".to_string(),
-        "--bind".into(),
-        SocketAddr::new(ip.into(), 0).to_string(),
-        "--relay".into(),
-        relay.into(),
-    ];
-    if let Some(s) = stun {
-        args.extend(["--stun".into(), s.to_string()]);
+    let stun = stun.map(|s| s.to_string());
+    let mut extra = vec!["--relay", relay];
+    if let Some(s) = &stun {
+        extra.extend(["--stun", s.as_str()]);
     }
     let log = logs.join(format!("{node}-renumber.log"));
-    let mut k = Kith::spawn(lab, node, exe, &args, &log, verbose)?;
-    let addr = k.addr_line().and_then(|a| decode_peer_addr(&a))?;
-    eprintln!(
-        "renumber: peer in {node} (pid {}): id {} direct {:?} relays {}",
-        k.pid(),
-        &addr.id[..10],
-        addr.direct,
-        addr.relays
-    );
-    Ok((k, addr))
+    super::matrix::spawn_peer(lab, node, exe, &extra, &log, "renumber", verbose)
 }
 
 /// Runs the step on a lab that is up; never fails, the outcome says what happened.
@@ -247,18 +226,7 @@ fn run_step(
         plan.primary_addr(node)
             .ok_or_else(|| format!("no address for {node}"))
     };
-    let relay_bind = SocketAddr::new(ip(relay_node)?.into(), RELAY_PORT);
-    let mut relay = Kith::spawn(
-        lab,
-        relay_node,
-        exe,
-        &["relay".to_string(), "--bind".into(), relay_bind.to_string()],
-        &logs.join(format!("{relay_node}-relay.log")),
-        verbose,
-    )?;
-    let relay_addr = relay
-        .addr_line()
-        .map_err(|e| format!("the relay did not start: {e}"))?;
+    let (relay, relay_addr) = super::matrix::spawn_relay(lab, relay_node, exe, logs, verbose)?;
     let coturn = if sys::have("turnserver") {
         Coturn::start(
             lab,

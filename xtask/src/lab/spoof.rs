@@ -673,18 +673,7 @@ fn scenario(
             .primary_addr(n)
             .ok_or_else(|| format!("no address for {n}"))
     };
-    let relay_bind = SocketAddr::new(ip("pub1")?.into(), RELAY_PORT);
-    let mut relay = Kith::spawn(
-        lab,
-        "pub1",
-        exe,
-        &["relay".to_string(), "--bind".into(), relay_bind.to_string()],
-        &dir.join("pub1-relay.log"),
-        v,
-    )?;
-    let relay_addr = relay
-        .addr_line()
-        .map_err(|e| format!("the relay did not start: {e}"))?;
+    let (mut relay, relay_addr) = matrix::spawn_relay(lab, "pub1", exe, dir, v)?;
     eprintln!("spoof: relay in pub1 (pid {})", relay.pid());
     let mut peers = Peers {
         pub2: start_peer(lab, "pub2", exe, &relay_addr, dir, v)?,

@@ -13,11 +13,10 @@
 //! `lab.switch.ms`.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::matrix::{Kith, PathSeen, decode_peer_addr, parse_connect, parse_transfer};
+use super::matrix::{PathSeen, parse_connect, parse_transfer, spawn_peer};
 use super::plan::HomeKind;
 use super::topology::Lab;
 
@@ -35,10 +34,9 @@ pub(crate) struct SwitchCheck {
     pub(crate) problems: Vec<String>,
 }
 
-fn host_of(lab: &Lab, kind: HomeKind) -> Option<(String, SocketAddr)> {
+fn host_of(lab: &Lab, kind: HomeKind) -> Option<String> {
     let home = lab.plan.homes.iter().find(|h| h.kind == kind)?;
-    let ip = lab.plan.primary_addr(&home.host)?;
-    Some((home.host.clone(), SocketAddr::new(ip.into(), 0)))
+    Some(home.host.clone())
 }
 
 /// Runs the step against the matrix's relay.
@@ -59,40 +57,27 @@ fn run(
     verbose: bool,
     f: &mut String,
 ) -> Result<Vec<String>, String> {
-    let (a_node, a_bind) = host_of(lab, HomeKind::Eim).ok_or("no eim home")?;
-    let (b_node, b_bind) = host_of(lab, HomeKind::Cgnat).ok_or("no cgnat home")?;
-    let args = |bind: SocketAddr| -> Vec<String> {
-        [
-            "peer",
-            "--bind",
-            &bind.to_string(),
-            "--relay",
-            relay,
-            "--probe-delay-ms",
-            PROBE_DELAY_MS,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let mut a = Kith::spawn(
+    let a_node = host_of(lab, HomeKind::Eim).ok_or("no eim home")?;
+    let b_node = host_of(lab, HomeKind::Cgnat).ok_or("no cgnat home")?;
+    let extra = ["--relay", relay, "--probe-delay-ms", PROBE_DELAY_MS];
+    let (mut a, _) = spawn_peer(
         lab,
         &a_node,
         exe,
-        &args(a_bind),
+        &extra,
         &logs.join("switch-a.log"),
+        "switch",
         verbose,
     )?;
-    let mut b = Kith::spawn(
+    let (_b, b_addr) = spawn_peer(
         lab,
         &b_node,
         exe,
-        &args(b_bind),
+        &extra,
         &logs.join("switch-b.log"),
+        "switch",
         verbose,
     )?;
-    a.addr_line()?;
-    let b_addr = decode_peer_addr(&b.addr_line()?)?;
     let connected = match a.ask(&format!("connect {}", b_addr.hex), Duration::from_secs(25))? {
         Ok(body) => parse_connect(&body)?,
         Err(e) => return Err(format!("connect: {e}")),
