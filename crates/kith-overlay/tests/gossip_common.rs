@@ -120,30 +120,91 @@ pub(crate) fn drain(members: &mut [Member]) {
 /// neighbour relation is known at both ends (no join, neighbour request or disconnect
 /// is in flight). Polls the drivers, yielding in between; bounded by `limit`.
 pub(crate) async fn until_stable(members: &mut [Member], limit: Duration) {
+    let mut last = Vec::new();
     let wait = async {
         loop {
             let mut views = Vec::new();
             for m in members.iter() {
                 views.push((m.id(), m.sender.neighbors().await.expect("driver running")));
             }
-            let settled = views.iter().all(|(me, ns)| {
-                !ns.is_empty()
-                    && ns.iter().all(|n| {
-                        views
-                            .iter()
-                            .any(|(id, theirs)| id == n && theirs.contains(me))
-                    })
-            });
+            let unsettled = unsettled(&views);
             drain(members);
-            if settled {
+            if unsettled.is_empty() {
                 return;
             }
+            last = unsettled;
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(limit, wait)
-        .await
-        .expect("membership settled in time");
+    if tokio::time::timeout(limit, wait).await.is_err() {
+        panic!(
+            "membership not settled within {limit:?}:\n{}",
+            last.join("\n")
+        );
+    }
+}
+
+/// The gossip configuration of these tests: defaults, but a short shuffle interval, so
+/// that an overlay split by concurrent joins heals well within the tests' waits (an
+/// under-full member escalates once its back-off reaches the shuffle interval).
+pub(crate) fn test_config() -> Config {
+    Config {
+        shuffle_interval: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+/// What keeps `views` (each member's active view) from being settled: members without
+/// neighbours, one-sided neighbour relations, and an overlay in more than one piece (a
+/// broadcast cannot cross from one to another).
+fn unsettled(views: &[(NodeId, Vec<NodeId>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut reached: HashSet<NodeId> = HashSet::new();
+    let mut sizes = Vec::new();
+    for (start, _) in views {
+        if !reached.insert(*start) {
+            continue;
+        }
+        let mut group = vec![*start];
+        let mut k = 0;
+        while k < group.len() {
+            let ns = views
+                .iter()
+                .find(|(id, _)| *id == group[k])
+                .map(|(_, ns)| ns);
+            for n in ns.into_iter().flatten() {
+                if reached.insert(*n) {
+                    group.push(*n);
+                }
+            }
+            k += 1;
+        }
+        sizes.push(group.len());
+    }
+    if sizes.len() > 1 {
+        out.push(format!(
+            "overlay in {} pieces of sizes {sizes:?}",
+            sizes.len()
+        ));
+    }
+    for (me, ns) in views {
+        if ns.is_empty() {
+            out.push(format!("{} has no neighbour", me.fmt_short()));
+        }
+        for n in ns {
+            if !views
+                .iter()
+                .any(|(id, theirs)| id == n && theirs.contains(me))
+            {
+                out.push(format!(
+                    "{} has {} as neighbour, not the other way",
+                    me.fmt_short(),
+                    n.fmt_short()
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Processes events until every member other than its author delivered every message of
@@ -166,9 +227,30 @@ pub(crate) async fn until_delivered(
             }
         }
     };
-    tokio::time::timeout(limit, wait)
-        .await
-        .expect("every broadcast delivered in time");
+    if tokio::time::timeout(limit, wait).await.is_err() {
+        drain(members);
+        let mut missing = Vec::new();
+        for m in members.iter() {
+            let me = m.id();
+            for (author, payload) in sent {
+                if *author != me && !m.received.iter().any(|(a, p)| a == author && p == payload) {
+                    missing.push(format!(
+                        "{} lacks {:?} (neighbours {:?})",
+                        me.fmt_short(),
+                        payload,
+                        m.neighbors
+                            .iter()
+                            .map(|n| n.fmt_short())
+                            .collect::<Vec<_>>()
+                    ));
+                }
+            }
+        }
+        panic!(
+            "not every broadcast delivered within {limit:?}:\n{}",
+            missing.join("\n")
+        );
+    }
     for m in members.iter() {
         let me = m.id();
         let expected = sent.iter().filter(|(a, _)| *a != me).count();

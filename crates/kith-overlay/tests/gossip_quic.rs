@@ -8,11 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kith_core::{SecretKey, Transport};
-use kith_overlay::gossip::{Config, TopicId};
+use kith_overlay::gossip::TopicId;
 use kith_transport::{Endpoint, EndpointConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_broadcast_reaches_all_20_members_over_quic_loopback() {
+    // Logs on demand (RUST_LOG=kith_overlay=debug) to diagnose a failure.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut nodes: Vec<(Arc<dyn Transport>, SecretKey)> = Vec::new();
     for n in 0..20u8 {
         let key = SecretKey::from_bytes(&[n + 1; 32]);
@@ -24,7 +29,7 @@ async fn every_broadcast_reaches_all_20_members_over_quic_loopback() {
     let endpoints: Vec<Arc<dyn Transport>> = nodes.iter().map(|(t, _)| t.clone()).collect();
     let mut members = common::swarm(
         nodes,
-        Config::default(),
+        common::test_config(),
         TopicId::from_name("quic-room"),
         20,
     )

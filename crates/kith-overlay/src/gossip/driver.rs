@@ -204,6 +204,7 @@ impl Gossip {
         let (cmd_tx, cmd_rx) = mpsc::channel(config.command_queue);
         let (fail_tx, fail_rx) = mpsc::unbounded_channel();
         let local = transport.local_addr();
+        let span_id = local.node_id;
         let handle = Self {
             cmd: cmd_tx,
             local: local.clone(),
@@ -222,7 +223,11 @@ impl Gossip {
             room: Arc::new(Notify::new()),
             rng: rand::rngs::StdRng::from_entropy(),
         };
-        tokio::spawn(driver.run(cmd_rx, in_rx, fail_rx));
+        let span = tracing::debug_span!("gossip", me = %span_id.fmt_short());
+        tokio::spawn(tracing::Instrument::instrument(
+            driver.run(cmd_rx, in_rx, fail_rx),
+            span,
+        ));
         Ok(handle)
     }
 
@@ -547,6 +552,7 @@ impl Driver {
                 },
                 _ = room.notified(), if !has_room => {}
                 Some((from, msg)) = inbound.recv() => {
+                    tracing::trace!(from = %from.fmt_short(), body = ?msg.body, "gossip in");
                     let topic = msg.topic;
                     if let Some(t) = self.topics.get_mut(&topic) {
                         t.core.handle_message(Instant::now(), from, msg);
@@ -685,6 +691,7 @@ impl Driver {
                 }
             };
             let id = tx.to.node_id;
+            tracing::trace!(to = %id.fmt_short(), body = ?tx.msg.body, "gossip out");
             let mut frame = Some(frame);
             for _ in 0..2 {
                 let Some(f) = frame.take() else { break };

@@ -112,14 +112,19 @@ pub enum Body {
     Neighbor {
         /// The sender; its id must be the authenticated sender.
         sender: NodeAddr,
-        /// High priority (the sender has no neighbour left, or was admitted by a join):
-        /// the receiver must accept.
+        /// High priority (the sender has few neighbours left, or was admitted by a
+        /// join): the receiver must accept.
         high_priority: bool,
+        /// The sender's number for this request, echoed in the reply (0: the sender
+        /// does not wait for the reply).
+        request: u64,
     },
     /// Answer to [`Body::Neighbor`].
     NeighborReply {
         /// Whether the receiver made the sender an active neighbour.
         accepted: bool,
+        /// The `request` number of the [`Body::Neighbor`] answered.
+        request: u64,
     },
     /// The sender removed the receiver from its active view.
     Disconnect {
@@ -345,12 +350,16 @@ pub mod wire {
         pub sender: ::bytes::Bytes,
         #[prost(bool, tag = "2")]
         pub high_priority: bool,
+        #[prost(uint64, tag = "3")]
+        pub request: u64,
     }
 
     #[derive(Clone, PartialEq, ::prost::Message)]
     pub struct NeighborReplyMsg {
         #[prost(bool, tag = "1")]
         pub accepted: bool,
+        #[prost(uint64, tag = "2")]
+        pub request: u64,
     }
 
     #[derive(Clone, PartialEq, ::prost::Message)]
@@ -458,12 +467,15 @@ impl Message {
             Body::Neighbor {
                 sender,
                 high_priority,
+                request,
             } => W::Neighbor(wire::NeighborMsg {
                 sender: addr_to(sender),
                 high_priority: *high_priority,
+                request: *request,
             }),
-            Body::NeighborReply { accepted } => W::NeighborReply(wire::NeighborReplyMsg {
+            Body::NeighborReply { accepted, request } => W::NeighborReply(wire::NeighborReplyMsg {
                 accepted: *accepted,
+                request: *request,
             }),
             Body::Disconnect { alive } => W::Disconnect(wire::DisconnectMsg { alive: *alive }),
             Body::Shuffle { origin, ttl, nodes } => W::Shuffle(wire::ShuffleMsg {
@@ -520,9 +532,11 @@ impl Message {
             W::Neighbor(n) => Body::Neighbor {
                 sender: addr_from(&n.sender)?,
                 high_priority: n.high_priority,
+                request: n.request,
             },
             W::NeighborReply(r) => Body::NeighborReply {
                 accepted: r.accepted,
+                request: r.request,
             },
             W::Disconnect(d) => Body::Disconnect { alive: d.alive },
             W::Shuffle(s) => Body::Shuffle {
@@ -639,11 +653,15 @@ mod tests {
             arb_addr().prop_map(|sender| Body::Join { sender }),
             (arb_addr(), 0..=MAX_WALK_TTL)
                 .prop_map(|(joiner, ttl)| Body::ForwardJoin { joiner, ttl }),
-            (arb_addr(), any::<bool>()).prop_map(|(sender, high_priority)| Body::Neighbor {
-                sender,
-                high_priority
-            }),
-            any::<bool>().prop_map(|accepted| Body::NeighborReply { accepted }),
+            (arb_addr(), any::<bool>(), any::<u64>()).prop_map(
+                |(sender, high_priority, request)| Body::Neighbor {
+                    sender,
+                    high_priority,
+                    request
+                }
+            ),
+            (any::<bool>(), any::<u64>())
+                .prop_map(|(accepted, request)| Body::NeighborReply { accepted, request }),
             any::<bool>().prop_map(|alive| Body::Disconnect { alive }),
             (arb_addr(), 0..=MAX_WALK_TTL, addrs())
                 .prop_map(|(origin, ttl, nodes)| Body::Shuffle { origin, ttl, nodes }),
