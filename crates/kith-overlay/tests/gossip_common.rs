@@ -144,16 +144,6 @@ pub(crate) async fn until_stable(members: &mut [Member], limit: Duration) {
     }
 }
 
-/// The gossip configuration of these tests: defaults, but a short shuffle interval, so
-/// that an overlay split by concurrent joins heals well within the tests' waits (an
-/// under-full member escalates once its back-off reaches the shuffle interval).
-pub(crate) fn test_config() -> Config {
-    Config {
-        shuffle_interval: Duration::from_secs(2),
-        ..Config::default()
-    }
-}
-
 /// What keeps `views` (each member's active view) from being settled: members without
 /// neighbours, one-sided neighbour relations, and an overlay in more than one piece (a
 /// broadcast cannot cross from one to another).

@@ -27,7 +27,7 @@ async fn every_broadcast_reaches_all_24_members_on_mem_network() {
     let net = MemNetwork::new();
     let mut members = common::swarm(
         mem_nodes(&net, 24),
-        common::test_config(),
+        Config::default(),
         TopicId::from_name("mem-room"),
         24,
     )
@@ -41,7 +41,7 @@ async fn neighbor_scope_reaches_exactly_the_direct_neighbors() {
     let net = MemNetwork::new();
     let mut members = common::swarm(
         mem_nodes(&net, 8),
-        common::test_config(),
+        Config::default(),
         TopicId::from_name("scoped"),
         8,
     )

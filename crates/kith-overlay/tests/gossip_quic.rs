@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kith_core::{SecretKey, Transport};
-use kith_overlay::gossip::TopicId;
+use kith_overlay::gossip::{Config, TopicId};
 use kith_transport::{Endpoint, EndpointConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +29,7 @@ async fn every_broadcast_reaches_all_20_members_over_quic_loopback() {
     let endpoints: Vec<Arc<dyn Transport>> = nodes.iter().map(|(t, _)| t.clone()).collect();
     let mut members = common::swarm(
         nodes,
-        common::test_config(),
+        Config::default(),
         TopicId::from_name("quic-room"),
         20,
     )

@@ -15,7 +15,9 @@
 //!   sample of its views on a 4-hop walk and gets a sample back, which keeps passive
 //!   views fresh and random. When a neighbour fails (the driver reports it with
 //!   [`TopicCore::peer_failed`]) or disconnects, the member asks passive peers to become
-//!   neighbours (high priority when it has none left) until the active view is full.
+//!   neighbours (high priority, which a full peer must accept, when it has fewer than
+//!   half its target left) until the active view is full. Requests are numbered and only
+//!   the answer to the open one counts, so neighbour links stay two-sided.
 //! * **Broadcast (Plumtree).** A broadcast is pushed *eagerly* (full payload) to eager
 //!   neighbours and announced *lazily* (`IHave`, batched) to the others. A duplicate
 //!   makes the receiver `Prune` the link (it turns lazy on both sides), so eager links
@@ -24,7 +26,9 @@
 //!   repairing the tree. A lazy peer that announces a message `optimization_threshold`
 //!   hops earlier than the eager copy came swaps places with the eager parent. Message
 //!   ids are remembered in a bounded, time-limited cache for duplicate suppression;
-//!   recent payloads are kept (bounded) to answer grafts. [`Scope::Neighbors`] sends a
+//!   recent payloads are kept (bounded) to answer grafts, and are announced to every new
+//!   neighbour, so a member that was briefly without neighbours (or just joined) gets
+//!   the broadcasts of the last `history_ttl` it missed. [`Scope::Neighbors`] sends a
 //!   broadcast to the direct neighbours only; they do not forward it.
 //!
 //! # Authorship
