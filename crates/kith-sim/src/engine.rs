@@ -3,13 +3,55 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 /// A duration in virtual nanoseconds (saturating).
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Virtual time: nanoseconds since the start, shown to the cores as `Instant`s after a
+/// fixed base taken when the simulation is created. It only moves forward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    base: Instant,
+    ticks: u64,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            ticks: 0,
+        }
+    }
+
+    /// Virtual nanoseconds since the start.
+    pub(crate) fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
+    /// The current virtual time as an `Instant`.
+    pub(crate) fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(self.ticks)
+    }
+
+    /// Virtual time since the start.
+    pub(crate) fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.ticks)
+    }
+
+    /// The tick of an `Instant` a core asked for, never in the past.
+    pub(crate) fn ticks_at(&self, t: Instant) -> u64 {
+        nanos(t.saturating_duration_since(self.base)).max(self.ticks)
+    }
+
+    /// Moves the clock to `ticks` (never backwards).
+    pub(crate) fn advance_to(&mut self, ticks: u64) {
+        self.ticks = self.ticks.max(ticks);
+    }
 }
 
 /// Where a node sits in the latency model: a point in the unit square and the delay of

@@ -19,7 +19,7 @@ use kith_core::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::engine::{EventQueue, Place, nanos};
+use crate::engine::{Clock, EventQueue, Place, nanos};
 
 /// A sans-IO core as the network sees it.
 pub trait Actor {
@@ -111,8 +111,7 @@ enum Kind<M> {
 #[derive(Debug)]
 pub struct Net<A: Actor> {
     cfg: NetConfig,
-    base: Instant,
-    now: u64,
+    clock: Clock,
     rng: StdRng,
     nodes: Vec<Slot<A>>,
     index: HashMap<NodeId, u32>,
@@ -126,8 +125,7 @@ impl<A: Actor> Net<A> {
         Self {
             rng: StdRng::seed_from_u64(cfg.seed),
             cfg,
-            base: Instant::now(),
-            now: 0,
+            clock: Clock::new(),
             nodes: Vec::new(),
             index: HashMap::new(),
             queue: EventQueue::new(),
@@ -137,12 +135,12 @@ impl<A: Actor> Net<A> {
 
     /// Current virtual time as an `Instant`.
     pub fn now(&self) -> Instant {
-        self.base + Duration::from_nanos(self.now)
+        self.clock.now()
     }
 
     /// Virtual time elapsed since the start.
     pub fn elapsed(&self) -> Duration {
-        Duration::from_nanos(self.now)
+        self.clock.elapsed()
     }
 
     /// Network counters.
@@ -231,7 +229,7 @@ impl<A: Actor> Net<A> {
         let dead = n.actor.id();
         let idle = nanos(self.cfg.conn_idle);
         for j in 0..self.nodes.len() as u32 {
-            let now = self.now;
+            let now = self.clock.ticks();
             let s = &mut self.nodes[j as usize];
             if !s.alive {
                 continue;
@@ -285,7 +283,7 @@ impl<A: Actor> Net<A> {
             return;
         }
         if let Some(t) = node.actor.poll_timeout() {
-            let at = nanos(t.saturating_duration_since(self.base)).max(self.now);
+            let at = self.clock.ticks_at(t);
             if node.timer_at != Some(at) {
                 node.timer_at = Some(at);
                 self.push(at, Kind::Timer { node: i });
@@ -295,7 +293,7 @@ impl<A: Actor> Net<A> {
 
     fn transmit(&mut self, from: u32, to: NodeId, msg: A::Msg) {
         self.stats.sent += 1;
-        let now = self.now;
+        let now = self.clock.ticks();
         let Some(&dst) = self.index.get(&to) else {
             self.stats.undeliverable += 1;
             let d = self.detect_delay();
@@ -340,9 +338,9 @@ impl<A: Actor> Net<A> {
 
     /// Processes events up to `now + d`, then sets the clock there.
     pub fn run_for(&mut self, d: Duration) {
-        let end = self.now + nanos(d);
+        let end = self.clock.ticks() + nanos(d);
         while let Some((at, kind)) = self.queue.pop_until(end) {
-            self.now = at;
+            self.clock.advance_to(at);
             match kind {
                 Kind::Deliver { to, from, msg } => {
                     if !self.nodes[to as usize].alive {
@@ -350,7 +348,7 @@ impl<A: Actor> Net<A> {
                         if self.nodes[from as usize].alive {
                             let peer = self.nodes[to as usize].actor.id();
                             let d = self.detect_delay();
-                            self.push(self.now + d, Kind::Failed { node: from, peer });
+                            self.push(self.clock.ticks() + d, Kind::Failed { node: from, peer });
                         }
                         continue;
                     }
@@ -368,7 +366,7 @@ impl<A: Actor> Net<A> {
                         continue;
                     }
                     n.timer_at = None;
-                    let now = self.base + Duration::from_nanos(self.now);
+                    let now = self.clock.now();
                     n.actor.handle_timeout(now);
                     self.flush(node);
                 }
@@ -383,6 +381,6 @@ impl<A: Actor> Net<A> {
                 }
             }
         }
-        self.now = end;
+        self.clock.advance_to(end);
     }
 }

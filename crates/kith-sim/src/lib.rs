@@ -50,7 +50,7 @@ use kith_overlay::dht::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::engine::{EventQueue, Place, nanos};
+use crate::engine::{Clock, EventQueue, Place, nanos};
 
 /// Simulator parameters.
 #[derive(Debug, Clone)]
@@ -146,8 +146,7 @@ pub struct SimStats {
 #[derive(Debug)]
 pub struct Sim {
     cfg: SimConfig,
-    base: Instant,
-    now: u64,
+    clock: Clock,
     rng: StdRng,
     nodes: Vec<SimNode>,
     index: HashMap<NodeId, u32>,
@@ -163,8 +162,7 @@ impl Sim {
         Self {
             rng: StdRng::seed_from_u64(cfg.seed),
             cfg,
-            base: Instant::now(),
-            now: 0,
+            clock: Clock::new(),
             nodes: Vec::new(),
             index: HashMap::new(),
             queue: EventQueue::new(),
@@ -176,12 +174,12 @@ impl Sim {
 
     /// Current virtual time as an `Instant`.
     pub fn now(&self) -> Instant {
-        self.base + Duration::from_nanos(self.now)
+        self.clock.now()
     }
 
     /// Virtual time elapsed since the start.
     pub fn elapsed(&self) -> Duration {
-        Duration::from_nanos(self.now)
+        self.clock.elapsed()
     }
 
     /// Network counters.
@@ -364,7 +362,7 @@ impl Sim {
             return;
         }
         if let Some(t) = node.core.poll_timeout() {
-            let at = nanos(t.saturating_duration_since(self.base)).max(self.now);
+            let at = self.clock.ticks_at(t);
             if node.timer_at != Some(at) {
                 node.timer_at = Some(at);
                 self.push(at, EvKind::Timer { node: i });
@@ -389,7 +387,7 @@ impl Sim {
         let mut delay = one_way;
         if self.cfg.handshake {
             let idle = nanos(self.cfg.conn_idle);
-            let now = self.now;
+            let now = self.clock.ticks();
             let warm = self.nodes[from as usize]
                 .conns
                 .get(&dst)
@@ -409,7 +407,7 @@ impl Sim {
             }
         }
         self.push(
-            self.now + delay,
+            self.clock.ticks() + delay,
             EvKind::Deliver {
                 to: dst,
                 from,
@@ -439,9 +437,9 @@ impl Sim {
 
     /// Processes events up to `now + d`, then sets the clock there.
     pub fn run_for(&mut self, d: Duration) {
-        let end = self.now + nanos(d);
+        let end = self.clock.ticks() + nanos(d);
         while let Some((at, kind)) = self.queue.pop_until(end) {
-            self.now = at;
+            self.clock.advance_to(at);
             match kind {
                 EvKind::Deliver { to, from, msg } => {
                     if !self.nodes[to as usize].alive {
@@ -465,13 +463,13 @@ impl Sim {
                         continue;
                     }
                     n.timer_at = None;
-                    let now = self.base + Duration::from_nanos(self.now);
+                    let now = self.clock.now();
                     n.core.handle_timeout(now);
                     self.flush(node);
                 }
             }
         }
-        self.now = end;
+        self.clock.advance_to(end);
     }
 
     /// Runs until query `id` on node `i` finishes or `limit` passes; returns its result.
