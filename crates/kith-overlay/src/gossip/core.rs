@@ -147,6 +147,8 @@ pub struct TopicCore {
     lazy_flush_at: Option<Instant>,
     /// The number of our last neighbour request (replies are matched by it).
     last_request: u64,
+    /// Per peer, the newest history entry already announced to it.
+    announced: TimedCache<NodeId, Instant>,
     // Output.
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -160,6 +162,7 @@ impl TopicCore {
         let mut rng = StdRng::seed_from_u64(seed);
         let cfg = config.sanitized();
         let seen = TimedCache::new(cfg.dedup_capacity, cfg.dedup_ttl);
+        let announced = TimedCache::new(cfg.active_view + cfg.passive_view, cfg.history_ttl);
         Self {
             topic,
             local: NodeAddr {
@@ -186,6 +189,7 @@ impl TopicCore {
             lazy_queue: HashMap::new(),
             lazy_flush_at: None,
             last_request: 0,
+            announced,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -363,9 +367,9 @@ impl TopicCore {
                     self.stats.rejected += 1;
                     return;
                 }
-                self.on_join(sender);
+                self.on_join(now, sender);
             }
-            Body::ForwardJoin { joiner, ttl } => self.on_forward_join(from, joiner, ttl),
+            Body::ForwardJoin { joiner, ttl } => self.on_forward_join(now, from, joiner, ttl),
             Body::Neighbor {
                 sender,
                 high_priority,
@@ -375,7 +379,7 @@ impl TopicCore {
                     self.stats.rejected += 1;
                     return;
                 }
-                self.on_neighbor(sender, high_priority, request);
+                self.on_neighbor(now, sender, high_priority, request);
             }
             Body::NeighborReply { accepted, request } => {
                 self.on_neighbor_reply(now, from, accepted, request)
@@ -497,7 +501,7 @@ impl TopicCore {
     }
 
     /// Adds `addr` to the active view, dropping a random neighbour if it is full.
-    fn add_active(&mut self, addr: NodeAddr) {
+    fn add_active(&mut self, now: Instant, addr: NodeAddr) {
         let id = addr.node_id;
         if id == self.local_id() || self.is_neighbor(&id) {
             return;
@@ -516,7 +520,7 @@ impl TopicCore {
         self.lazy.remove(&id);
         self.eager.insert(id);
         self.events.push_back(Event::NeighborUp(id));
-        self.announce_history(addr);
+        self.announce_history(now, addr);
         if self.active.len() >= self.cfg.active_view {
             self.next_repair = None;
         }
@@ -526,11 +530,15 @@ impl TopicCore {
     /// older than `history_ttl`) to a new neighbour, as `IHave`s. A member that was
     /// between neighbours while a broadcast went by (neighbour churn, a healed split)
     /// grafts what it missed from whoever tells it first; a member that has it ignores
-    /// the announcement.
-    fn announce_history(&mut self, to: NodeAddr) {
+    /// the announcement. Each entry is announced to a peer once (while we remember the
+    /// peer, for `history_ttl`): a peer that leaves and rejoins again and again gets only
+    /// what is new, so it cannot make us send the whole history over and over.
+    fn announce_history(&mut self, now: Instant, to: NodeAddr) {
+        let since = self.announced.get(&to.node_id).copied();
         let entries: Vec<IHaveEntry> = self
             .history_order
             .iter()
+            .filter(|(t, _)| since.is_none_or(|s| *t > s))
             .filter_map(|(_, id)| {
                 self.history.get(id).map(|g| IHaveEntry {
                     id: *id,
@@ -538,6 +546,9 @@ impl TopicCore {
                 })
             })
             .collect();
+        if let Some(&(newest, _)) = self.history_order.back() {
+            self.announced.insert(now, to.node_id, newest);
+        }
         for chunk in entries.chunks(MAX_IHAVE) {
             self.stats.ihave_sent += 1;
             self.send(to.clone(), Body::IHave(chunk.to_vec()));
@@ -570,9 +581,9 @@ impl TopicCore {
         self.passive.push(addr);
     }
 
-    fn on_join(&mut self, sender: NodeAddr) {
+    fn on_join(&mut self, now: Instant, sender: NodeAddr) {
         let joiner = sender.node_id;
-        self.admit(sender.clone());
+        self.admit(now, sender.clone());
         let others: Vec<NodeAddr> = self
             .active
             .iter()
@@ -591,11 +602,11 @@ impl TopicCore {
     }
 
     /// Makes `addr` a neighbour and asks it (with high priority) to reciprocate.
-    fn admit(&mut self, addr: NodeAddr) {
+    fn admit(&mut self, now: Instant, addr: NodeAddr) {
         if self.is_neighbor(&addr.node_id) {
             return;
         }
-        self.add_active(addr.clone());
+        self.add_active(now, addr.clone());
         self.send(
             addr,
             Body::Neighbor {
@@ -606,12 +617,12 @@ impl TopicCore {
         );
     }
 
-    fn on_forward_join(&mut self, from: NodeId, joiner: NodeAddr, ttl: u8) {
+    fn on_forward_join(&mut self, now: Instant, from: NodeId, joiner: NodeAddr, ttl: u8) {
         if joiner.node_id == self.local_id() {
             return;
         }
         if ttl == 0 || self.active.len() <= 1 {
-            self.admit(joiner);
+            self.admit(now, joiner);
             return;
         }
         if ttl == self.cfg.passive_walk {
@@ -634,16 +645,16 @@ impl TopicCore {
                     },
                 );
             }
-            None => self.admit(joiner),
+            None => self.admit(now, joiner),
         }
     }
 
-    fn on_neighbor(&mut self, sender: NodeAddr, high_priority: bool, request: u64) {
+    fn on_neighbor(&mut self, now: Instant, sender: NodeAddr, high_priority: bool, request: u64) {
         let id = sender.node_id;
         let accepted = if self.is_neighbor(&id) {
             true
         } else if high_priority || self.active.len() < self.cfg.active_view {
-            self.add_active(sender.clone());
+            self.add_active(now, sender.clone());
             true
         } else {
             self.add_passive(sender.clone());
@@ -682,7 +693,7 @@ impl TopicCore {
             return;
         };
         if accepted {
-            self.add_active(p.addr);
+            self.add_active(now, p.addr);
             self.repair_backoff = self.cfg.repair_interval;
         } else {
             // Everyone near us may be full: back off before asking again.
@@ -1226,8 +1237,8 @@ mod tests {
         for p in &peers {
             c.add_passive(p.clone());
         }
-        c.add_active(peers[0].clone());
-        c.add_active(peers[1].clone());
+        c.add_active(now, peers[0].clone());
+        c.add_active(now, peers[1].clone());
         while c.poll_transmit().is_some() {}
         c.peer_failed(now, peers[0].node_id);
         assert!(!c.is_neighbor(&peers[0].node_id));
@@ -1265,8 +1276,8 @@ mod tests {
         let now = Instant::now();
         let mut a = core(1, Config::default());
         let mut b = core(2, Config::default());
-        a.add_active(b.local_addr().clone());
-        b.add_active(a.local_addr().clone());
+        a.add_active(now, b.local_addr().clone());
+        b.add_active(now, a.local_addr().clone());
         while a.poll_transmit().is_some() {}
         while b.poll_transmit().is_some() {}
         // b is a lazy peer of a.
@@ -1380,6 +1391,19 @@ mod tests {
             vec![Bytes::from_static(b"before you came")]
         );
         assert!(received(&mut cores[1]).is_empty(), "no second delivery");
+        // A neighbour that leaves and comes back is not sent the same history again.
+        let c = cores[2].local_id();
+        let sent_before = cores[0].stats().ihave_sent;
+        cores[0].on_disconnect(later, c, true);
+        while cores[0].poll_transmit().is_some() {}
+        let c_addr = cores[2].local_addr().clone();
+        cores[0].add_active(later, c_addr);
+        assert!(cores[0].is_neighbor(&c));
+        assert_eq!(
+            cores[0].stats().ihave_sent,
+            sent_before,
+            "nothing new to announce"
+        );
     }
 
     /// Joins `n` members at once (each through a random earlier one), delivers messages
