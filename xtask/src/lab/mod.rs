@@ -31,6 +31,7 @@
 //! router's WAN address changes under a direct connection).
 
 mod check;
+mod delay;
 mod hygiene;
 mod matrix;
 mod mdns;
@@ -181,6 +182,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
         // Hidden: re-executed inside namespaces and as the cleanup helper.
         "_tool" => tool::main(rest),
         "_reaper" => topology::reaper_main(rest),
+        "delayd" => delay::daemon(rest),
         _ => Err(USAGE.into()),
     }
 }

@@ -204,6 +204,8 @@ pub(crate) struct Lab {
     root: PathBuf,
     armed: bool,
     reaper: Option<Reaper>,
+    /// The NFQUEUE delay daemons (when the kernel has no netem).
+    delayers: Vec<Child>,
 }
 
 impl Lab {
@@ -239,6 +241,7 @@ impl Lab {
             root: root.to_path_buf(),
             armed: true,
             reaper: Reaper::spawn(&exe, root, &cfg.id),
+            delayers: Vec::new(),
         };
         let start = Instant::now();
         let steps = up_steps(&lab.plan, &cfg.id, &exe, cfg);
@@ -251,16 +254,33 @@ impl Lab {
             }
             match step.cmd.run() {
                 Ok(_) => {}
-                Err(e) if step.delay && !cfg.require_delay => {
-                    eprintln!("lab: warning: no link delay: {e}");
-                    eprintln!(
-                        "lab: (the kernel lacks sch_netem, CONFIG_NET_SCH_NETEM; links run \
-                         without added delay; --require-delay makes this an error)"
-                    );
+                Err(e) if step.delay => {
                     lab.delay_error = Some(e);
                     lab.delay_ms = 0;
                 }
                 Err(e) => return Err(e), // `lab` drops here and tears down
+            }
+        }
+        if let Some(netem_error) = lab.delay_error.take() {
+            // No netem (CONFIG_NET_SCH_NETEM): delay in user space through NFQUEUE.
+            match lab.delay_by_queue(&exe, cfg.delay_ms) {
+                Ok(()) => {
+                    lab.delay_ms = cfg.delay_ms;
+                    eprintln!(
+                        "lab: no netem in this kernel; {} ms per access link and direction \
+                         through NFQUEUE instead",
+                        cfg.delay_ms
+                    );
+                }
+                Err(e) if !cfg.require_delay => {
+                    eprintln!("lab: warning: no link delay: netem: {netem_error}; NFQUEUE: {e}");
+                    eprintln!(
+                        "lab: (links run without added delay; --require-delay makes this an \
+                         error)"
+                    );
+                    lab.delay_error = Some(e);
+                }
+                Err(e) => return Err(format!("no link delay: netem: {netem_error}; NFQUEUE: {e}")),
             }
         }
         eprintln!(
@@ -284,6 +304,54 @@ impl Lab {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(node), program]);
         c
+    }
+
+    /// Delays both directions of every access link at its node end with an NFQUEUE
+    /// daemon (see [`super::delay`]).
+    fn delay_by_queue(&mut self, exe: &str, delay_ms: u32) -> Result<(), String> {
+        use std::io::BufRead;
+        let ends: Vec<(String, String)> = self
+            .plan
+            .links
+            .iter()
+            .filter(|l| l.access)
+            .map(|l| (l.b.clone(), l.b_if.clone()))
+            .collect();
+        for (node, dev) in ends {
+            let mut child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.ns(&node),
+                    exe,
+                    "lab",
+                    "delayd",
+                    "--ms",
+                ])
+                .arg(delay_ms.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("delay daemon in {node}: {e}"))?;
+            let ready = child.stdout.take().map(|out| {
+                let mut line = String::new();
+                // Ends at the first line or when the daemon exits: bounded.
+                let _ = std::io::BufReader::new(out).read_line(&mut line);
+                line.trim() == super::delay::READY
+            });
+            self.delayers.push(child);
+            if ready != Some(true) {
+                return Err(format!("delay daemon in {node} did not start"));
+            }
+            for rule in super::delay::rules(&dev) {
+                let mut args = ["netns", "exec", &self.ns(&node), "iptables"]
+                    .map(String::from)
+                    .to_vec();
+                args.extend(rule);
+                Cmd::new("ip", args).run()?;
+            }
+        }
+        Ok(())
     }
 
     /// Leaves the topology in place (for `topology up`); `down` removes it later.
@@ -310,6 +378,11 @@ impl Drop for Lab {
         }
         if let Some(r) = self.reaper.take() {
             r.disarm();
+        }
+        // The teardown killed them with the rest of the namespaces' processes.
+        for mut c in self.delayers.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
