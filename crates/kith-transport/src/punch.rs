@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::conn::{QuicConnection, QuicRecv};
-use crate::endpoint::Inner;
+use crate::endpoint::{Inner, Sock};
 use crate::paths::{PathSocket, PathTable, Via, is_synthetic};
 use crate::stun::NatKind;
 
@@ -191,6 +191,9 @@ pub(crate) struct PunchState {
     /// Stream index + 1 of the newest `kith/paths/1` message applied (0: none), so a
     /// stale message that completes after a newer one is ignored.
     applied: std::sync::atomic::AtomicU64,
+    /// The peer's "mappings open" signal came before its `kith/paths/1` message (the
+    /// two travel on separate streams): act on it once the message is in.
+    signal_early: AtomicBool,
 }
 
 impl PunchState {
@@ -202,6 +205,7 @@ impl PunchState {
             fast: AtomicBool::new(false),
             reannounce: AtomicBool::new(false),
             applied: std::sync::atomic::AtomicU64::new(0),
+            signal_early: AtomicBool::new(false),
         }
     }
 
@@ -340,6 +344,10 @@ pub(crate) async fn handle_paths(
         conn.path_kick.notify_one();
     }
     maybe_birthday(inner, conn, &sock.table, &sock.socket);
+    if conn.punch.signal_early.swap(false, Ordering::AcqRel) {
+        tracing::debug!(peer = %conn.remote.fmt_short(), "acting on the early birthday signal");
+        spray_on_signal(inner, conn, sock).await;
+    }
 }
 
 /// Starts a birthday-probing attempt if the two NAT kinds call for one (and the attempt
@@ -434,14 +442,33 @@ pub(crate) async fn handle_punch(
     let Some(sock) = inner.sock_for_mapped(&conn.inner.remote_address()) else {
         return;
     };
+    if crate::endpoint::lock(&conn.punch.peer).is_none() {
+        // Its candidates are still on the way (another stream): spray once they are in.
+        conn.punch.signal_early.store(true, Ordering::Release);
+        tracing::info!(peer = %conn.remote.fmt_short(), "birthday signal before the peer's paths message");
+        return;
+    }
+    spray_on_signal(inner, conn, sock).await;
+}
+
+/// Sprays for the peer's birthday attempt, if we are the side that should and the
+/// attempt budget allows.
+async fn spray_on_signal(inner: &Arc<Inner>, conn: &Arc<QuicConnection>, sock: &Sock) {
     let cfg = &inner.config.hole_punch;
     let Some(peer) = crate::endpoint::lock(&conn.punch.peer).clone() else {
         return;
     };
-    if !cfg.birthday
-        || birthday_role(inner.nat_now(), peer.nat) != Ok(Some(Role::Easy))
-        || sock.table.is_direct(&conn.remote)
-    {
+    let ours = inner.nat_now();
+    if !cfg.birthday || sock.table.is_direct(&conn.remote) {
+        return;
+    }
+    if birthday_role(ours, peer.nat) != Ok(Some(Role::Easy)) {
+        tracing::info!(
+            peer = %conn.remote.fmt_short(),
+            ?ours,
+            theirs = ?peer.nat,
+            "birthday signal ignored: we are not the side that sprays"
+        );
         return;
     }
     if conn.punch.attempts.fetch_add(1, Ordering::AcqRel) >= cfg.birthday_attempts {
@@ -604,6 +631,7 @@ async fn birthday_easy(
     ips.sort();
     ips.dedup();
     if ips.is_empty() || cfg.birthday_probes == 0 {
+        tracing::info!(peer = %node.fmt_short(), "birthday probing: no public address of the peer to spray");
         return;
     }
     let per_ip = (cfg.birthday_probes / ips.len()).max(1);
