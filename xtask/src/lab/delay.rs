@@ -92,8 +92,6 @@ pub(crate) fn daemon(args: &[String]) -> Result<(), String> {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // ENOBUFS and the like: packets were lost in the kernel; carry on.
-                Err(e) if e.raw_os_error() == Some(105) => break,
                 Err(e) => return Err(format!("recv: {e}")),
             }
         }

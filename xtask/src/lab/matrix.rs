@@ -1581,14 +1581,7 @@ fn report(
         );
         Ok(())
     } else {
-        for f in &failures {
-            eprintln!("{f}");
-        }
-        Err(format!(
-            "lab matrix: {} problem(s) (see above; logs in {})",
-            failures.len(),
-            logs.display()
-        ))
+        Err(super::problems_error("matrix", &failures, logs))
     }
 }
 

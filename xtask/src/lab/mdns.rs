@@ -238,14 +238,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
         println!("lab mdns: connected by bare node id over a direct path, no relay");
         Ok(())
     } else {
-        for p in &outcome.problems {
-            eprintln!("{p}");
-        }
-        Err(format!(
-            "lab mdns: {} problem(s) (logs in {})",
-            outcome.problems.len().max(1),
-            logs.display()
-        ))
+        Err(super::problems_error("mdns", &outcome.problems, &logs))
     }
 }
 

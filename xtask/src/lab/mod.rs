@@ -140,6 +140,20 @@ fn no_build(args: &[String]) -> (bool, Vec<String>) {
     (rest.len() == args.len(), rest)
 }
 
+/// Prints each problem a lab step found on stderr and returns the step's error,
+/// `lab <step>: N problem(s) (logs in DIR)` (at least 1: a step may fail without a
+/// listed problem).
+pub(crate) fn problems_error(step: &str, problems: &[String], logs: &Path) -> String {
+    for p in problems {
+        eprintln!("{p}");
+    }
+    format!(
+        "lab {step}: {} problem(s) (logs in {})",
+        problems.len().max(1),
+        logs.display()
+    )
+}
+
 /// Entry point of `cargo xtask lab [args]`.
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<(), String> {
     let (cmd, rest) = match args.split_first() {

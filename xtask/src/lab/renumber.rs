@@ -357,14 +357,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
         );
         Ok(())
     } else {
-        for p in &outcome.problems {
-            eprintln!("{p}");
-        }
-        Err(format!(
-            "lab renumber: {} problem(s) (logs in {})",
-            outcome.problems.len().max(1),
-            logs.display()
-        ))
+        Err(super::problems_error("renumber", &outcome.problems, &logs))
     }
 }
 

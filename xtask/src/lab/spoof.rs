@@ -1043,14 +1043,7 @@ pub(crate) fn run(root: &Path, opts: &Options, build: bool) -> Result<(), String
         }
         Ok(())
     } else {
-        for p in &problems {
-            eprintln!("spoof: {p}");
-        }
-        Err(format!(
-            "lab spoof: {} problem(s) (logs in {})",
-            problems.len(),
-            dir.display()
-        ))
+        Err(super::problems_error("spoof", &problems, &dir))
     }
 }
 
