@@ -273,6 +273,9 @@ impl Lab {
                     );
                 }
                 Err(e) if !cfg.require_delay => {
+                    // Stop the daemons already started: their rules bypass from then on,
+                    // so no link is left delayed while the lab reports no delay.
+                    lab.stop_delayers();
                     eprintln!("lab: warning: no link delay: netem: {netem_error}; NFQUEUE: {e}");
                     eprintln!(
                         "lab: (links run without added delay; --require-delay makes this an \
@@ -354,6 +357,14 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops (and reaps) the NFQUEUE delay daemons.
+    fn stop_delayers(&mut self) {
+        for mut c in self.delayers.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Leaves the topology in place (for `topology up`); `down` removes it later.
     pub(crate) fn keep(mut self) {
         self.armed = false;
@@ -380,10 +391,7 @@ impl Drop for Lab {
             r.disarm();
         }
         // The teardown killed them with the rest of the namespaces' processes.
-        for mut c in self.delayers.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop_delayers();
     }
 }
 
