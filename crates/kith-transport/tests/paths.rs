@@ -122,14 +122,7 @@ async fn the_relay_sees_only_ciphertext() {
     let b = peer(3, &net, Duration::from_secs(60)).await;
     let conn = a.connect(relay_only(&b)).await.unwrap();
     let marker = b"KITH-PLAINTEXT-MARKER-4f1c2a".repeat(400);
-    let (mut send, mut recv) = conn.open_bi(&HASH).await.unwrap();
-    send.write_all(&marker).await.unwrap();
-    send.finish().unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(T, recv.read_to_end(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
+    let reply = hash_reply(&conn, &marker).await;
     assert_eq!(&reply[..32], blake3::hash(&marker).as_bytes());
     assert_eq!(conn.path(), PathKind::Relayed(net.relay.node_id()));
     let mut seen = Vec::new();
@@ -218,14 +211,7 @@ async fn a_udp_blocked_host_connects_through_the_relay_over_tcp() {
     let conn = c.connect(relay_only(&b)).await.unwrap();
     assert_eq!(conn.path(), PathKind::Relayed(relay.node_id()));
     let data = vec![0x5a; 1 << 20];
-    let (mut send, mut recv) = conn.open_bi(&HASH).await.unwrap();
-    send.write_all(&data).await.unwrap();
-    send.finish().unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(T, recv.read_to_end(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
+    let reply = hash_reply(&conn, &data).await;
     assert_eq!(&reply[..32], blake3::hash(&data).as_bytes());
     // The other direction reuses the one connection. (On loopback c's UDP is not really
     // blocked, so b's own probes may find a direct path; c never probes.)
@@ -234,20 +220,27 @@ async fn a_udp_blocked_host_connects_through_the_relay_over_tcp() {
     assert_eq!(conn.path(), PathKind::Relayed(relay.node_id()));
 }
 
-/// Sends `len` bytes on a new stream of `conn` to the hash handler; true if the peer's
-/// hash and length match.
-async fn hashed_transfer(conn: &kith_transport::QuicConnection, len: usize) -> bool {
-    let data: Vec<u8> = (0..len as u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-        .collect();
+/// Sends `data` on a new stream of `conn` to the hash handler and returns its reply
+/// (BLAKE3 hash, then the length as u64 LE).
+async fn hash_reply(conn: &kith_transport::QuicConnection, data: &[u8]) -> Vec<u8> {
     let (mut send, mut recv) = conn.open_bi(&HASH).await.unwrap();
-    send.write_all(&data).await.unwrap();
+    send.write_all(data).await.unwrap();
     send.finish().unwrap();
     let mut reply = Vec::new();
     tokio::time::timeout(T, recv.read_to_end(&mut reply))
         .await
         .unwrap()
         .unwrap();
+    reply
+}
+
+/// Sends `len` bytes on a new stream of `conn` to the hash handler; true if the peer's
+/// hash and length match.
+async fn hashed_transfer(conn: &kith_transport::QuicConnection, len: usize) -> bool {
+    let data: Vec<u8> = (0..len as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let reply = hash_reply(conn, &data).await;
     reply.len() == 40
         && &reply[..32] == blake3::hash(&data).as_bytes()
         && u64::from_le_bytes(reply[32..40].try_into().unwrap()) == len as u64
