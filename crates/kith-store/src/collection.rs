@@ -237,12 +237,23 @@ fn walk(
 /// Imports every file under `dir` and a manifest listing them; returns the manifest's
 /// hash. Tag it with [`Tag::collection`](crate::Tag::collection) to pin the whole tree.
 pub fn import_dir<S: Store + ?Sized>(store: &S, dir: &Path) -> Result<Hash, CollectionError> {
+    import_dir_with(store, dir, crate::ImportMode::Copy)
+}
+
+/// Like [`import_dir`], importing each file as `mode` asks: with
+/// [`ImportMode::Reference`](crate::ImportMode::Reference) a filesystem store keeps the
+/// files where they are (no copy) and verifies them whenever it reads them.
+pub fn import_dir_with<S: Store + ?Sized>(
+    store: &S,
+    dir: &Path,
+    mode: crate::ImportMode,
+) -> Result<Hash, CollectionError> {
     let mut files = Vec::new();
     walk(dir, "", &mut files)?;
     let mut m = Manifest::default();
     for (rel, path, executable) in files {
         let size = std::fs::metadata(&path).map_err(io_at(&path))?.len();
-        let hash = store.import_file(&path)?;
+        let hash = store.import_file_with(&path, mode)?;
         m.entries.push(Entry {
             path: rel,
             hash: hash.as_bytes().to_vec(),

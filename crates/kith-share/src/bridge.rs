@@ -1,0 +1,128 @@
+//! Blocking `Read`/`Write` adapters over async streams, for the store's synchronous
+//! verified import and range encoding, which run on tokio's blocking pool.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+/// A cancellation flag a blocking reader checks while it waits for bytes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cancel {
+    flag: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl Cancel {
+    pub(crate) fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let n = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
+fn cancelled_err() -> io::Error {
+    io::Error::other("request cancelled")
+}
+
+/// Reads an async stream from a blocking thread; fails once cancelled.
+pub(crate) struct BlockingReader<R> {
+    pub(crate) inner: R,
+    rt: Handle,
+    cancel: Cancel,
+}
+
+impl<R: AsyncRead + Unpin> BlockingReader<R> {
+    pub(crate) fn new(inner: R, rt: Handle, cancel: Cancel) -> Self {
+        Self { inner, rt, cancel }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Read for BlockingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(cancelled_err());
+        }
+        let inner = &mut self.inner;
+        let cancel = &self.cancel;
+        self.rt.block_on(async {
+            tokio::select! {
+                r = inner.read(buf) => r,
+                _ = cancel.cancelled() => Err(cancelled_err()),
+            }
+        })
+    }
+}
+
+/// Paces writes to at most `rate` bytes per second, shared by every writer of one peer.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    rate: u64,
+    next: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    pub(crate) fn new(rate: u64) -> Self {
+        Self {
+            rate: rate.max(1),
+            next: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// When `n` more bytes may go out.
+    fn reserve(&self, n: usize) -> Instant {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let start = next.map_or(now, |t| t.max(now));
+        *next = Some(start + Duration::from_secs_f64(n as f64 / self.rate as f64));
+        start
+    }
+}
+
+/// Writes to an async stream from a blocking thread, optionally paced.
+pub(crate) struct BlockingWriter<W> {
+    pub(crate) inner: W,
+    rt: Handle,
+    pacer: Option<Arc<Pacer>>,
+}
+
+impl<W: AsyncWrite + Unpin> BlockingWriter<W> {
+    pub(crate) fn new(inner: W, rt: Handle, pacer: Option<Arc<Pacer>>) -> Self {
+        Self { inner, rt, pacer }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Write for BlockingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let at = self.pacer.as_ref().map(|p| p.reserve(buf.len()));
+        let inner = &mut self.inner;
+        self.rt.block_on(async {
+            if let Some(at) = at {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            inner.write_all(buf).await.map(|()| buf.len())
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let inner = &mut self.inner;
+        self.rt.block_on(inner.flush())
+    }
+}

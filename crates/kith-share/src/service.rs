@@ -1,0 +1,611 @@
+//! [`Share`]: the node-side service. It registers what this node shares, serves it to
+//! peers over `kith/share/1` (the provider side), announces it in the DHT, and starts
+//! downloads (see [`crate::download`]).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kith_core::frame::{encode_frame, read_frame};
+use kith_core::net::{BoxFuture, BoxRecvStream, BoxSendStream, Conn, ProtocolHandler, codes};
+use kith_core::{NodeId, Transport};
+use kith_overlay::dht::{DhtHandle, Key};
+use kith_store::collection::{self, CollectionError};
+use kith_store::{BlobFormat, GROUP_SIZE, Hash, ImportMode, Store, Tag, group_count};
+use tokio::sync::{Semaphore, broadcast};
+
+use crate::bridge::{BlockingWriter, Pacer};
+use crate::ranges::RangeSet;
+use crate::scheduler::SchedulerConfig;
+use crate::ticket::Ticket;
+use crate::wire::{GetRequest, MAX_FRAME, Open, Refusal, Response, WireError};
+use crate::{PROTOCOL, SharedStore};
+
+/// Limits of the provider side. Every one is enforced with a typed refusal.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProviderLimits {
+    /// Requests served at once, over all peers; beyond it a request is refused as busy.
+    /// Default 32.
+    pub upload_slots: usize,
+    /// Requests (get and watch) one peer may have open at once. Default 16.
+    pub requests_per_peer: usize,
+    /// Ranges one get request may name, over all its blobs. Default 1024.
+    pub max_ranges_per_request: usize,
+    /// Bytes per second sent to one peer, over all its requests; `None` is unlimited.
+    pub upload_rate_per_peer: Option<u64>,
+    /// Bytes buffered per response before they are handed to the connection (the
+    /// connection's own send window comes on top). Default 256 KiB.
+    pub send_buffer: usize,
+    /// Retry-after sent with a busy refusal. Default 500 ms.
+    pub busy_retry: Duration,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        Self {
+            upload_slots: 32,
+            requests_per_peer: 16,
+            max_ranges_per_request: 1024,
+            upload_rate_per_peer: None,
+            send_buffer: 256 * 1024,
+            busy_retry: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Configuration of a [`Share`] service.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ShareConfig {
+    /// Provider-side limits.
+    pub limits: ProviderLimits,
+    /// Download scheduler tuning.
+    pub scheduler: SchedulerConfig,
+    /// Announce shares (and finished downloads) as DHT provider records. Default true
+    /// (only with a DHT).
+    pub announce: bool,
+    /// Keep serving a finished download (and announce it). Default true.
+    pub provide_when_done: bool,
+    /// Most providers one download talks to at once. Default 32.
+    pub max_peers_per_download: usize,
+    /// Time allowed to connect to a provider and hear its availability. Default 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ShareConfig {
+    fn default() -> Self {
+        Self {
+            limits: ProviderLimits::default(),
+            scheduler: SchedulerConfig::default(),
+            announce: true,
+            provide_when_done: true,
+            max_peers_per_download: 32,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors of the share operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// `kith/share/1` is already mounted on the transport.
+    #[error("the share protocol is already mounted on this transport")]
+    AlreadyMounted,
+    /// Importing into the store failed.
+    #[error("import failed: {0}")]
+    Import(#[from] kith_store::ImportError),
+    /// Importing or reading a collection failed.
+    #[error("collection: {0}")]
+    Collection(#[from] CollectionError),
+    /// The store does not hold the content complete.
+    #[error("the store does not hold {0} complete")]
+    Incomplete(Hash),
+    /// Writing a tag failed.
+    #[error("tag: {0}")]
+    Tag(#[from] kith_store::TagError),
+    /// A store operation failed.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// Newly verified groups of one blob of a share, for watchers.
+#[derive(Debug, Clone)]
+pub(crate) struct Update {
+    pub(crate) root: Hash,
+    pub(crate) index: u32,
+    pub(crate) size: u64,
+    pub(crate) groups: RangeSet,
+    /// The share is now complete here.
+    pub(crate) complete: bool,
+}
+
+/// What the provider knows of one share it serves.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) collection: bool,
+    /// Blob index → hash: 0 is the root, `i + 1` the collection's entry `i`.
+    pub(crate) blobs: Arc<Vec<Hash>>,
+    pub(crate) complete: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) store: SharedStore,
+    pub(crate) dht: Option<DhtHandle>,
+    pub(crate) config: ShareConfig,
+    pub(crate) registry: Mutex<HashMap<Hash, Entry>>,
+    pub(crate) updates: broadcast::Sender<Update>,
+    slots: Arc<Semaphore>,
+    per_peer: Mutex<HashMap<NodeId, usize>>,
+    pacers: Mutex<HashMap<NodeId, Arc<Pacer>>>,
+}
+
+impl Inner {
+    pub(crate) fn entry(&self, root: &Hash) -> Option<Entry> {
+        lock(&self.registry).get(root).cloned()
+    }
+
+    pub(crate) fn register(&self, root: Hash, entry: Entry) {
+        lock(&self.registry).insert(root, entry);
+    }
+
+    pub(crate) fn announce(&self, root: Hash) {
+        if !self.config.announce {
+            return;
+        }
+        if let Some(dht) = self.dht.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = dht.announce_provider(Key(*root.as_bytes())).await {
+                    tracing::debug!(%root, "provider announcement failed: {e}");
+                }
+            });
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The share service of one node: serves what it shares and downloads from others.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Share {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Share")
+            .field("node", &self.inner.transport.local_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tag name that pins a share in the store.
+pub fn tag_name(root: &Hash) -> String {
+    format!("kith-share-{root}")
+}
+
+impl Share {
+    /// Mounts `kith/share/1` on `transport` and serves from `store`. With `dht`, shares
+    /// are announced as provider records and downloads find providers through it.
+    pub fn spawn(
+        transport: Arc<dyn Transport>,
+        store: SharedStore,
+        dht: Option<DhtHandle>,
+        config: ShareConfig,
+    ) -> Result<Self, ShareError> {
+        let (updates, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            transport: transport.clone(),
+            store,
+            dht,
+            slots: Arc::new(Semaphore::new(config.limits.upload_slots.max(1))),
+            config,
+            registry: Mutex::new(HashMap::new()),
+            updates,
+            per_peer: Mutex::new(HashMap::new()),
+            pacers: Mutex::new(HashMap::new()),
+        });
+        transport
+            .mount(
+                PROTOCOL,
+                Arc::new(Handler {
+                    inner: Arc::downgrade(&inner),
+                }),
+            )
+            .map_err(|_| ShareError::AlreadyMounted)?;
+        Ok(Self { inner })
+    }
+
+    /// The store this service serves from.
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.transport.local_id()
+    }
+
+    /// A ticket for `root` naming this node as provider.
+    pub fn ticket(&self, root: Hash, format: BlobFormat) -> Ticket {
+        Ticket::new(root, format, vec![self.inner.transport.local_addr()])
+    }
+
+    /// Shares content already complete in the store: pins it with a tag, serves it and
+    /// announces it. Returns a ticket naming this node.
+    pub async fn add(&self, root: Hash, format: BlobFormat) -> Result<Ticket, ShareError> {
+        let store = self.inner.store.clone();
+        let blobs = tokio::task::spawn_blocking(move || blob_list(&*store, root, format, true))
+            .await
+            .map_err(|e| ShareError::Store(e.to_string()))??;
+        let tag = Tag { hash: root, format };
+        self.inner.store.set_tag(&tag_name(&root), tag)?;
+        self.inner.register(
+            root,
+            Entry {
+                collection: format == BlobFormat::Collection,
+                blobs: Arc::new(blobs),
+                complete: true,
+            },
+        );
+        let _ = self.inner.updates.send(Update {
+            root,
+            index: 0,
+            size: 0,
+            groups: RangeSet::new(),
+            complete: true,
+        });
+        self.inner.announce(root);
+        Ok(self.ticket(root, format))
+    }
+
+    /// Imports bytes as a raw blob and shares it.
+    pub async fn add_bytes(&self, data: Bytes) -> Result<Ticket, ShareError> {
+        let store = self.inner.store.clone();
+        let hash = tokio::task::spawn_blocking(move || store.import_bytes(&data))
+            .await
+            .map_err(|e| ShareError::Store(e.to_string()))??;
+        self.add(hash, BlobFormat::Raw).await
+    }
+
+    /// Imports a file (referenced in place by a filesystem store, copied by others) and
+    /// shares it as a raw blob.
+    pub async fn add_file(&self, path: &Path) -> Result<Ticket, ShareError> {
+        let store = self.inner.store.clone();
+        let path = path.to_owned();
+        let hash = tokio::task::spawn_blocking(move || {
+            store.import_file_with(&path, ImportMode::Reference)
+        })
+        .await
+        .map_err(|e| ShareError::Store(e.to_string()))??;
+        self.add(hash, BlobFormat::Raw).await
+    }
+
+    /// Imports a directory as a collection (files referenced in place by a filesystem
+    /// store) and shares it.
+    pub async fn add_dir(&self, dir: &Path) -> Result<Ticket, ShareError> {
+        let store = self.inner.store.clone();
+        let dir = dir.to_owned();
+        let hash = tokio::task::spawn_blocking(move || {
+            collection::import_dir_with(&*store, &dir, ImportMode::Reference)
+        })
+        .await
+        .map_err(|e| ShareError::Store(e.to_string()))??;
+        self.add(hash, BlobFormat::Collection).await
+    }
+
+    /// Stops serving `root` and removes its pin (the blobs stay until garbage collection).
+    pub fn remove(&self, root: &Hash) -> Result<bool, ShareError> {
+        let was = lock(&self.inner.registry).remove(root).is_some();
+        self.inner.store.remove_tag(&tag_name(root))?;
+        Ok(was)
+    }
+
+    /// Roots this node serves.
+    pub fn shared(&self) -> Vec<(Hash, bool)> {
+        lock(&self.inner.registry)
+            .iter()
+            .map(|(h, e)| (*h, e.complete))
+            .collect()
+    }
+}
+
+/// The blob list of a share: `[root]` for a raw blob, `[manifest, entries…]` for a
+/// collection (whose manifest must be complete). With `need_complete`, every blob must
+/// be complete in the store.
+pub(crate) fn blob_list(
+    store: &(dyn Store + Send + Sync),
+    root: Hash,
+    format: BlobFormat,
+    need_complete: bool,
+) -> Result<Vec<Hash>, ShareError> {
+    let mut blobs = vec![root];
+    if format == BlobFormat::Collection {
+        let m = collection::read_manifest(store, root)?;
+        for e in &m.entries {
+            blobs.push(e.hash().map_err(CollectionError::from)?);
+        }
+    }
+    if need_complete {
+        for h in &blobs {
+            let complete = store
+                .status(*h)
+                .map_err(|e| ShareError::Store(e.to_string()))?
+                .is_some_and(|s| s.bitfield.is_complete());
+            if !complete {
+                return Err(ShareError::Incomplete(*h));
+            }
+        }
+    }
+    Ok(blobs)
+}
+
+struct Handler {
+    inner: std::sync::Weak<Inner>,
+}
+
+/// Counts one open request of a peer; released on drop.
+struct PeerSlot {
+    inner: Arc<Inner>,
+    peer: NodeId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = lock(&self.inner.per_peer);
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
+
+fn peer_slot(inner: &Arc<Inner>, peer: NodeId) -> Option<PeerSlot> {
+    let mut m = lock(&inner.per_peer);
+    let n = m.entry(peer).or_insert(0);
+    if *n >= inner.config.limits.requests_per_peer {
+        return None;
+    }
+    *n += 1;
+    Some(PeerSlot {
+        inner: inner.clone(),
+        peer,
+    })
+}
+
+impl ProtocolHandler for Handler {
+    fn accept_bi(
+        &self,
+        conn: Conn,
+        send: BoxSendStream,
+        recv: BoxRecvStream,
+    ) -> BoxFuture<'static, ()> {
+        let inner = self.inner.upgrade();
+        Box::pin(async move {
+            let Some(inner) = inner else { return };
+            if let Err(e) = serve(inner, conn, send, recv).await {
+                tracing::debug!("share stream ended: {e}");
+            }
+        })
+    }
+}
+
+async fn write_response(send: &mut BoxSendStream, r: &Response) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let frame = encode_frame(&r.to_msg(), MAX_FRAME).map_err(std::io::Error::other)?;
+    send.write_all(&frame).await
+}
+
+async fn refuse(mut send: BoxSendStream, r: Refusal) -> std::io::Result<()> {
+    write_response(&mut send, &Response::Refused(r)).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn serve(
+    inner: Arc<Inner>,
+    conn: Conn,
+    send: BoxSendStream,
+    mut recv: BoxRecvStream,
+) -> std::io::Result<()> {
+    let peer = conn.remote_id();
+    let frame = match read_frame(&mut recv, MAX_FRAME).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            recv.stop(codes::PROTOCOL_ERROR);
+            return Err(std::io::Error::other(e));
+        }
+    };
+    let open = match Open::decode(&frame, inner.config.limits.max_ranges_per_request) {
+        Ok(o) => o,
+        Err(WireError::Ranges(_) | WireError::TooManyBlobs(_)) => {
+            return refuse(send, Refusal::TooLarge).await;
+        }
+        Err(_) => return refuse(send, Refusal::BadRequest).await,
+    };
+    let Some(_slot) = peer_slot(&inner, peer) else {
+        return refuse(send, Refusal::TooManyRequests).await;
+    };
+    match open {
+        Open::Get(req) => serve_get(inner, peer, send, req).await,
+        Open::Watch { root, collection } => serve_watch(inner, send, recv, root, collection).await,
+    }
+}
+
+async fn serve_get(
+    inner: Arc<Inner>,
+    peer: NodeId,
+    send: BoxSendStream,
+    req: GetRequest,
+) -> std::io::Result<()> {
+    let Some(entry) = inner
+        .entry(&req.root)
+        .filter(|e| e.collection == req.collection)
+    else {
+        return refuse(send, Refusal::NotFound).await;
+    };
+    let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+        let ms = inner
+            .config
+            .limits
+            .busy_retry
+            .as_millis()
+            .min(u32::MAX as u128) as u32;
+        return refuse(send, Refusal::Busy { retry_after_ms: ms }).await;
+    };
+    let pacer = inner.config.limits.upload_rate_per_peer.map(|rate| {
+        lock(&inner.pacers)
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Pacer::new(rate)))
+            .clone()
+    });
+    let rt = tokio::runtime::Handle::current();
+    let store = inner.store.clone();
+    let buffer = inner.config.limits.send_buffer.max(4096);
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut w = std::io::BufWriter::with_capacity(buffer, BlockingWriter::new(send, rt, pacer));
+        let r = write_get(&*store, &entry, &req, &mut w);
+        let flushed = w.flush();
+        let mut send = match w.into_inner() {
+            Ok(bw) => bw.inner,
+            Err(e) => e.into_inner().into_parts().0.inner,
+        };
+        match (&r, &flushed) {
+            (Ok(()), Ok(())) => {
+                let _ = send.finish();
+            }
+            _ => send.reset(codes::PROTOCOL_ERROR),
+        }
+        r.and(flushed)
+    })
+    .await;
+    result.map_err(std::io::Error::other)?
+}
+
+/// Writes the answer to a get: per blob a header, then its encodings.
+fn write_get(
+    store: &(dyn Store + Send + Sync),
+    entry: &Entry,
+    req: &GetRequest,
+    w: &mut dyn Write,
+) -> std::io::Result<()> {
+    let frame = |r: &Response| encode_frame(&r.to_msg(), MAX_FRAME).map_err(std::io::Error::other);
+    for (index, groups) in &req.blobs {
+        let Some(hash) = entry.blobs.get(*index as usize).copied() else {
+            w.write_all(&frame(&Response::Blob {
+                index: *index,
+                missing: true,
+            })?)?;
+            return Ok(());
+        };
+        let status = store.status(hash).map_err(std::io::Error::other)?;
+        let ok = status.as_ref().is_some_and(|s| {
+            let n = group_count(s.size);
+            groups.ranges().iter().all(|r| {
+                r.end <= n
+                    && s.bitfield.contains_all(r.start, r.end)
+                    && (r.end == n || s.bitfield.get(n - 1))
+            })
+        });
+        let Some(status) = status.filter(|_| ok && !groups.is_empty()) else {
+            w.write_all(&frame(&Response::Blob {
+                index: *index,
+                missing: true,
+            })?)?;
+            return Ok(());
+        };
+        w.write_all(&frame(&Response::Blob {
+            index: *index,
+            missing: false,
+        })?)?;
+        for r in groups.ranges() {
+            let bytes = r.start * GROUP_SIZE..(r.end * GROUP_SIZE).min(status.size);
+            store
+                .encode_range(hash, bytes, w)
+                .map_err(std::io::Error::other)?;
+        }
+    }
+    Ok(())
+}
+
+async fn serve_watch(
+    inner: Arc<Inner>,
+    mut send: BoxSendStream,
+    mut recv: BoxRecvStream,
+    root: Hash,
+    collection: bool,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut updates = inner.updates.subscribe();
+    let Some(entry) = inner.entry(&root).filter(|e| e.collection == collection) else {
+        return refuse(send, Refusal::NotFound).await;
+    };
+    let snapshot = |entry: &Entry| -> std::io::Result<Response> {
+        if entry.complete {
+            return Ok(Response::Availability {
+                complete: true,
+                blobs: Vec::new(),
+            });
+        }
+        let mut blobs = Vec::new();
+        for (i, h) in entry.blobs.iter().enumerate() {
+            if let Some(s) = inner.store.status(*h).map_err(std::io::Error::other)? {
+                let set = RangeSet::from(&s.bitfield);
+                if !set.is_empty() {
+                    blobs.push((i as u32, set, s.size));
+                }
+            }
+        }
+        Ok(Response::Availability {
+            complete: false,
+            blobs,
+        })
+    };
+    let first = snapshot(&entry)?;
+    let complete = matches!(first, Response::Availability { complete: true, .. });
+    write_response(&mut send, &first).await?;
+    if complete {
+        let _ = send.finish();
+        return Ok(());
+    }
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            r = recv.read(&mut scratch) => {
+                // The watcher closed (or sent something it should not): stop.
+                let _ = r;
+                let _ = send.finish();
+                return Ok(());
+            }
+            u = updates.recv() => match u {
+                Ok(u) if u.root == root => {
+                    if u.complete {
+                        write_response(&mut send, &Response::Availability { complete: true, blobs: Vec::new() }).await?;
+                        let _ = send.finish();
+                        return Ok(());
+                    }
+                    let msg = Response::Availability { complete: false, blobs: vec![(u.index, u.groups, u.size)] };
+                    write_response(&mut send, &msg).await?;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let Some(entry) = inner.entry(&root) else { return Ok(()) };
+                    let snap = snapshot(&entry)?;
+                    write_response(&mut send, &snap).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}
