@@ -26,6 +26,10 @@ use crate::ticket::Ticket;
 use crate::wire::{GetRequest, MAX_FRAME, Open, Refusal, Response};
 use crate::{PROTOCOL, SharedStore};
 
+/// How long a download waits for providers that are still downloading themselves to
+/// gain what it misses, before it gives up.
+const GROWING_GRACE: Duration = Duration::from_secs(60);
+
 /// Options of one download.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -318,9 +322,17 @@ struct Driver {
     failures: Vec<ProviderFailure>,
     connecting: usize,
     discovering: bool,
+    /// Providers still downloading themselves, whose watch is open: they may gain what
+    /// we miss.
+    growing: HashSet<NodeId>,
+    /// The provider that served what proved the layout (the root's first bytes).
+    probe_peer: Option<NodeId>,
     /// Availability heard before the layout was known.
-    early_have: Vec<(NodeId, bool, Vec<(u32, RangeSet, u64)>)>,
+    early_have: Vec<(NodeId, bool, Availability)>,
 }
+
+/// Groups held per blob index, with the blob's claimed size.
+type Availability = Vec<(u32, RangeSet, u64)>;
 
 /// The request tasks in flight, with their cancel flags.
 type Inflight = HashMap<RequestId, Cancel>;
@@ -350,6 +362,8 @@ impl Driver {
             failures: Vec::new(),
             connecting: 0,
             discovering: false,
+            growing: HashSet::new(),
+            probe_peer: None,
             early_have: Vec::new(),
         }
     }
@@ -422,6 +436,9 @@ impl Driver {
                 self.connecting = self.connecting.saturating_sub(1);
                 let id = addr.node_id;
                 self.peers.insert(id, PeerConn { conn, updates });
+                if !complete {
+                    self.growing.insert(id);
+                }
                 let _ = self.events.try_send(DownloadEvent::PeerConnected(id));
                 self.early_have.push((id, complete, have));
                 None
@@ -518,9 +535,13 @@ impl Driver {
         // 3. The loop.
         let mut inflight: Inflight = HashMap::new();
         let mut per_peer: BTreeMap<NodeId, u64> = BTreeMap::new();
+        if let (Some(p), true) = (self.probe_peer, probe_bytes > 0) {
+            per_peer.insert(p, probe_bytes);
+        }
         let mut fetched = probe_bytes;
         let mut window: Vec<(Instant, u64)> = Vec::new();
         let mut pending_updates: BTreeMap<u32, RangeSet> = BTreeMap::new();
+        let mut stuck_since: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -554,7 +575,17 @@ impl Driver {
             if sched.is_done() {
                 break;
             }
-            if sched.is_stuck() && self.exhausted() {
+            let stuck = sched.is_stuck() && self.exhausted();
+            if !stuck {
+                stuck_since = None;
+            }
+            let waited = if stuck {
+                stuck_since.get_or_insert_with(Instant::now).elapsed()
+            } else {
+                Duration::ZERO
+            };
+            // Providers that are still downloading may yet bring what is missing.
+            if stuck && (self.growing.is_empty() || waited >= GROWING_GRACE) {
                 if sched.peer_count() == 0 && sched.banned().count() == 0 {
                     return Err(DownloadError::Unreachable {
                         root: self.root,
@@ -570,7 +601,11 @@ impl Driver {
             if sched.is_stuck() && !self.discovering && self.connecting == 0 {
                 self.connect_more();
             }
-            let deadline = sched.poll_timeout();
+            let grace = stuck_since.map(|t| t + GROWING_GRACE);
+            let deadline = match (sched.poll_timeout(), grace) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 Some(msg) = self.rx.recv() => {
                     let Some(msg) = self.handle_conn_msg(msg) else {
@@ -582,9 +617,13 @@ impl Driver {
                     let now = Instant::now();
                     match msg {
                         Msg::Has { peer, complete, have } => {
+                            if complete {
+                                self.growing.remove(&peer);
+                            }
                             self.add_peer(&mut sched, &layout, peer, complete, have);
                         }
                         Msg::WatchEnded { peer } => {
+                            self.growing.remove(&peer);
                             // A complete provider ends its watch at once; only a closed
                             // connection takes the peer away.
                             if let Some(p) = self.peers.get(&peer) {
@@ -915,7 +954,10 @@ impl Driver {
                 .max(Duration::from_secs(10));
             let r = tokio::time::timeout(timeout, job.run()).await;
             match r {
-                Ok(Ok(RequestOutcome::Finished)) => continue,
+                Ok(Ok(RequestOutcome::Finished)) => {
+                    self.probe_peer = Some(peer);
+                    continue;
+                }
                 Ok(Err(JobError::Fatal(e))) => return Err(DownloadError::Store(e)),
                 other => {
                     tracing::debug!(peer = %peer.fmt_short(), "fetching the root failed: {other:?}");
@@ -1011,24 +1053,18 @@ async fn watch(
             return;
         }
         let _send = send;
-        loop {
-            match read_frame(&mut recv, MAX_FRAME).await {
-                Ok(Some(f)) => match Response::decode(&f, max_ranges) {
-                    Ok(Response::Availability { complete, blobs }) => {
-                        if tx
-                            .send(Msg::Has {
-                                peer,
-                                complete,
-                                have: blobs,
-                            })
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    _ => break,
-                },
-                _ => break,
+        while let Ok(Some(f)) = read_frame(&mut recv, MAX_FRAME).await {
+            let Ok(Response::Availability { complete, blobs }) = Response::decode(&f, max_ranges)
+            else {
+                break;
+            };
+            let has = Msg::Has {
+                peer,
+                complete,
+                have: blobs,
+            };
+            if tx.send(has).is_err() {
+                break;
             }
         }
         let _ = tx.send(Msg::WatchEnded { peer });

@@ -948,10 +948,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
         let piece = crate::GROUP_SIZE;
         for peer in order {
-            loop {
-                let Some(p) = self.peers.get(&peer) else {
-                    break;
-                };
+            while let Some(p) = self.peers.get(&peer) {
                 if p.requests.len() >= self.cfg.max_requests_per_peer {
                     break;
                 }

@@ -194,6 +194,12 @@ impl FromStr for Ticket {
     }
 }
 
+/// Parses ticket bytes (after base32), for the fuzz target.
+#[doc(hidden)]
+pub fn fuzz_ticket_bytes(b: &[u8]) -> Result<Ticket, TicketError> {
+    Ticket::from_bytes(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,10 +303,4 @@ mod tests {
             prop_assert_eq!(t.to_string().parse::<Ticket>(), Ok(t));
         }
     }
-}
-
-/// Parses ticket bytes (after base32), for the fuzz target.
-#[doc(hidden)]
-pub fn fuzz_ticket_bytes(b: &[u8]) -> Result<Ticket, TicketError> {
-    Ticket::from_bytes(b)
 }
