@@ -1022,26 +1022,46 @@ async fn watch(
         .connect(addr.clone())
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let (mut send, recv) = conn
-        .open_bi(&PROTOCOL)
-        .await
-        .map_err(|e| format!("open stream: {e}"))?;
-    let open = Open::Watch { root, collection };
-    let frame = encode_frame(&open.to_msg(), MAX_FRAME).map_err(|e| e.to_string())?;
-    send.write_all(&frame)
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let mut recv = BufReader::new(recv);
+    // A busy provider (all slots taken, or requests of an earlier connection of ours
+    // still counted, as after a restart) is asked again with backoff; the caller's
+    // connect timeout bounds the whole.
     let max_ranges = crate::ranges::MAX_WIRE_RANGES;
-    let first = read_frame(&mut recv, MAX_FRAME)
-        .await
-        .map_err(|e| format!("read: {e}"))?
-        .ok_or("the provider closed the stream without an answer")?;
-    let (complete, have) = match Response::decode(&first, max_ranges).map_err(|e| e.to_string())? {
-        Response::Availability { complete, blobs } => (complete, blobs),
-        Response::Refused(Refusal::NotFound) => return Err("the provider does not have it".into()),
-        Response::Refused(r) => return Err(format!("refused: {r:?}")),
-        Response::Blob { .. } => return Err("protocol violation: blob header on a watch".into()),
+    let mut backoff = Duration::from_millis(100);
+    let (send, mut recv, complete, have) = loop {
+        let (mut send, recv) = conn
+            .open_bi(&PROTOCOL)
+            .await
+            .map_err(|e| format!("open stream: {e}"))?;
+        let open = Open::Watch { root, collection };
+        let frame = encode_frame(&open.to_msg(), MAX_FRAME).map_err(|e| e.to_string())?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut recv = BufReader::new(recv);
+        let first = read_frame(&mut recv, MAX_FRAME)
+            .await
+            .map_err(|e| format!("read: {e}"))?
+            .ok_or("the provider closed the stream without an answer")?;
+        match Response::decode(&first, max_ranges).map_err(|e| e.to_string())? {
+            Response::Availability { complete, blobs } => break (send, recv, complete, blobs),
+            Response::Refused(Refusal::NotFound) => {
+                return Err("the provider does not have it".into());
+            }
+            Response::Refused(Refusal::Busy { retry_after_ms }) => {
+                tokio::time::sleep(Duration::from_millis(
+                    u64::from(retry_after_ms).clamp(50, 5000),
+                ))
+                .await;
+            }
+            Response::Refused(Refusal::TooManyRequests) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Response::Refused(r) => return Err(format!("refused: {r:?}")),
+            Response::Blob { .. } => {
+                return Err("protocol violation: blob header on a watch".into());
+            }
+        }
     };
     let peer = addr.node_id;
     let (start_tx, start_rx) = tokio::sync::oneshot::channel::<()>();
