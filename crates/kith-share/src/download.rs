@@ -694,7 +694,9 @@ impl Driver {
             if let Some(e) = lock(&self.inner.registry).get_mut(&self.root) {
                 e.complete = true;
             }
-            self.inner.announce(self.root);
+            if let Err(e) = self.inner.announce(self.root).await {
+                tracing::debug!(root = %self.root, "provider announcement failed: {e}");
+            }
         } else {
             lock(&self.inner.registry).remove(&self.root);
         }

@@ -153,16 +153,16 @@ impl Inner {
         lock(&self.registry).insert(root, entry);
     }
 
-    pub(crate) fn announce(&self, root: Hash) {
+    /// Announces this node as a provider of `root` in the DHT (republished by the DHT
+    /// while it runs). Returns how many nodes stored the record; 0 without a DHT or with
+    /// announcing turned off.
+    pub(crate) async fn announce(&self, root: Hash) -> Result<usize, kith_overlay::dht::DhtError> {
         if !self.config.announce {
-            return;
+            return Ok(0);
         }
-        if let Some(dht) = self.dht.clone() {
-            tokio::spawn(async move {
-                if let Err(e) = dht.announce_provider(Key(*root.as_bytes())).await {
-                    tracing::debug!(%root, "provider announcement failed: {e}");
-                }
-            });
+        match &self.dht {
+            Some(dht) => dht.announce_provider(Key(*root.as_bytes())).await,
+            None => Ok(0),
         }
     }
 }
@@ -262,8 +262,20 @@ impl Share {
             groups: RangeSet::new(),
             complete: true,
         });
-        self.inner.announce(root);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inner.announce(root).await {
+                tracing::debug!(%root, "provider announcement failed: {e}");
+            }
+        });
         Ok(self.ticket(root, format))
+    }
+
+    /// Announces this node as a provider of `root` in the DHT and waits for the result:
+    /// how many nodes stored the record (0 without a DHT). [`add`](Self::add) does this in
+    /// the background; the DHT republishes it while the node runs.
+    pub async fn announce(&self, root: Hash) -> Result<usize, kith_overlay::dht::DhtError> {
+        self.inner.announce(root).await
     }
 
     /// Imports bytes as a raw blob and shares it.
