@@ -251,13 +251,20 @@ impl Share {
 
     /// Writes collection `root` from the store into a new directory `target` (it must
     /// not exist), restoring exec bits. Paths were validated when the manifest was
-    /// decoded: none is absolute, contains `..` or escapes `target`.
+    /// decoded: none is absolute, contains `..` or escapes `target` (the directory is new,
+    /// so no symlink in it can redirect a write).
+    ///
+    /// A filesystem store hands its own copy of each file over to `target` and keeps
+    /// referencing it there (verified on every read), so a download leaves no second full
+    /// copy; other stores copy.
     pub async fn export_dir(&self, root: Hash, target: &Path) -> Result<(), DownloadError> {
         let store = self.inner.store.clone();
         let target = target.to_owned();
-        tokio::task::spawn_blocking(move || collection::export_dir(&*store, root, &target))
-            .await
-            .map_err(|e| DownloadError::Aborted(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            collection::export_dir_with(&*store, root, &target, kith_store::ImportMode::Reference)
+        })
+        .await
+        .map_err(|e| DownloadError::Aborted(e.to_string()))??;
         Ok(())
     }
 }

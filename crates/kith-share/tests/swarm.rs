@@ -452,3 +452,40 @@ async fn unreachable_providers_are_named_in_the_error() {
     let _: Option<NodeId> = None;
     let _ = RangeSet::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloaded_folder_is_written_in_place_not_copied() {
+    let net = MemNetwork::new();
+    let a = node(&net, 1, ShareConfig::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_tree(&src);
+    let ticket = a.share.add_dir(&src).await.unwrap();
+    // B downloads into a filesystem store.
+    let root = tmp.path().join("store");
+    let store: SharedStore =
+        Arc::new(kith_store::FsStore::open(&root, StoreConfig::default()).unwrap());
+    let t: Arc<dyn Transport> = Arc::new(net.node(SecretKey::from_bytes(&[2; 32]).node_id()));
+    let b = Share::spawn(t, store, None, ShareConfig::default()).unwrap();
+    b.download(&ticket, opts(10)).finish().await.unwrap();
+    let out = tmp.path().join("out");
+    b.export_dir(ticket.root, &out).await.unwrap();
+    assert_same_tree(&src, &out);
+    let owned: Vec<_> = std::fs::read_dir(root.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+        .collect();
+    // Only the manifest is still a file of the store's own; the five files live in `out`
+    // (the empty file and the others are referenced there).
+    assert_eq!(owned.len(), 1, "{owned:?}");
+    // And B still serves them, verified from their new place.
+    let c = node(&net, 3, ShareConfig::default());
+    let mut t2 = ticket.clone();
+    t2.providers = vec![b.ticket(ticket.root, BlobFormat::Collection).providers[0].clone()];
+    let stats = c.share.download(&t2, opts(11)).finish().await.unwrap();
+    assert_eq!(
+        stats.per_peer.keys().collect::<Vec<_>>(),
+        vec![&b.node_id()]
+    );
+}

@@ -290,6 +290,18 @@ pub fn export_dir<S: Store + ?Sized>(
     hash: Hash,
     target: &Path,
 ) -> Result<(), CollectionError> {
+    export_dir_with(store, hash, target, crate::ImportMode::Copy)
+}
+
+/// Like [`export_dir`]; with [`ImportMode::Reference`](crate::ImportMode::Reference) a
+/// filesystem store hands its own copies over to the new files and references them there
+/// (see [`Store::export_file_with`]), so the tree is not stored twice.
+pub fn export_dir_with<S: Store + ?Sized>(
+    store: &S,
+    hash: Hash,
+    target: &Path,
+    mode: crate::ImportMode,
+) -> Result<(), CollectionError> {
     let m = read_manifest(store, hash)?;
     std::fs::create_dir(target).map_err(io_at(target))?;
     for e in &m.entries {
@@ -298,7 +310,7 @@ pub fn export_dir<S: Store + ?Sized>(
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_at(parent))?;
         }
-        let n = store.export_file(h, &path)?;
+        let n = store.export_file_with(h, &path, mode)?;
         if n != e.size {
             return Err(CollectionError::SizeMismatch {
                 path: e.path.clone(),

@@ -674,6 +674,80 @@ impl FsStore {
         })
     }
 
+    /// Hands the store's own copy of complete blob `hash` over to a new file at `target`
+    /// (which must not exist) and keeps the blob as an external blob referencing it there:
+    /// the bytes exist once, at `target`, and every later read verifies them (see
+    /// [`ImportMode::Reference`]). Returns `Ok(None)` when that is not possible (the blob
+    /// is external or partial already, or `target` is on another filesystem): the caller
+    /// copies instead.
+    ///
+    /// Crash safety: the record naming `target` enters `blobs/` before the data file is
+    /// renamed to `target`; while both exist the data file wins on open (the record is
+    /// dropped as an orphan), so a crash leaves either the owned blob or the external one.
+    fn move_out(&self, hash: Hash, target: &Path) -> io::Result<Option<u64>> {
+        let mut inner = self.lock();
+        let Some(&size) = inner.complete.get(&hash) else {
+            return Ok(None);
+        };
+        if inner.external.contains_key(&hash) {
+            return Ok(None);
+        }
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            return Ok(None);
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let abs = fs::canonicalize(parent)?.join(name);
+        if abs.as_os_str().len() > MAX_EXTERNAL_PATH {
+            return Ok(None);
+        }
+        if fs::symlink_metadata(&abs).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "export target exists",
+            ));
+        }
+        let data = self.path("blobs", hash, "data");
+        let m = fs::metadata(&data)?;
+        // A rename keeps size, modification time, device and inode: the record made from
+        // the data file now describes the file at `abs` after the rename.
+        let rec = ExternalRecord::of(abs.clone(), &m);
+        if rec.size != size {
+            return Ok(None);
+        }
+        let tmp_rec = self.tmp_path("ext");
+        {
+            let mut f = File::create(&tmp_rec)?;
+            f.write_all(&rec.encode())?;
+            f.sync_all()?;
+        }
+        let blobs = self.dir("blobs");
+        let ext = self.path("blobs", hash, "ext");
+        fs::rename(&tmp_rec, &ext)?;
+        sync_dir(&blobs)?;
+        match fs::rename(&data, &abs) {
+            Ok(()) => {}
+            Err(e) => {
+                // Another filesystem (or no permission): keep the owned copy.
+                let _ = fs::remove_file(&ext);
+                let _ = sync_dir(&blobs);
+                if e.raw_os_error() == Some(18) {
+                    // EXDEV
+                    return Ok(None);
+                }
+                return Err(e);
+            }
+        }
+        sync_dir(parent)?;
+        sync_dir(&blobs)?;
+        inner.used = inner.used.saturating_sub(size);
+        inner.external.insert(hash, Arc::new(rec));
+        Ok(Some(size))
+    }
+
     /// Imports the file at `path` as an external blob (see [`ImportMode::Reference`]).
     fn import_external(&self, path: &Path) -> Result<Hash, ImportError> {
         let abs = fs::canonicalize(path).map_err(ImportError::Io)?;
@@ -993,6 +1067,20 @@ impl PartialSink for FsPartial<'_> {
 }
 
 impl Store for FsStore {
+    fn export_file_with(
+        &self,
+        hash: Hash,
+        path: &Path,
+        mode: ImportMode,
+    ) -> Result<u64, crate::ExportError> {
+        if mode == ImportMode::Reference {
+            if let Some(n) = self.move_out(hash, path).map_err(crate::ExportError::Io)? {
+                return Ok(n);
+            }
+        }
+        self.export_file(hash, path)
+    }
+
     fn import_bytes(&self, data: &[u8]) -> Result<Hash, ImportError> {
         self.import_reader(&mut &data[..])
     }

@@ -206,6 +206,21 @@ pub trait Store {
         result
     }
 
+    /// Like [`export_file`](Self::export_file); with [`ImportMode::Reference`] a store
+    /// that can reference files ([`FsStore`]) hands its own copy of an owned blob over to
+    /// `path` instead of copying it, and keeps the blob as an external blob there, so the
+    /// bytes exist once (reads of it are verified from then on). Stores that cannot, and
+    /// blobs that are external already, copy.
+    fn export_file_with(
+        &self,
+        hash: Hash,
+        path: &Path,
+        mode: ImportMode,
+    ) -> Result<u64, ExportError> {
+        let _ = mode;
+        self.export_file(hash, path)
+    }
+
     /// Every blob, complete or partial, sorted by hash.
     fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
 
