@@ -844,9 +844,14 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     let mut best: Option<u64> = None;
                     let mut best_avail = u32::MAX;
                     let mut ties = 0u64;
-                    for k in 0..n {
-                        let i = (offset + k) % n;
-                        if !self.candidate(p, i) {
+                    // Pieces from the offset on, wrapping round: only those the peer has
+                    // and we lack are looked at (a word at a time), so a peer with
+                    // nothing useful costs n / 64 steps, not n.
+                    let mut order = Vec::new();
+                    missing_held(&p.has, &self.have, offset..n, &mut order);
+                    missing_held(&p.has, &self.have, 0..offset, &mut order);
+                    for i in order {
+                        if self.inflight[i as usize] != 0 {
                             continue;
                         }
                         let a = self.avail[i as usize];
@@ -880,18 +885,18 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         if copies <= 1 {
             return None;
         }
-        let mine: BTreeSet<u64> = p
+        let mine: Vec<Range<u64>> = p
             .requests
             .iter()
             .filter_map(|id| self.requests.get(id))
-            .flat_map(|r| r.pieces.clone())
+            .map(|r| r.pieces.clone())
             .collect();
         let dup_ok = |i: u64| {
             !self.have.get(i)
                 && self.inflight[i as usize] > 0
                 && self.inflight[i as usize] < copies
                 && p.has.get(i)
-                && !mine.contains(&i)
+                && !mine.iter().any(|r| r.contains(&i))
         };
         let range: Box<dyn Iterator<Item = u64>> = match self.mode {
             Mode::Sequential { playhead } if self.unrequested > 0 => {
@@ -914,7 +919,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
             _ => {
                 // Endgame: oldest outstanding first is a fine proxy; any order works.
-                let v: Vec<u64> = (0..n).filter(|&i| dup_ok(i)).collect();
+                let mut held = Vec::new();
+                missing_held(&p.has, &self.have, 0..n, &mut held);
+                let v: Vec<u64> = held.into_iter().filter(|&i| dup_ok(i)).collect();
                 Box::new(v.into_iter())
             }
         };
@@ -1003,6 +1010,32 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             },
         );
         self.actions.push_back(Action::Request { peer, id, pieces });
+    }
+}
+
+/// Appends to `out`, in increasing order, the indices in `range` set in `has` and not in
+/// `have`, scanning a word at a time.
+fn missing_held(has: &Bits, have: &Bits, range: Range<u64>, out: &mut Vec<u64>) {
+    if range.start >= range.end {
+        return;
+    }
+    let first = (range.start / 64) as usize;
+    let last = ((range.end - 1) / 64) as usize;
+    for w in first..=last {
+        let (Some(h), Some(m)) = (has.words.get(w), have.words.get(w)) else {
+            break;
+        };
+        let mut bits = h & !m;
+        if w == first {
+            bits &= u64::MAX << (range.start % 64);
+        }
+        if w == last && range.end % 64 != 0 {
+            bits &= u64::MAX >> (64 - range.end % 64);
+        }
+        while bits != 0 {
+            out.push(w as u64 * 64 + u64::from(bits.trailing_zeros()));
+            bits &= bits - 1;
+        }
     }
 }
 

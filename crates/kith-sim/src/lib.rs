@@ -37,6 +37,8 @@ pub mod gossip_cli;
 pub mod gossip_net;
 pub mod scenario;
 pub mod search;
+pub mod share;
+pub mod share_cli;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};

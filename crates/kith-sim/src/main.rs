@@ -60,6 +60,7 @@ fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("gossip") => return kith_sim::gossip_cli::gossip(std::env::args().skip(2)),
         Some("search") => return kith_sim::gossip_cli::search(std::env::args().skip(2)),
+        Some("share") => return kith_sim::share_cli::share(std::env::args().skip(2)),
         _ => {}
     }
     let args = match parse() {
