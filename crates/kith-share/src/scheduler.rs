@@ -299,6 +299,9 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     avail: Vec<u32>,
     /// Missing pieces with no request in flight.
     unrequested: u64,
+    /// The same pieces, a bit each (kept in step with `have` and `inflight`), so a pick
+    /// scans a word at a time.
+    free: Bits,
     peers: BTreeMap<P, Peer>,
     banned: BTreeSet<P>,
     requests: BTreeMap<RequestId, Request<P>>,
@@ -321,8 +324,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 verified_bytes += layout.piece_bytes(p);
             }
         }
+        let mut free = Bits::new(n);
+        for i in 0..n {
+            if !bits.get(i) {
+                free.set(i);
+            }
+        }
         let mut s = Self {
             cfg,
+            free,
             rng: StdRng::seed_from_u64(seed),
             mode: Mode::RarestFirst,
             unrequested: n - bits.count,
@@ -544,6 +554,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             if *slot == 0 && !self.have.get(p) {
                 self.unrequested += 1;
             }
+            self.sync_free(p);
         }
     }
 
@@ -578,6 +589,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     req.last_progress = now;
                     let slot = &mut self.inflight[piece as usize];
                     *slot = slot.saturating_sub(1);
+                    self.sync_free(piece);
                 }
             }
         }
@@ -615,6 +627,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
         }
         if self.have.set(piece) {
+            self.sync_free(piece);
             self.verified_bytes += bytes;
             if self.inflight[piece as usize] == 0 && !counted {
                 // It was unrequested (or only in a cancelled request).
@@ -673,8 +686,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         Some(req)
     }
 
+    /// A request delivered in full: it also takes back one strike of its peer, so an
+    /// honest peer that stalled now and then in a congested swarm is not banned over a
+    /// long download (a peer that never delivers a whole request keeps its strikes).
     fn finish_request(&mut self, id: RequestId) {
-        self.remove_request(id);
+        if let Some(req) = self.remove_request(id) {
+            if let Some(p) = self.peers.get_mut(&req.peer) {
+                p.strikes = p.strikes.saturating_sub(1);
+            }
+        }
     }
 
     /// Request `id` ended (unless it was cancelled). Undelivered pieces return to the
@@ -728,6 +748,8 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             .filter(|(_, r)| r.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
+        // Requests to one peer that stall together are one incident: one strike.
+        let mut struck = BTreeSet::new();
         for id in stalled {
             let Some(req) = self.remove_request(id) else {
                 continue;
@@ -741,18 +763,28 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     .saturating_duration_since(req.last_progress)
                     .as_secs_f64();
                 let guess = if span > 0.0 {
-                    (self.layout.piece_bytes(req.pieces.start) as f64 / span).min(p.rate)
+                    let seen = self.layout.piece_bytes(req.pieces.start) as f64 / span;
+                    // Not `min(p.rate)` while the rate is unknown (0): that would make
+                    // the guess 0 and the next stall timeout the maximum.
+                    if p.rate > 0.0 { seen.min(p.rate) } else { seen }
                 } else {
                     p.rate / 2.0
                 };
-                p.rate = if p.rate == 0.0 {
+                p.rate = if p.delivered == 0 {
+                    // Nothing from it yet: it stays unmeasured, so its next requests
+                    // get the initial stall timeout again, not one stretched by a
+                    // made-up rate (a silent peer is banned after three of them).
+                    0.0
+                } else if p.rate == 0.0 {
                     guess.max(1.0)
                 } else {
                     (p.rate / 2.0).min(guess).max(1.0)
                 };
                 p.cwnd = (p.cwnd / 2).max(self.cfg.min_window);
             }
-            self.strike(&peer);
+            if struck.insert(peer) {
+                self.strike(&peer);
+            }
         }
         for p in self.peers.values_mut() {
             if p.paused_until.is_some_and(|t| t <= now) {
@@ -820,11 +852,34 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         // at the measured rate, twice over, plus round trips.
         let piece = crate::GROUP_SIZE.max(bytes) as f64;
         let expect = Duration::from_secs_f64((piece / p.rate).min(3600.0));
-        (expect * 2 + p.rtt * 4).clamp(self.cfg.min_stall, self.cfg.max_stall)
+        // Its pieces may also queue behind everything else in flight on our own link:
+        // the bytes in flight to every peer at the rate they arrive at together.
+        let (inflight, rate) = self
+            .peers
+            .values()
+            .filter(|q| !q.requests.is_empty())
+            .fold((0u64, 0.0f64), |(b, r), q| {
+                (b + q.inflight_bytes, r + q.rate)
+            });
+        let queue = if rate > 0.0 {
+            Duration::from_secs_f64((inflight as f64 / rate).min(3600.0))
+        } else {
+            Duration::ZERO
+        };
+        (expect * 2 + p.rtt * 4 + queue).clamp(self.cfg.min_stall, self.cfg.max_stall)
     }
 
     fn candidate(&self, p: &Peer, i: u64) -> bool {
-        !self.have.get(i) && self.inflight[i as usize] == 0 && p.has.get(i)
+        self.free.get(i) && p.has.get(i)
+    }
+
+    /// Keeps `free` in step after `have` or `inflight` of piece `i` changed.
+    fn sync_free(&mut self, i: u64) {
+        if !self.have.get(i) && self.inflight.get(i as usize) == Some(&0) {
+            self.free.set(i);
+        } else {
+            self.free.clear(i);
+        }
     }
 
     /// Picks a run for a peer: `(pieces, duplicate)`.
@@ -844,25 +899,37 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     let mut best: Option<u64> = None;
                     let mut best_avail = u32::MAX;
                     let mut ties = 0u64;
-                    // Pieces from the offset on, wrapping round: only those the peer has
-                    // and we lack are looked at (a word at a time), so a peer with
-                    // nothing useful costs n / 64 steps, not n.
-                    let mut order = Vec::new();
-                    missing_held(&p.has, &self.have, offset..n, &mut order);
-                    missing_held(&p.has, &self.have, 0..offset, &mut order);
-                    for i in order {
-                        if self.inflight[i as usize] != 0 {
-                            continue;
+                    // Pieces from the offset on, wrapping round; only candidates (held
+                    // by the peer, missing, not in flight) are looked at, a word at a
+                    // time, so a peer with nothing useful costs n / 64 steps, not n.
+                    let words = n.div_ceil(64) as usize;
+                    let first = (offset / 64) as usize;
+                    let low = u64::MAX << (offset % 64);
+                    for step in 0..=words {
+                        let w = (first + step) % words.max(1);
+                        let (Some(h), Some(f)) = (p.has.words.get(w), self.free.words.get(w))
+                        else {
+                            break;
+                        };
+                        let mut bits = h & f;
+                        if step == 0 {
+                            bits &= low;
+                        } else if step == words {
+                            bits &= !low;
                         }
-                        let a = self.avail[i as usize];
-                        if a < best_avail {
-                            best_avail = a;
-                            best = Some(i);
-                            ties = 1;
-                        } else if a == best_avail {
-                            ties += 1;
-                            if self.rng.gen_range(0..ties) == 0 {
+                        while bits != 0 {
+                            let i = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                            bits &= bits - 1;
+                            let a = self.avail[i as usize];
+                            if a < best_avail {
+                                best_avail = a;
                                 best = Some(i);
+                                ties = 1;
+                            } else if a == best_avail {
+                                ties += 1;
+                                if self.rng.gen_range(0..ties) == 0 {
+                                    best = Some(i);
+                                }
                             }
                         }
                     }
@@ -986,6 +1053,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 self.unrequested = self.unrequested.saturating_sub(1);
             }
             *slot = slot.saturating_add(1);
+            self.sync_free(i);
             bytes += self.layout.piece_bytes(i).max(1);
         }
         let stall = self.stall_of(&peer, bytes);

@@ -34,7 +34,8 @@
 //! * **Malicious providers** claim every piece; a *corrupt* one sends bad data (the first
 //!   bad piece to arrive bans it; bytes of bad pieces that crossed the link are wasted), a
 //!   *liar* answers every request as missing, a *trickler* sends bad data at a few
-//!   hundred bytes a second (its requests stall).
+//!   hundred bytes a second (its requests stall). None of them refuses a request as
+//!   busy: each wants to hold as many requests as it can.
 //! * **Churn**: chosen downloaders leave once the swarm holds half of what it needs; their
 //!   peers learn it after the one-way delay ([`Scheduler::remove_peer`]), pieces in flight
 //!   from or to them are lost.
@@ -46,9 +47,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use kith_share::scheduler::{
-    Action, Event, RequestId, RequestOutcome, Scheduler, SchedulerConfig,
-};
+use kith_share::scheduler::{Action, Event, RequestId, RequestOutcome, Scheduler, SchedulerConfig};
 use kith_share::{Layout, RangeSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -218,6 +217,9 @@ pub struct ShareReport {
     pub contacted_pairs: usize,
     /// Of those, pairs where the downloader banned the provider.
     pub banned_pairs: usize,
+    /// Contacted and banned pairs per kind of malicious provider: corrupt, liar,
+    /// trickler.
+    pub by_malice: [(usize, usize); 3],
     /// Malicious providers contacted by an honest downloader.
     pub malicious_contacted: usize,
     /// Malicious providers banned by every honest downloader that contacted them.
@@ -234,8 +236,10 @@ pub struct ShareReport {
     pub busy: u64,
     /// Stalled requests.
     pub stalls: u64,
-    /// Bans of honest peers (must be 0).
+    /// Bans of honest peers by honest downloaders.
     pub honest_banned: u64,
+    /// Bans of the seeder.
+    pub seeder_banned: u64,
     /// Events processed.
     pub events: u64,
     /// Virtual time simulated.
@@ -773,8 +777,9 @@ impl<'a> Swarm<'a> {
                 return;
             }
         }
+        // A malicious provider never refuses: it wants to hold every request it can.
         let used = pn.serving.len() + usize::from(pn.busy_last);
-        if used >= self.p.upload_slots.max(1) {
+        if used >= self.p.upload_slots.max(1) && !matches!(pn.kind, Kind::Bad(_)) {
             self.rep.busy += 1;
             let retry_after = self.p.busy_retry;
             self.q
@@ -957,11 +962,11 @@ impl<'a> Swarm<'a> {
                     self.nodes[node as usize].pending_have.insert(piece);
                     gained += 1;
                 }
-                Event::Banned { peer, .. } => {
-                    if !matches!(self.nodes[peer as usize].kind, Kind::Bad(_)) {
-                        self.rep.honest_banned += 1;
-                    }
-                }
+                Event::Banned { peer, .. } => match self.nodes[peer as usize].kind {
+                    Kind::Bad(_) => {}
+                    Kind::Honest => self.rep.honest_banned += 1,
+                    Kind::Seeder => self.rep.seeder_banned += 1,
+                },
                 Event::Stalled { .. } => self.rep.stalls += 1,
                 Event::Done => done = true,
             }
@@ -1038,8 +1043,11 @@ impl<'a> Swarm<'a> {
         finish.sort_unstable();
         self.rep.completed = finish.len();
         let remaining = self.rep.honest - self.rep.left;
-        self.rep.last_finish = (finish.len() == remaining)
-            .then(|| finish.last().map_or(Duration::ZERO, |&t| Duration::from_nanos(t)));
+        self.rep.last_finish = (finish.len() == remaining).then(|| {
+            finish
+                .last()
+                .map_or(Duration::ZERO, |&t| Duration::from_nanos(t))
+        });
         self.rep.median_finish = finish
             .get(finish.len() / 2)
             .map_or(Duration::ZERO, |&t| Duration::from_nanos(t));
@@ -1050,6 +1058,13 @@ impl<'a> Swarm<'a> {
                 .sched
                 .as_ref()
                 .is_some_and(|s| s.is_banned(&m));
+            let k = match self.nodes[m as usize].kind {
+                Kind::Bad(Malice::Corrupt) => 0,
+                Kind::Bad(Malice::Liar) => 1,
+                _ => 2,
+            };
+            self.rep.by_malice[k].0 += 1;
+            self.rep.by_malice[k].1 += usize::from(banned);
             let e = per_bad.entry(m).or_default();
             e.0 += 1;
             if banned {

@@ -73,14 +73,15 @@ fn describe(name: &str, p: &ShareParams, r: &ShareReport, wall: Instant) {
         r.left
     );
     println!(
-        "# {name}: seeder uploaded {:.3} F; all uploads {:.3} F per honest downloader; duplicate bytes {:.4} F per downloader; {} requests, {} busy, {} stalls, {} honest peers banned",
+        "# {name}: seeder uploaded {:.3} F; all uploads {:.3} F per honest downloader; duplicate bytes {:.4} F per downloader; {} requests, {} busy, {} stalls, {} honest peers and {} times the seeder banned",
         r.seed_upload_ratio(),
         r.uploaded as f64 / r.bytes.max(1) as f64 / r.honest.max(1) as f64,
         r.duplicate_bytes as f64 / r.bytes.max(1) as f64 / r.honest.max(1) as f64,
         r.requests,
         r.busy,
         r.stalls,
-        r.honest_banned
+        r.honest_banned,
+        r.seeder_banned
     );
     println!(
         "# {name}: {} events, {:.1}s virtual, {:.1}s wall",
@@ -113,7 +114,10 @@ pub fn share(args: impl Iterator<Item = String>) -> ExitCode {
         let p = tune(ShareParams::flash(a.nodes, a.mib, a.seed));
         let r = share::run(&p);
         describe("flash", &p, &r, wall);
-        println!("figure share.flash.ratio_to_bound {:.3}", r.ratio_to_bound());
+        println!(
+            "figure share.flash.ratio_to_bound {:.3}",
+            r.ratio_to_bound()
+        );
         println!(
             "figure share.flash.seed_upload_ratio {:.3}",
             r.seed_upload_ratio()
@@ -126,8 +130,14 @@ pub fn share(args: impl Iterator<Item = String>) -> ExitCode {
         let p = tune(ShareParams::hetero(a.nodes, a.mib, a.seed));
         let r = share::run(&p);
         describe("hetero", &p, &r, wall);
-        println!("figure share.hetero.completed {:.4}", r.completed_fraction());
-        println!("figure share.hetero.ratio_to_bound {:.3}", r.ratio_to_bound());
+        println!(
+            "figure share.hetero.completed {:.4}",
+            r.completed_fraction()
+        );
+        println!(
+            "figure share.hetero.ratio_to_bound {:.3}",
+            r.ratio_to_bound()
+        );
         ok &= r.completed_fraction() == 1.0;
     }
     if all || a.scenario == "malicious" {
@@ -145,11 +155,19 @@ pub fn share(args: impl Iterator<Item = String>) -> ExitCode {
             r.bad_accepted,
             r.wasted_per_malicious
         );
+        let [c, l, t] = r.by_malice;
+        println!(
+            "# malicious: banned/contacted pairs: corrupt {}/{}, liars {}/{}, tricklers {}/{}",
+            c.1, c.0, l.1, l.0, t.1, t.0
+        );
         println!(
             "figure share.malicious.completed {:.4}",
             r.completed_fraction()
         );
-        println!("figure share.malicious.banned_ratio {:.4}", r.banned_ratio());
+        println!(
+            "figure share.malicious.banned_ratio {:.4}",
+            r.banned_ratio()
+        );
         println!(
             "figure share.malicious.wasted_bytes_per_bad_peer {}",
             r.wasted_max
