@@ -904,14 +904,11 @@ impl<'a> Swarm<'a> {
     /// Carries out what `node`'s scheduler decided, takes its events, re-arms its timer.
     fn drain(&mut self, node: u32) {
         let now = self.clock.ticks();
-        loop {
-            let Some(a) = self.nodes[node as usize]
-                .sched
-                .as_mut()
-                .and_then(Scheduler::poll_action)
-            else {
-                break;
-            };
+        while let Some(a) = self.nodes[node as usize]
+            .sched
+            .as_mut()
+            .and_then(Scheduler::poll_action)
+        {
             match a {
                 Action::Request { peer, id, pieces } => {
                     self.rep.requests += 1;
@@ -946,14 +943,11 @@ impl<'a> Swarm<'a> {
         }
         let mut gained = 0u64;
         let mut done = false;
-        loop {
-            let Some(e) = self.nodes[node as usize]
-                .sched
-                .as_mut()
-                .and_then(Scheduler::poll_event)
-            else {
-                break;
-            };
+        while let Some(e) = self.nodes[node as usize]
+            .sched
+            .as_mut()
+            .and_then(Scheduler::poll_event)
+        {
             match e {
                 Event::Piece { piece, peer, .. } => {
                     if matches!(self.nodes[peer as usize].kind, Kind::Bad(_)) {
