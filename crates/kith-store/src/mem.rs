@@ -32,7 +32,7 @@ struct Inner {
     used: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Blob {
     Complete {
         data: Bytes,
@@ -150,9 +150,17 @@ impl MemStore {
         hash: Hash,
         f: impl FnOnce(&Blob) -> Result<T, ReadError>,
     ) -> Result<T, ReadError> {
-        let inner = self.lock();
-        let blob = inner.blobs.get(&hash).ok_or(ReadError::NotFound(hash))?;
-        f(blob)
+        // A snapshot (the bytes are shared, not copied), so a slow writer `f` writes to
+        // never holds the store's lock.
+        let blob = {
+            let inner = self.lock();
+            inner
+                .blobs
+                .get(&hash)
+                .ok_or(ReadError::NotFound(hash))?
+                .clone()
+        };
+        f(&blob)
     }
 }
 

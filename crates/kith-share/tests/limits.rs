@@ -1,0 +1,121 @@
+//! The provider's limits, each refused with its typed answer: ranges per request,
+//! requests per peer, upload slots, unknown roots, malformed requests.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kith_core::frame::{encode_frame, read_frame};
+use kith_core::mem::{MemNetwork, MemTransport};
+use kith_core::net::{BoxRecvStream, BoxSendStream, Conn};
+use kith_core::{SecretKey, Transport};
+use kith_share::wire::{GetRequest, MAX_FRAME, Open, Refusal, Response};
+use kith_share::{PROTOCOL, ProviderLimits, RangeSet, Share, ShareConfig, SharedStore};
+use kith_store::{Hash, MemStore, StoreConfig};
+use tokio::io::AsyncWriteExt;
+
+async fn provider(net: &MemNetwork, limits: ProviderLimits) -> (Share, Hash) {
+    let t: Arc<dyn Transport> = Arc::new(net.node(SecretKey::from_bytes(&[1; 32]).node_id()));
+    let store: SharedStore = Arc::new(MemStore::new(StoreConfig::default()));
+    let mut c = ShareConfig::default();
+    c.limits = limits;
+    let share = Share::spawn(t, store, None, c).unwrap();
+    let blob: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+    let t = share.add_bytes(Bytes::from(blob)).await.unwrap();
+    (share, t.root)
+}
+
+async fn client(net: &MemNetwork, seed: u8, to: &Share) -> (MemTransport, Conn) {
+    let t = net.node(SecretKey::from_bytes(&[seed; 32]).node_id());
+    let conn = t
+        .connect(kith_core::NodeAddr::new(to.node_id()))
+        .await
+        .unwrap();
+    (t, conn)
+}
+
+async fn send_open(conn: &Conn, open: &Open) -> (BoxSendStream, BoxRecvStream) {
+    let (mut send, recv) = conn.open_bi(&PROTOCOL).await.unwrap();
+    let f = encode_frame(&open.to_msg(), MAX_FRAME).unwrap();
+    send.write_all(&f).await.unwrap();
+    (send, recv)
+}
+
+async fn first_response(recv: &mut BoxRecvStream) -> Response {
+    let f = read_frame(recv, MAX_FRAME).await.unwrap().unwrap();
+    Response::decode(&f, 1024).unwrap()
+}
+
+fn get(root: Hash, groups: RangeSet) -> Open {
+    Open::Get(GetRequest {
+        root,
+        collection: false,
+        blobs: vec![(0, groups)],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_limit_is_refused_with_its_reason() {
+    let net = MemNetwork::new();
+    let mut limits = ProviderLimits::default();
+    limits.max_ranges_per_request = 8;
+    limits.requests_per_peer = 2;
+    limits.upload_slots = 2;
+    // 64 KiB/s: an answer of 24 groups takes six seconds, so requests stay open.
+    limits.upload_rate_per_peer = Some(64 * 1024);
+    limits.send_buffer = 4096;
+    let (p, root) = provider(&net, limits).await;
+    let (_ta, a) = client(&net, 2, &p).await;
+
+    // Too many ranges.
+    let many: RangeSet = (0..40).step_by(2).collect();
+    let (_s, mut r) = send_open(&a, &get(root, many)).await;
+    assert_eq!(
+        first_response(&mut r).await,
+        Response::Refused(Refusal::TooLarge)
+    );
+
+    // Unknown root.
+    let (_s, mut r) = send_open(&a, &get(Hash::of(b"nope"), RangeSet::from_range(0..1))).await;
+    assert_eq!(
+        first_response(&mut r).await,
+        Response::Refused(Refusal::NotFound)
+    );
+
+    // Malformed first frame.
+    let (mut s, mut r) = a.open_bi(&PROTOCOL).await.unwrap();
+    s.write_all(&[3, 0xff, 0xff, 0xff]).await.unwrap();
+    assert_eq!(
+        first_response(&mut r).await,
+        Response::Refused(Refusal::BadRequest)
+    );
+
+    // Two slow gets from A take both its per-peer requests (and both upload slots).
+    let mut held = Vec::new();
+    for g in [0u64, 30] {
+        let (s, mut r) = send_open(&a, &get(root, RangeSet::from_range(g..g + 24))).await;
+        assert_eq!(
+            first_response(&mut r).await,
+            Response::Blob {
+                index: 0,
+                missing: false
+            }
+        );
+        held.push((s, r));
+    }
+    // A third from A: over its per-peer limit.
+    let (_s, mut r) = send_open(&a, &get(root, RangeSet::from_range(5..6))).await;
+    assert_eq!(
+        first_response(&mut r).await,
+        Response::Refused(Refusal::TooManyRequests)
+    );
+    // One from B: every upload slot is taken.
+    let (_tb, b) = client(&net, 3, &p).await;
+    let (_s, mut r) = send_open(&b, &get(root, RangeSet::from_range(7..8))).await;
+    assert_eq!(
+        first_response(&mut r).await,
+        Response::Refused(Refusal::Busy {
+            retry_after_ms: 500
+        })
+    );
+    drop(held);
+}
