@@ -321,7 +321,10 @@ struct Driver {
     options: DownloadOptions,
     events: mpsc::Sender<DownloadEvent>,
     mode_rx: mpsc::UnboundedReceiver<Mode>,
-    pending_addrs: Vec<NodeAddr>,
+    /// Providers to try, in order: LAN peers first, then the ticket's, then the DHT's.
+    pending_addrs: std::collections::VecDeque<NodeAddr>,
+    /// Peers found on the LAN: they are asked whether they have it; a no is not a failure.
+    lan: HashSet<NodeId>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
     peers: HashMap<NodeId, PeerConn>,
@@ -361,7 +364,8 @@ impl Driver {
             options,
             events,
             mode_rx,
-            pending_addrs: providers,
+            pending_addrs: providers.into(),
+            lan: HashSet::new(),
             tx,
             rx,
             peers: HashMap::new(),
@@ -383,7 +387,7 @@ impl Driver {
     fn connect_more(&mut self) {
         let me = self.inner.transport.local_id();
         while self.peers.len() + self.connecting < self.inner.config.max_peers_per_download {
-            let Some(addr) = self.pending_addrs.pop() else {
+            let Some(addr) = self.pending_addrs.pop_front() else {
                 break;
             };
             if addr.node_id == me || !self.tried.insert(addr.node_id) {
@@ -453,7 +457,9 @@ impl Driver {
             Msg::ConnectFailed(f) => {
                 self.connecting = self.connecting.saturating_sub(1);
                 tracing::debug!("provider failed: {f}");
-                self.failures.push(f);
+                if !self.lan.contains(&f.addr.node_id) {
+                    self.failures.push(f);
+                }
                 self.connect_more();
                 None
             }
@@ -477,6 +483,15 @@ impl Driver {
 
     async fn run(mut self) -> Result<DownloadStats, DownloadError> {
         let started = Instant::now();
+        let lan_source = lock(&self.inner.lan_peers).clone();
+        if let Some(lan) = lan_source {
+            let mut peers = lan();
+            peers.truncate(self.inner.config.max_peers_per_download);
+            for p in peers.into_iter().rev() {
+                self.lan.insert(p.node_id);
+                self.pending_addrs.push_front(p);
+            }
+        }
         self.start_discovery();
         self.connect_more();
         if self.pending_addrs.is_empty() && self.connecting == 0 && !self.discovering {

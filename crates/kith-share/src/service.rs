@@ -142,7 +142,11 @@ pub(crate) struct Inner {
     slots: Arc<Semaphore>,
     per_peer: Mutex<HashMap<NodeId, usize>>,
     pacers: Mutex<HashMap<NodeId, Arc<Pacer>>>,
+    pub(crate) lan_peers: Mutex<Option<LanPeers>>,
 }
+
+/// Lists the peers on the local network (for example `MdnsDiscovery::peers`).
+pub(crate) type LanPeers = Arc<dyn Fn() -> Vec<kith_core::NodeAddr> + Send + Sync>;
 
 impl Inner {
     pub(crate) fn entry(&self, root: &Hash) -> Option<Entry> {
@@ -211,6 +215,7 @@ impl Share {
             updates,
             per_peer: Mutex::new(HashMap::new()),
             pacers: Mutex::new(HashMap::new()),
+            lan_peers: Mutex::new(None),
         });
         transport
             .mount(
@@ -221,6 +226,17 @@ impl Share {
             )
             .map_err(|_| ShareError::AlreadyMounted)?;
         Ok(Self { inner })
+    }
+
+    /// Asks the peers `source` lists (peers on the local network, such as kith-transport's
+    /// `MdnsDiscovery::peers`) first when downloading: they are tried before the ticket's
+    /// providers and the DHT's. A LAN peer that lacks the content is not reported as a
+    /// failure.
+    pub fn set_lan_peers(
+        &self,
+        source: impl Fn() -> Vec<kith_core::NodeAddr> + Send + Sync + 'static,
+    ) {
+        *lock(&self.inner.lan_peers) = Some(Arc::new(source));
     }
 
     /// The store this service serves from.

@@ -489,3 +489,26 @@ async fn a_downloaded_folder_is_written_in_place_not_copied() {
         vec![&b.node_id()]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lan_peers_are_asked_first() {
+    let net = MemNetwork::new();
+    let a = node(&net, 1, ShareConfig::default());
+    let x = node(&net, 2, ShareConfig::default());
+    let d = node(&net, 9, ShareConfig::default());
+    let t = a
+        .share
+        .add_bytes(Bytes::from(data(12, 500_000)))
+        .await
+        .unwrap();
+    let lan = vec![addr(&x), addr(&a)];
+    d.share.set_lan_peers(move || lan.clone());
+    // The ticket names nobody: the LAN finds A; X, which lacks it, is no failure.
+    let bare = Ticket::new(t.root, BlobFormat::Raw, vec![]);
+    let stats = d.share.download(&bare, opts(12)).finish().await.unwrap();
+    assert_eq!(
+        stats.per_peer.keys().collect::<Vec<_>>(),
+        vec![&a.share.node_id()]
+    );
+    let _ = x;
+}
