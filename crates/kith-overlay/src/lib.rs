@@ -9,7 +9,8 @@
 //! Plumtree broadcast per 32-byte topic, author-signed messages, for chat rooms and game
 //! lobbies; sans-IO [`gossip::TopicCore`] plus a tokio driver mounted as `kith/gossip/1`)
 //! and [`search`] (Gnutella-style keyword search by TTL flooding or k random walkers over
-//! the membership graph; sans-IO [`search::SearchCore`]).
+//! the membership graph; sans-IO [`search::SearchCore`] plus a tokio driver,
+//! [`search::Search`], mounted as `kith/search/1`).
 //!
 //! # How the DHT works
 //!

@@ -171,11 +171,9 @@ pub fn build(p: &SearchParams) -> (Net<Searcher>, f64) {
         for i in holders {
             let mut hash = [0u8; 32];
             hash[..4].copy_from_slice(&h.to_le_bytes());
-            net.actor_mut(i).core.share(Item {
-                name: name.clone(),
-                size: 1 << 20,
-                hash,
-            });
+            net.actor_mut(i)
+                .core
+                .share(Item::new(name.clone(), 1 << 20, hash));
         }
     };
     let popular_copies = ((p.nodes as f64) * p.popular_replication).round().max(1.0) as usize;

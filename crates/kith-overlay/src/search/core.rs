@@ -11,7 +11,8 @@ use rand::{Rng, SeedableRng};
 use crate::gossip::cache::TimedCache;
 
 use super::message::{
-    Item, MAX_HITS, MAX_KEYWORD_LEN, MAX_KEYWORDS, MAX_TTL, MAX_WALKERS, Message, Mode, Query,
+    Item, MAX_HITS, MAX_KEYWORD_LEN, MAX_KEYWORDS, MAX_MESSAGE_LEN, MAX_TTL, MAX_WALKERS, Message,
+    Mode, Query,
 };
 
 /// Configuration of a [`SearchCore`], with safe defaults.
@@ -82,8 +83,11 @@ pub enum Event {
     Hits {
         /// The query.
         query: QueryId,
-        /// The node that has them.
+        /// The node that has them (the authenticated sender).
         from: NodeId,
+        /// How to reach it: the address it reported for itself, or just `from` when it
+        /// reported none.
+        provider: NodeAddr,
         /// The items.
         items: Vec<Item>,
     },
@@ -125,7 +129,8 @@ pub struct Stats {
     pub hits_sent: u64,
     /// Hits messages received for our queries.
     pub hits_received: u64,
-    /// Hits messages for no query of ours (or over `max_results`), dropped.
+    /// Hits messages for no query of ours (or over `max_results`, or naming another
+    /// node as provider than the sender), dropped.
     pub hits_dropped: u64,
 }
 
@@ -201,6 +206,20 @@ impl SearchCore {
     /// Our node id.
     pub fn local_id(&self) -> NodeId {
         self.local.node_id
+    }
+
+    /// Updates how others reach us (carried in our queries and hits), for example when
+    /// the transport learns a new address. The node id must stay the same; another one
+    /// is ignored.
+    pub fn set_local_addr(&mut self, addr: NodeAddr) {
+        if addr.node_id == self.local.node_id {
+            self.local = addr;
+        }
+    }
+
+    /// The current neighbours.
+    pub fn neighbors(&self) -> &[NodeAddr] {
+        &self.neighbors
     }
 
     /// Counters.
@@ -312,7 +331,17 @@ impl SearchCore {
     pub fn handle_message(&mut self, now: Instant, from: NodeId, msg: Message) {
         match msg {
             Message::Query(q) => self.on_query(now, from, q),
-            Message::Hits { id, items } => {
+            Message::Hits {
+                id,
+                provider,
+                items,
+            } => {
+                let provider = provider.unwrap_or_else(|| NodeAddr::new(from));
+                if provider.node_id != from {
+                    // A node may only answer for itself.
+                    self.stats.hits_dropped += 1;
+                    return;
+                }
                 let Some(p) = self.pending.get_mut(&id) else {
                     self.stats.hits_dropped += 1;
                     return;
@@ -328,6 +357,7 @@ impl SearchCore {
                 self.events.push_back(Event::Hits {
                     query: QueryId(id),
                     from,
+                    provider,
                     items,
                 });
             }
@@ -373,6 +403,38 @@ impl SearchCore {
         self.transmits.push_back(Transmit {
             to,
             msg: Message::Query(q),
+        });
+    }
+
+    /// Sends `hits` to the querier, in as many messages as it takes to keep each under
+    /// [`MAX_MESSAGE_LEN`] (payloads make items up to a few KiB each).
+    fn send_hits(&mut self, q: &Query, hits: Vec<Item>) {
+        let budget = MAX_MESSAGE_LEN - 64 - self.local.encode().len();
+        let mut batch: Vec<Item> = Vec::new();
+        let mut used = 0;
+        for item in hits {
+            let len = item.wire_len_bound();
+            if !batch.is_empty() && used + len > budget {
+                self.push_hits(q, std::mem::take(&mut batch));
+                used = 0;
+            }
+            used += len;
+            batch.push(item);
+        }
+        if !batch.is_empty() {
+            self.push_hits(q, batch);
+        }
+    }
+
+    fn push_hits(&mut self, q: &Query, items: Vec<Item>) {
+        self.stats.hits_sent += 1;
+        self.transmits.push_back(Transmit {
+            to: q.querier.clone(),
+            msg: Message::Hits {
+                id: q.id,
+                provider: Some(self.local.clone()),
+                items,
+            },
         });
     }
 
@@ -451,14 +513,7 @@ impl SearchCore {
             self.matches(&q.keywords)
         };
         if !hits.is_empty() && !answered {
-            self.stats.hits_sent += 1;
-            self.transmits.push_back(Transmit {
-                to: q.querier.clone(),
-                msg: Message::Hits {
-                    id: q.id,
-                    items: hits.clone(),
-                },
-            });
+            self.send_hits(&q, hits.clone());
         }
         self.remember(now, key, answered || !hits.is_empty());
         if q.ttl <= 1 || (q.mode == Mode::Walk && self.cfg.stop_on_hit && !hits.is_empty()) {
@@ -503,11 +558,7 @@ mod tests {
     }
 
     fn item(name: &str, h: u8) -> Item {
-        Item {
-            name: name.into(),
-            size: 100,
-            hash: [h; 32],
-        }
+        Item::new(name, 100, [h; 32])
     }
 
     /// A ring of `n` cores, node `i` sharing `items(i)`; delivers until quiet.
@@ -563,6 +614,7 @@ mod tests {
             vec![Event::Hits {
                 query: q,
                 from: cores[3].local_id(),
+                provider: addr(4),
                 items: vec![item("Cat Video.mp4", 3)]
             }]
         );
@@ -675,6 +727,7 @@ mod tests {
             addr(2).node_id,
             Message::Hits {
                 id: 5,
+                provider: None,
                 items: vec![item("a", 1)],
             },
         );
@@ -689,5 +742,59 @@ mod tests {
         let hex: String = std::iter::repeat_n("ab", 32).collect();
         assert_eq!(c.matches(&[hex]), vec![item("whatever.bin", 0xab)]);
         assert!(c.matches(&["ab".repeat(31) + "ac"]).is_empty());
+    }
+    #[test]
+    fn large_hits_are_split_under_the_message_cap() {
+        use super::super::message::{MAX_NAME_LEN, MAX_PAYLOAD_LEN};
+        let mut b = SearchCore::new(addr(2), Config::default(), 2);
+        for h in 0..MAX_HITS as u8 {
+            let name = format!("big {h} {}", "x".repeat(MAX_NAME_LEN - 10));
+            b.share(item(&name, h).with_payload(vec![h; MAX_PAYLOAD_LEN]));
+        }
+        let now = Instant::now();
+        b.handle_message(
+            now,
+            addr(1).node_id,
+            Message::Query(Query {
+                id: 1,
+                querier: addr(1),
+                keywords: vec!["big".into()],
+                mode: Mode::Flood,
+                ttl: 1,
+            }),
+        );
+        let sent: Vec<Transmit> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        assert!(sent.len() >= 2, "{}", sent.len());
+        let mut items = 0;
+        for t in sent {
+            let bytes = t.msg.encode();
+            assert!(bytes.len() <= MAX_MESSAGE_LEN, "{}", bytes.len());
+            match Message::decode(&bytes) {
+                Ok(Message::Hits {
+                    items: i, provider, ..
+                }) => {
+                    assert_eq!(provider, Some(addr(2)));
+                    items += i.len();
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(items, MAX_HITS);
+    }
+
+    #[test]
+    fn hits_naming_another_provider_are_dropped() {
+        let mut a = SearchCore::new(addr(1), Config::default(), 1);
+        a.neighbor_up(addr(2));
+        let now = Instant::now();
+        let q = a.query(now, &["a"], Mode::Flood).unwrap();
+        let forged = Message::Hits {
+            id: q.0,
+            provider: Some(addr(3)),
+            items: vec![item("a", 1)],
+        };
+        a.handle_message(now, addr(2).node_id, forged);
+        assert_eq!(a.poll_event(), None);
+        assert_eq!(a.stats().hits_dropped, 1);
     }
 }

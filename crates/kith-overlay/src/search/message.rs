@@ -1,5 +1,5 @@
 //! Search messages: domain types, protobuf wire form (schema: `docs/proto/gossip.proto`,
-//! messages `SearchMessage`, `QueryMsg`, `HitsMsg`) and the checked conversion.
+//! messages `SearchMessage`, `QueryMsg`, `HitsMsg`, `ItemMsg`) and the checked conversion.
 
 use bytes::Bytes;
 use kith_core::NodeAddr;
@@ -19,6 +19,9 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_TTL: u8 = 128;
 /// Most random walkers a query may ask for.
 pub const MAX_WALKERS: u8 = 64;
+/// Largest opaque [`Item::payload`], in bytes (room for a one-provider kith-share
+/// ticket).
+pub const MAX_PAYLOAD_LEN: usize = 2048;
 
 /// Something a peer shares and announces to searchers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,6 +32,47 @@ pub struct Item {
     pub size: u64,
     /// BLAKE3 content hash (what kith-share fetches by).
     pub hash: [u8; 32],
+    /// Opaque bytes for the application, carried unchanged in hits (at most
+    /// [`MAX_PAYLOAD_LEN`]; empty for none). For example a kith-share ticket, so that a
+    /// searcher can fetch what it found.
+    pub payload: Bytes,
+}
+
+impl Item {
+    /// An item without payload.
+    pub fn new(name: impl Into<String>, size: u64, hash: [u8; 32]) -> Self {
+        Self {
+            name: name.into(),
+            size,
+            hash,
+            payload: Bytes::new(),
+        }
+    }
+
+    /// The same item carrying `payload`.
+    pub fn with_payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.payload = payload.into();
+        self
+    }
+
+    /// Checks what the decoder checks: a name of 1 to [`MAX_NAME_LEN`] bytes and a
+    /// payload of at most [`MAX_PAYLOAD_LEN`] bytes. An item that fails would be
+    /// refused by every searcher.
+    pub fn check(&self) -> Result<(), MessageError> {
+        if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
+            return Err(MessageError::BadHits);
+        }
+        if self.payload.len() > MAX_PAYLOAD_LEN {
+            return Err(MessageError::PayloadTooLong(self.payload.len()));
+        }
+        Ok(())
+    }
+
+    /// An upper bound on the item's encoded size inside a `Hits` message.
+    pub(crate) fn wire_len_bound(&self) -> usize {
+        // The hash, and tags, length prefixes, the size varint: well under 96 bytes.
+        self.name.len() + self.payload.len() + 96
+    }
 }
 
 /// How a query travels.
@@ -66,6 +110,9 @@ pub enum Message {
     Hits {
         /// The query's id.
         id: u64,
+        /// How to reach the node that has the items, as it reports itself (its id must
+        /// be the authenticated sender's; `None` when it did not say).
+        provider: Option<NodeAddr>,
         /// Matching items.
         items: Vec<Item>,
     },
@@ -98,6 +145,12 @@ pub enum MessageError {
     /// Unknown mode.
     #[error("unknown query mode {0}")]
     UnknownMode(i32),
+    /// An item's payload is longer than [`MAX_PAYLOAD_LEN`].
+    #[error("item payload of {0} bytes exceeds {MAX_PAYLOAD_LEN}")]
+    PayloadTooLong(usize),
+    /// The provider's address in a `Hits` message is malformed.
+    #[error("invalid provider address")]
+    InvalidProvider,
 }
 
 /// The protobuf messages, hand-written with prost.
@@ -146,6 +199,9 @@ pub mod wire {
         pub size: u64,
         #[prost(bytes = "bytes", tag = "3")]
         pub hash: ::bytes::Bytes,
+        /// Opaque application bytes, at most 2048.
+        #[prost(bytes = "bytes", tag = "4")]
+        pub payload: ::bytes::Bytes,
     }
 
     #[derive(Clone, PartialEq, ::prost::Message)]
@@ -154,6 +210,9 @@ pub mod wire {
         pub id: u64,
         #[prost(message, repeated, tag = "2")]
         pub items: Vec<ItemMsg>,
+        /// Encoded `kith.core.NodeAddr` of the node that has the items; empty if unsaid.
+        #[prost(bytes = "bytes", tag = "3")]
+        pub provider: ::bytes::Bytes,
     }
 }
 
@@ -179,7 +238,11 @@ impl Message {
                 },
                 ttl: u32::from(q.ttl),
             }),
-            Message::Hits { id, items } => W::Hits(wire::HitsMsg {
+            Message::Hits {
+                id,
+                provider,
+                items,
+            } => W::Hits(wire::HitsMsg {
                 id: *id,
                 items: items
                     .iter()
@@ -187,8 +250,13 @@ impl Message {
                         name: i.name.clone(),
                         size: i.size,
                         hash: Bytes::copy_from_slice(&i.hash),
+                        payload: i.payload.clone(),
                     })
                     .collect(),
+                provider: provider
+                    .as_ref()
+                    .map(|p| Bytes::from(p.encode()))
+                    .unwrap_or_default(),
             }),
         };
         wire::SearchMessage { body: Some(body) }
@@ -226,23 +294,32 @@ impl Message {
                 if h.items.len() > MAX_HITS {
                     return Err(MessageError::BadHits);
                 }
+                let provider = if h.provider.is_empty() {
+                    None
+                } else {
+                    Some(NodeAddr::decode(&h.provider).map_err(|_| MessageError::InvalidProvider)?)
+                };
                 let items = h
                     .items
                     .iter()
                     .map(|i| {
-                        if i.name.is_empty() || i.name.len() > MAX_NAME_LEN {
-                            return Err(MessageError::BadHits);
-                        }
                         let hash: [u8; 32] =
                             i.hash[..].try_into().map_err(|_| MessageError::BadHits)?;
-                        Ok(Item {
+                        let item = Item {
                             name: i.name.clone(),
                             size: i.size,
                             hash,
-                        })
+                            payload: i.payload.clone(),
+                        };
+                        item.check()?;
+                        Ok(item)
                     })
                     .collect::<Result<_, _>>()?;
-                Ok(Message::Hits { id: h.id, items })
+                Ok(Message::Hits {
+                    id: h.id,
+                    provider,
+                    items,
+                })
             }
         }
     }
@@ -294,16 +371,28 @@ mod tests {
             });
         let hits = (
             any::<u64>(),
+            proptest::option::of(any::<u64>()),
             proptest::collection::vec(
-                ("[a-zA-Z0-9 ._-]{1,40}", any::<u64>(), any::<[u8; 32]>()),
+                (
+                    "[a-zA-Z0-9 ._-]{1,40}",
+                    any::<u64>(),
+                    any::<[u8; 32]>(),
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                ),
                 0..MAX_HITS,
             ),
         )
-            .prop_map(|(id, items)| Message::Hits {
+            .prop_map(|(id, provider, items)| Message::Hits {
                 id,
+                provider: provider.map(addr),
                 items: items
                     .into_iter()
-                    .map(|(name, size, hash)| Item { name, size, hash })
+                    .map(|(name, size, hash, payload)| Item {
+                        name,
+                        size,
+                        hash,
+                        payload: payload.into(),
+                    })
                     .collect(),
             });
         prop_oneof![query, hits]
@@ -383,6 +472,7 @@ mod tests {
             name: "a".into(),
             size: 1,
             hash: Bytes::from_static(&[0; 32]),
+            payload: Bytes::new(),
         };
         for items in [
             vec![item.clone(); MAX_HITS + 1],
@@ -400,10 +490,54 @@ mod tests {
             }],
         ] {
             let w = wire::SearchMessage {
-                body: Some(W::Hits(wire::HitsMsg { id: 1, items })),
+                body: Some(W::Hits(wire::HitsMsg {
+                    id: 1,
+                    items,
+                    provider: Bytes::new(),
+                })),
             };
             assert_eq!(Message::from_wire(&w), Err(MessageError::BadHits));
         }
+        // Payloads: the largest allowed one round-trips, one byte more is refused.
+        let max = Message::Hits {
+            id: 1,
+            provider: Some(addr(1)),
+            items: vec![Item::new("a", 1, [0; 32]).with_payload(vec![7u8; MAX_PAYLOAD_LEN])],
+        };
+        assert_eq!(Message::decode(&max.encode()), Ok(max));
+        let w = wire::SearchMessage {
+            body: Some(W::Hits(wire::HitsMsg {
+                id: 1,
+                items: vec![wire::ItemMsg {
+                    payload: vec![7u8; MAX_PAYLOAD_LEN + 1].into(),
+                    ..item.clone()
+                }],
+                provider: Bytes::new(),
+            })),
+        };
+        assert_eq!(
+            Message::decode(&w.encode_to_vec()),
+            Err(MessageError::PayloadTooLong(MAX_PAYLOAD_LEN + 1))
+        );
+        let w = wire::SearchMessage {
+            body: Some(W::Hits(wire::HitsMsg {
+                id: 1,
+                items: vec![item.clone()],
+                provider: Bytes::from_static(b"not an address"),
+            })),
+        };
+        assert_eq!(Message::from_wire(&w), Err(MessageError::InvalidProvider));
+        // The largest Hits message the core can build stays under the message cap.
+        let big = Item::new("n".repeat(MAX_NAME_LEN), u64::MAX, [0xff; 32])
+            .with_payload(vec![0xffu8; MAX_PAYLOAD_LEN]);
+        let per_item = Message::Hits {
+            id: u64::MAX,
+            provider: None,
+            items: vec![big.clone()],
+        }
+        .encode()
+        .len();
+        assert!(per_item <= big.wire_len_bound(), "{per_item}");
         assert_eq!(
             Message::from_wire(&wire::SearchMessage { body: None }),
             Err(MessageError::Missing)

@@ -1,7 +1,8 @@
 //! Gnutella-style keyword search over the unstructured overlay.
 //!
-//! Peers announce what they share ([`Item`]: name, size, BLAKE3 content hash) to their
-//! own [`SearchCore`]; a query (lowercase keywords, each matching a word of the name, or
+//! Peers announce what they share ([`Item`]: name, size, BLAKE3 content hash, and an
+//! optional opaque payload such as a kith-share ticket) to their own [`SearchCore`]; a
+//! query (lowercase keywords, each matching a word of the name, or
 //! a 64-character hex content hash) travels over the **membership graph** (the gossip
 //! active view: feed [`SearchCore::neighbor_up`] / [`SearchCore::neighbor_down`] from
 //! [`crate::gossip::Event`]s) in one of two modes:
@@ -22,8 +23,11 @@
 //!
 //! The core is sans-IO like [`crate::gossip::TopicCore`]: `query`/`handle_message`/
 //! `handle_timeout` in, `poll_transmit`/`poll_event`/`poll_timeout` out. Its messages
-//! ([`message`]) are specified in `docs/proto/gossip.proto` (messages `SearchMessage`, `QueryMsg`, `HitsMsg`) for
-//! the protocol name [`PROTOCOL`]; a tokio driver is not written yet.
+//! ([`message`]) are specified in `docs/proto/gossip.proto` (messages `SearchMessage`,
+//! `QueryMsg`, `HitsMsg`, `ItemMsg`) for the protocol name [`PROTOCOL`]. The tokio
+//! driver ([`driver`]: [`Search::spawn`] gives a [`SearchHandle`]) runs a core over any
+//! [`kith_core::Transport`]; the application feeds it neighbours from whatever
+//! membership it has.
 //!
 //! ```
 //! use std::time::Instant;
@@ -35,7 +39,7 @@
 //! let mut b = SearchCore::new(addr(2), Config::default(), 2);
 //! a.neighbor_up(addr(2));
 //! b.neighbor_up(addr(1));
-//! b.share(Item { name: "Holiday Photos.zip".into(), size: 1 << 20, hash: [7; 32] });
+//! b.share(Item::new("Holiday Photos.zip", 1 << 20, [7; 32]));
 //!
 //! let now = Instant::now();
 //! let q = a.query(now, &["holiday"], Mode::Flood)?;
@@ -49,11 +53,13 @@
 //! ```
 
 mod core;
+pub mod driver;
 pub mod message;
 
 pub use self::core::{Config, Event, QueryError, QueryId, SearchCore, Stats, Transmit};
-pub use self::message::{Item, Message, MessageError, Mode, Query};
+pub use self::driver::{Hit, QueryResults, Search, SearchError, SearchHandle, SearchStats};
+pub use self::message::{Item, MAX_PAYLOAD_LEN, Message, MessageError, Mode, Query};
 
-/// The protocol name search messages are specified for.
+/// The protocol the [`driver`] mounts: one search message per unidirectional stream.
 pub const PROTOCOL: kith_core::net::Protocol =
     kith_core::net::Protocol::from_static("kith/search/1");
