@@ -1,4 +1,4 @@
-//! 20 real `kith dht-node` processes on loopback, over the real QUIC transport, store
+//! 20 real `kith-lab dht-node` processes on loopback, over the real QUIC transport, store
 //! and retrieve values and providers and resolve each other's node ids to addresses.
 
 use std::process::Stdio;
@@ -20,7 +20,7 @@ struct Proc {
 
 impl Proc {
     async fn spawn(bootstrap: Option<&str>) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kith"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kith-lab"));
         cmd.arg("dht-node");
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);

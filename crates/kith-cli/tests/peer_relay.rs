@@ -1,4 +1,4 @@
-//! `kith relay` and two `kith peer` processes on loopback: a connection starts on the
+//! `kith relay` and two `kith-lab peer` processes on loopback: a connection starts on the
 //! relay, moves to the direct path, and a transfer across it arrives intact.
 
 use std::process::Stdio;
@@ -18,7 +18,7 @@ struct Proc {
 
 impl Proc {
     async fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kith"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kith-lab"))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

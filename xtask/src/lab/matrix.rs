@@ -4,7 +4,7 @@
 //! 1. builds `kith` (`cargo build --release -p kith-cli`) unless `--no-build`;
 //! 2. brings the standard lab up (the [`Lab`] guard and its cleanup helper tear it down
 //!    on every path);
-//! 3. starts `kith relay --bind <pub1>:7000` in `pub1` and one `kith peer --bind
+//! 3. starts `kith relay --bind <pub1>:7000` in `pub1` and one `kith-lab peer --bind
 //!    <host>:0 --relay <relay>` in every other host (pub2 and each home's host);
 //! 4. for every unordered pair (a, b), a < b: `connect`, `wait-direct`, `transfer`
 //!    1 MiB, `probes` and `path` on a, then `wait-direct` on b (the commands are documented at
@@ -187,7 +187,7 @@ pub(crate) fn expected(a: Class, b: Class, stun: bool) -> Expect {
     }
 }
 
-/// The NAT kind `kith peer`'s `nat` command should report for a class.
+/// The NAT kind `kith-lab peer`'s `nat` command should report for a class.
 pub(crate) fn expected_nat(c: Class) -> &'static str {
     match c {
         Class::Public => "public",
@@ -240,7 +240,7 @@ pub(crate) fn verdict(expected: Outcome, observed: Outcome) -> Verdict {
 // ---------------------------------------------------------------------------------------
 // Reply parsing (pure).
 
-/// A path as `kith peer` prints it: `direct=<addr>`, `relayed` or `none`.
+/// A path as `kith-lab peer` prints it: `direct=<addr>`, `relayed` or `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PathSeen {
     /// `direct=<addr>`.
@@ -680,7 +680,7 @@ impl Kith {
     }
 }
 
-/// Starts `kith peer --bind <node's address>:0 <extra…>` in `node`, logging to `log`,
+/// Starts `kith-lab peer --bind <node's address>:0 <extra…>` in `node`, logging to `log`,
 /// and reads its `addr` line; prints `<what>: peer in <node> (pid …): id … direct …`.
 pub(crate) fn spawn_peer(
     lab: &Lab,
@@ -846,7 +846,7 @@ impl Drop for Coturn {
 // ---------------------------------------------------------------------------------------
 // The run.
 
-/// A host running `kith peer`.
+/// A host running `kith-lab peer`.
 pub(crate) struct Peer {
     /// Label in tables and figures (`pub2`, `eim`, …).
     pub(crate) label: String,
@@ -1007,7 +1007,7 @@ fn kith_binary(root: &Path) -> PathBuf {
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })
         .unwrap_or_else(|| root.join("target"));
-    target.join("release").join("kith")
+    target.join("release").join("kith-lab")
 }
 
 pub(crate) fn build_kith(root: &Path) -> Result<(), String> {

@@ -1,4 +1,4 @@
-//! The lab's mDNS step: two `kith peer --mdns` processes on one LAN segment find each
+//! The lab's mDNS step: two `kith-lab peer --mdns` processes on one LAN segment find each
 //! other and connect directly, with no relay and no address given.
 //!
 //! The segment is the lab's internet bridge (`br0`, 203.0.113.0/26): `pub1` and `pub2`
@@ -6,7 +6,7 @@
 //! (224.0.0.251) stays on that bridge: the routers on it do not forward link-local
 //! multicast, and IPv6 is off in every lab namespace. The step:
 //!
-//! 1. starts `kith peer --mdns --bind <pub1>:0` and `kith peer --mdns --bind <pub2>:0`
+//! 1. starts `kith-lab peer --mdns --bind <pub1>:0` and `kith-lab peer --mdns --bind <pub2>:0`
 //!    (no `--relay`: their addresses must show no relay hint);
 //! 2. on the first, `connect <second's bare node id>`: the address comes from mDNS only;
 //! 3. checks the path is `direct=<the second's bound address>`; has the second wait
@@ -110,7 +110,7 @@ pub(crate) fn parse_lan_peers(body: &str) -> Result<Vec<(String, Vec<SocketAddr>
     Ok(peers)
 }
 
-/// Starts one `kith peer --mdns` in `node` and reads its address.
+/// Starts one `kith-lab peer --mdns` in `node` and reads its address.
 fn start(
     lab: &Lab,
     node: &str,

@@ -26,7 +26,7 @@
 //! tool), [`check`] (the behaviour checks), [`hygiene`] (the lab stays in its fences),
 //! [`matrix`] (the real `kith` binaries, pair by pair; `docs/nat-matrix.md`), [`mdns`]
 //! (two peers on one segment find each other with mDNS), [`portmap`]
-//! (`kith peer --port-map` against miniupnpd on a home router), [`spoof`] (forged and
+//! (`kith-lab peer --port-map` against miniupnpd on a home router), [`spoof`] (forged and
 //! replayed path probes do not move a path), [`renumber`] (a home
 //! router's WAN address changes under a direct connection).
 

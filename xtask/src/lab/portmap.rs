@@ -1,15 +1,15 @@
-//! `cargo xtask lab portmap`: `kith peer --port-map` against a real miniupnpd.
+//! `cargo xtask lab portmap`: `kith-lab peer --port-map` against a real miniupnpd.
 //!
 //! A lab of its own (id `portmap` by default): the two public hosts and one home,
 //! `upnp`, behind an **endpoint-dependent** NAT (`masquerade random,fully-random`), the
 //! kind that makes hole punching fail. miniupnpd (Debian `miniupnpd-nftables`) runs in
 //! the home router's namespace with NAT-PMP/PCP and UPnP-IGD on the LAN side. Then:
 //!
-//! 1. `kith peer --port-map` in the home host obtains a mapping (PCP is tried first:
+//! 1. `kith-lab peer --port-map` in the home host obtains a mapping (PCP is tried first:
 //!    `figure lab.portmap.protocol pcp`);
 //! 2. the mapping is on the router: a `dnat` rule in miniupnpd's nftables table and a
 //!    line in its lease file;
-//! 3. `kith peer` on `pub2` (the internet) dials the host **at the mapped address only**
+//! 3. `kith-lab peer` on `pub2` (the internet) dials the host **at the mapped address only**
 //!    (a NodeAddr with no relay and no other address) and gets a direct connection and
 //!    an intact transfer: the mapping made the host reachable;
 //! 4. after the peer exits, the rule and the lease are gone; without `--quick`, a

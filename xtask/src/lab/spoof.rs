@@ -2,7 +2,7 @@
 //! `kith` binaries, do not move a path.
 //!
 //! The lab (id `spoof`) is `pub1`, `pub2` and one home behind an endpoint-independent
-//! NAT (`eim-r`/`eim-h`). A `kith relay` runs in `pub1`, `kith peer`s in `pub2` and
+//! NAT (`eim-r`/`eim-h`). A `kith relay` runs in `pub1`, `kith-lab peer`s in `pub2` and
 //! `eim-h`; `eim-h` connects to `pub2` and both wait for the direct path (`D` on `pub2`:
 //! eim-r's mapping; `D'` on `eim-h`: pub2's bound address). Then two attackers send
 //! probes with `xtask lab _tool spray` (a plain UDP socket, no raw sockets, no spoofed

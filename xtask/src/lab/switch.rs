@@ -1,7 +1,7 @@
 //! The switch step of `cargo xtask lab matrix`: a stream opened while a connection is
 //! relayed survives its move to a direct path with no byte lost.
 //!
-//! Two extra `kith peer` processes, in the eim and cgnat hosts (both behind
+//! Two extra `kith-lab peer` processes, in the eim and cgnat hosts (both behind
 //! endpoint-independent NATs, so the pair goes direct), start with `--probe-delay-ms
 //! 1000`: a new relayed connection waits 1 s before probing. The first connects to the
 //! second (relayed, asserted), then at once sends 4 MiB on one stream; the relay's

@@ -1,4 +1,4 @@
-//! `kith peer`: a node for connectivity experiments (the NAT lab drives it).
+//! `kith-lab peer`: a node for connectivity experiments (the NAT lab drives it).
 //!
 //! It prints `addr <hex of the NodeAddr wire form>` (direct addresses and home relay),
 //! then answers commands on stdin, one line each:
