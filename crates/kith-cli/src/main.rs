@@ -45,6 +45,8 @@ enum Command {
     Share(ShareArgs),
     /// Fetch what a ticket names, verifying every byte; resumes where it stopped.
     Get(GetArgs),
+    /// Find shares by the words of their names, across the network.
+    Search(SearchArgs),
     /// Chat on a topic with everyone who joins it.
     Chat(ChatArgs),
     /// Run a long-lived node: a DHT server that serves its store (and relays, with --relay).
@@ -91,6 +93,21 @@ struct GetArgs {
     /// Keep serving what was fetched until Ctrl-C instead of exiting.
     #[arg(long)]
     seed: bool,
+}
+
+#[derive(Args, Debug)]
+struct SearchArgs {
+    /// Words that must all appear in a share's name.
+    #[arg(required = true)]
+    words: Vec<String>,
+    /// Send random walkers instead of flooding (cheaper, finds popular shares).
+    #[arg(long)]
+    walk: bool,
+    /// How long to collect answers, in seconds.
+    #[arg(long, default_value_t = 3)]
+    wait: u64,
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 #[derive(Args, Debug)]
@@ -225,6 +242,8 @@ struct Layers {
     gossip: bool,
     share: Option<ShareConfig>,
     relay_server: bool,
+    /// Keyword search, with this query timeout.
+    search: Option<Duration>,
 }
 
 async fn start(
@@ -263,6 +282,12 @@ async fn start(
     if let Some(sc) = layers.share {
         b = b.store(dir.join("store")).share(sc);
     }
+    if let Some(wait) = layers.search {
+        b = b.search(kith::search::Config {
+            query_timeout: wait,
+            ..Default::default()
+        });
+    }
     let node = b.spawn().await.context("starting the node")?;
     if layers.dht && !peers.is_empty() {
         if let Ok(dht) = node.dht() {
@@ -289,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Share(a) => share(&dir, a).await,
         Command::Get(a) => get(&dir, a).await,
         Command::Chat(a) => chat(&dir, a).await,
+        Command::Search(a) => search(&dir, a).await,
         Command::Node(a) => {
             let node = start(
                 &dir,
@@ -298,6 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     gossip: false,
                     share: Some(ShareConfig::default()),
                     relay_server: a.relay_server,
+                    search: Some(Duration::from_secs(3)),
                 },
                 &[],
             )
@@ -321,6 +348,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     gossip: false,
                     share: None,
                     relay_server: true,
+                    search: None,
                 },
                 &[],
             )
@@ -355,6 +383,7 @@ async fn share(dir: &Path, a: ShareArgs) -> anyhow::Result<()> {
             gossip: false,
             share: Some(sc),
             relay_server: false,
+            search: Some(Duration::from_secs(3)),
         },
         &[],
     )
@@ -378,8 +407,102 @@ async fn share(dir: &Path, a: ShareArgs) -> anyhow::Result<()> {
         started.elapsed()
     );
     eprintln!("fetch it with: kith get {ticket}");
+    eprintln!("this node: {}", node.addr());
+    // Findable by the words of its name.
+    let name = a
+        .path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| a.path.display().to_string());
+    let size = if meta.is_dir() {
+        dir_size(&a.path)
+    } else {
+        meta.len()
+    };
+    if let Ok(search) = node.search() {
+        let item = kith::search::Item::new(name, size, *ticket.root.as_bytes())
+            .with_payload(ticket.to_string().into_bytes());
+        if let Err(e) = search.share(item).await {
+            eprintln!("warning: not announced to search: {e}");
+        }
+    }
     wait_ctrl_c().await;
     node.close().await;
+    Ok(())
+}
+
+/// Bytes of the regular files under `dir` (for the search listing).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+async fn search(dir: &Path, a: SearchArgs) -> anyhow::Result<()> {
+    let node = start(
+        dir,
+        &a.net,
+        Layers {
+            dht: true,
+            gossip: false,
+            share: None,
+            relay_server: false,
+            search: Some(Duration::from_secs(a.wait.clamp(1, 60))),
+        },
+        &[],
+    )
+    .await?;
+    let search = node.search()?;
+    // The neighbour feed runs at start; make sure the bootstrap peers are in.
+    for p in bootstrap(dir, &[])? {
+        let _ = search.add_neighbor(p).await;
+    }
+    if search.neighbors().await?.is_empty() {
+        bail!(
+            "no peer to ask: pass --bootstrap <NodeAddr> (a `kith node` or `kith share` prints one)"
+        );
+    }
+    let words = a.words.join(" ");
+    let mode = if a.walk {
+        kith::search::Mode::Walk
+    } else {
+        kith::search::Mode::Flood
+    };
+    let hits = search.query_all(&words, mode).await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut n = 0;
+    for h in hits {
+        if !seen.insert(h.item.hash) {
+            continue;
+        }
+        n += 1;
+        let ticket = String::from_utf8_lossy(&h.item.payload);
+        println!("{}\t{}\t{}", h.item.name, h.item.size, ticket);
+        eprintln!(
+            "  {} ({}) from {}",
+            h.item.name,
+            human(h.item.size as f64),
+            h.provider.node_id.fmt_short()
+        );
+    }
+    eprintln!("{n} result(s) for {words:?}");
+    node.close().await;
+    if n == 0 {
+        bail!("nothing found for {words:?}");
+    }
     Ok(())
 }
 
@@ -408,6 +531,7 @@ async fn get(dir: &Path, a: GetArgs) -> anyhow::Result<()> {
             gossip: false,
             share: Some(ShareConfig::default()),
             relay_server: false,
+            search: None,
         },
         // The ticket's providers double as entry points to the DHT.
         &[],
@@ -570,6 +694,7 @@ async fn chat(dir: &Path, a: ChatArgs) -> anyhow::Result<()> {
             gossip: true,
             share: None,
             relay_server: false,
+            search: None,
         },
         &[],
     )

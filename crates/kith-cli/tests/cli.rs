@@ -25,6 +25,8 @@ fn data(seed: u64, len: usize) -> Vec<u8> {
 struct Sharer {
     child: Child,
     ticket: String,
+    /// The sharing node's address (from its stderr).
+    addr: String,
 }
 
 impl Drop for Sharer {
@@ -43,7 +45,7 @@ fn share(dir: &Path, path: &Path, extra: &[&str]) -> Sharer {
         .args(["--bind", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -51,9 +53,23 @@ fn share(dir: &Path, path: &Path, extra: &[&str]) -> Sharer {
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("kith"), "no ticket: {line:?}");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = String::new();
+    let mut l = String::new();
+    while err.read_line(&mut l).unwrap_or(0) > 0 {
+        if let Some(a) = l.strip_prefix("this node: ") {
+            addr = a.trim().to_owned();
+            break;
+        }
+        l.clear();
+    }
+    assert!(!addr.is_empty(), "no node address printed");
+    // Keep draining stderr so the sharer never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     Sharer {
         child,
         ticket: line.trim().to_owned(),
+        addr,
     }
 }
 
@@ -131,6 +147,57 @@ fn a_shared_folder_reaches_two_getters_byte_for_byte() {
         let (fetched, resumed) = counts(&o);
         assert!(fetched > 2_500_000 && resumed == 0);
     }
+}
+
+#[test]
+fn search_finds_a_share_by_a_word_of_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("holiday-photos-2026");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("beach.jpg"), data(4, 100_000)).unwrap();
+    let s = share(&tmp.path().join("a"), &dir, &[]);
+    let o = Command::new(KITH)
+        .arg("--dir")
+        .arg(tmp.path().join("b"))
+        .args([
+            "search",
+            "photos",
+            "--bind",
+            "127.0.0.1:0",
+            "--bootstrap",
+            &s.addr,
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = out.lines().next().unwrap();
+    let cols: Vec<&str> = line.split('\t').collect();
+    assert_eq!(cols[0], "holiday-photos-2026");
+    assert_eq!(cols[1], "100000");
+    assert_eq!(cols[2], s.ticket, "the hit carries the ticket");
+    // A word nobody shares: nothing, and a failing exit like grep's.
+    let o = Command::new(KITH)
+        .arg("--dir")
+        .arg(tmp.path().join("c"))
+        .args([
+            "search",
+            "zebra",
+            "--wait",
+            "1",
+            "--bind",
+            "127.0.0.1:0",
+            "--bootstrap",
+            &s.addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(o.stdout.is_empty());
 }
 
 #[test]

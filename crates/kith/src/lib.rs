@@ -11,6 +11,7 @@
 //! | gossip topics | [`gossip`](NodeBuilder::gossip) | [`Node::gossip`] | `kith-overlay` |
 //! | content store | [`store`](NodeBuilder::store), [`memory_store`](NodeBuilder::memory_store) | [`Node::store`] | `kith-store` |
 //! | file sharing | [`share`](NodeBuilder::share) | [`Node::share`] | `kith-share` |
+//! | keyword search | [`search`](NodeBuilder::search) | [`Node::search`] | `kith-overlay` |
 //! | LAN discovery | [`mdns`](NodeBuilder::mdns) | [`Node::mdns`] | `kith-transport` |
 //!
 //! Two peers on a gossip topic:
@@ -96,6 +97,7 @@ pub use kith_core::{NodeAddr, NodeId, RelayHint, SecretKey, frame};
 pub use kith_overlay::dht::{self, DhtHandle};
 pub use kith_overlay::gossip::driver::{Gossip, Topic};
 pub use kith_overlay::gossip::{self, TopicId};
+pub use kith_overlay::search::{self, SearchHandle};
 pub use kith_share::{
     self as share, Download, DownloadEvent, DownloadOptions, DownloadStats, Share, ShareConfig,
     SharedStore, Ticket,
@@ -145,6 +147,9 @@ pub enum NodeError {
     /// LAN discovery could not start.
     #[error("mDNS: {0}")]
     Mdns(#[from] kith_transport::mdns::MdnsError),
+    /// Search could not start.
+    #[error("search: {0}")]
+    Search(#[from] kith_overlay::search::SearchError),
 }
 
 /// A layer was asked for that the node was not built with.
@@ -171,6 +176,7 @@ pub struct NodeBuilder {
     gossip: Option<kith_overlay::gossip::Config>,
     store: Option<StoreKind>,
     share: Option<ShareConfig>,
+    search: Option<kith_overlay::search::Config>,
     mdns: Option<bool>,
     bootstrap: Vec<NodeAddr>,
 }
@@ -189,6 +195,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("gossip", &self.gossip.is_some())
             .field("store", &self.store)
             .field("share", &self.share.is_some())
+            .field("search", &self.search.is_some())
             .field("mdns", &self.mdns)
             .field("bootstrap", &self.bootstrap)
             .finish()
@@ -289,6 +296,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs flood / random-walk keyword search (`kith/search/1`). Its neighbours are the
+    /// bootstrap peers and, with the DHT on, the nodes closest to this one (refreshed
+    /// every 30 s).
+    pub fn search(mut self, config: kith_overlay::search::Config) -> Self {
+        self.search = Some(config);
+        self
+    }
+
     /// LAN discovery over mDNS: on by default unless the node binds loopback. LAN peers
     /// are found by node id before the DHT is asked.
     pub fn mdns(mut self, on: bool) -> Self {
@@ -382,6 +397,17 @@ impl NodeBuilder {
             }
             _ => None,
         };
+        let search = match self.search {
+            Some(cfg) => Some(kith_overlay::search::Search::spawn(
+                transport.clone(),
+                cfg,
+                None,
+            )?),
+            None => None,
+        };
+        let neighbours = search
+            .clone()
+            .map(|s| Arc::new(feed_search(s, dht.clone(), self.bootstrap.clone())));
         for (p, h) in self.protocols {
             endpoint.mount(p, h)?;
         }
@@ -393,7 +419,9 @@ impl NodeBuilder {
             gossip,
             store,
             share,
+            search,
             mdns,
+            tasks: neighbours.into_iter().collect(),
         })
     }
 
@@ -425,6 +453,45 @@ impl NodeBuilder {
     }
 }
 
+/// Aborts its task when the last node handle is dropped (or the node is closed).
+#[derive(Debug)]
+struct TaskGuard(tokio::task::AbortHandle);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps search's neighbours fed: the bootstrap peers, plus the DHT's nodes closest to
+/// this one, every 30 s.
+fn feed_search(
+    search: SearchHandle,
+    dht: Option<DhtHandle>,
+    bootstrap: Vec<NodeAddr>,
+) -> TaskGuard {
+    let task = tokio::spawn(async move {
+        let me = search.local_id();
+        loop {
+            let mut peers = bootstrap.clone();
+            if let Some(dht) = &dht {
+                if let Ok(found) = dht.find_node(kith_overlay::dht::Key::from_node(&me)).await {
+                    for a in found {
+                        if a.node_id != me && !peers.iter().any(|p| p.node_id == a.node_id) {
+                            peers.push(a);
+                        }
+                    }
+                }
+            }
+            if search.set_neighbors(peers).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    });
+    TaskGuard(task.abort_handle())
+}
+
 fn write_port(path: &Path, port: u16) -> std::io::Result<()> {
     std::fs::write(path, format!("{port}\n"))
 }
@@ -438,7 +505,10 @@ pub struct Node {
     gossip: Option<Gossip>,
     store: Option<SharedStore>,
     share: Option<Share>,
+    search: Option<SearchHandle>,
     mdns: Option<Arc<MdnsDiscovery>>,
+    /// Background tasks of the node (search's neighbour feed), stopped with it.
+    tasks: Vec<Arc<TaskGuard>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -449,6 +519,7 @@ impl std::fmt::Debug for Node {
             .field("gossip", &self.gossip.is_some())
             .field("store", &self.store.is_some())
             .field("share", &self.share.is_some())
+            .field("search", &self.search.is_some())
             .field("mdns", &self.mdns.is_some())
             .finish()
     }
@@ -505,6 +576,11 @@ impl Node {
         self.share.as_ref().ok_or(LayerOff("share"))
     }
 
+    /// Keyword search.
+    pub fn search(&self) -> Result<&SearchHandle, LayerOff> {
+        self.search.as_ref().ok_or(LayerOff("search"))
+    }
+
     /// LAN discovery.
     pub fn mdns(&self) -> Result<&MdnsDiscovery, LayerOff> {
         self.mdns.as_deref().ok_or(LayerOff("mdns"))
@@ -527,6 +603,9 @@ impl Node {
 
     /// Closes every connection, telling peers, and releases the sockets.
     pub async fn close(&self) {
+        for t in &self.tasks {
+            t.0.abort();
+        }
         if let Some(m) = &self.mdns {
             m.shutdown().await;
         }
