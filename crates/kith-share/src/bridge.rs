@@ -42,16 +42,38 @@ fn cancelled_err() -> io::Error {
     io::Error::other("request cancelled")
 }
 
+/// Called with the bytes read so far, every [`ACTIVITY_EVERY`] bytes.
+pub(crate) type OnActivity = Box<dyn FnMut(u64) + Send>;
+
+/// How often a [`BlockingReader`] reports activity.
+pub(crate) const ACTIVITY_EVERY: u64 = 256 * 1024;
+
 /// Reads an async stream from a blocking thread; fails once cancelled.
 pub(crate) struct BlockingReader<R> {
     pub(crate) inner: R,
     rt: Handle,
     cancel: Cancel,
+    read: u64,
+    next_report: u64,
+    on_activity: Option<OnActivity>,
 }
 
 impl<R: AsyncRead + Unpin> BlockingReader<R> {
     pub(crate) fn new(inner: R, rt: Handle, cancel: Cancel) -> Self {
-        Self { inner, rt, cancel }
+        Self {
+            inner,
+            rt,
+            cancel,
+            read: 0,
+            next_report: ACTIVITY_EVERY,
+            on_activity: None,
+        }
+    }
+
+    /// Reports progress to `f` as bytes arrive.
+    pub(crate) fn with_activity(mut self, f: OnActivity) -> Self {
+        self.on_activity = Some(f);
+        self
     }
 }
 
@@ -62,12 +84,20 @@ impl<R: AsyncRead + Unpin> Read for BlockingReader<R> {
         }
         let inner = &mut self.inner;
         let cancel = &self.cancel;
-        self.rt.block_on(async {
+        let n = self.rt.block_on(async {
             tokio::select! {
                 r = inner.read(buf) => r,
                 _ = cancel.cancelled() => Err(cancelled_err()),
             }
-        })
+        })?;
+        self.read += n as u64;
+        if self.read >= self.next_report {
+            self.next_report = self.read + ACTIVITY_EVERY;
+            if let Some(f) = self.on_activity.as_mut() {
+                f(self.read);
+            }
+        }
+        Ok(n)
     }
 }
 

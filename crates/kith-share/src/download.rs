@@ -295,6 +295,10 @@ enum Msg {
         index: u32,
         group: u64,
     },
+    /// Bytes of request `id` are arriving.
+    Activity {
+        id: RequestId,
+    },
     End {
         id: RequestId,
         outcome: Option<RequestOutcome>,
@@ -655,6 +659,7 @@ impl Driver {
                                 }
                             }
                         }
+                        Msg::Activity { id } => sched.handle_activity(now, id),
                         Msg::Piece { peer, id, index, group } => {
                             let piece = layout.blob_pieces(index as usize).start + group;
                             sched.handle_piece(now, &peer, id, piece);
@@ -1205,6 +1210,11 @@ impl RequestJob {
             let rt2 = rt.clone();
             let joined = tokio::task::spawn_blocking(move || {
                 let mut br = BlockingReader::new(r, rt2, cancel);
+                if let Some((tx, _, id)) = report.clone() {
+                    br = br.with_activity(Box::new(move |_| {
+                        let _ = tx.send(Msg::Activity { id });
+                    }));
+                }
                 let res = store.import_verified(hash, bytes, &mut br, &mut |g| {
                     if let Some((tx, peer, id)) = &report {
                         let _ = tx.send(Msg::Piece {

@@ -270,6 +270,8 @@ struct Peer {
     cwnd: u64,
     requests: BTreeSet<RequestId>,
     strikes: u32,
+    /// Times this peer escaped a ban as the last source (see `strike`).
+    reprieves: u32,
     paused_until: Option<Instant>,
     delivered: u64,
 }
@@ -462,6 +464,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 cwnd: self.cfg.initial_window.max(self.cfg.min_window),
                 requests: BTreeSet::new(),
                 strikes: 0,
+                reprieves: 0,
                 paused_until: None,
                 delivered: 0,
             },
@@ -558,7 +561,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
     }
 
-    fn strike(&mut self, peer: &P) {
+    fn strike(&mut self, now: Instant, peer: &P) {
         let banned = match self.peers.get_mut(peer) {
             Some(p) => {
                 p.strikes += 1;
@@ -566,8 +569,42 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             }
             None => false,
         };
-        if banned {
-            self.ban(peer, BanReason::Unreliable);
+        if !banned {
+            return;
+        }
+        // The last source of what we miss, which has delivered before, is not banned for
+        // stalls (our own disk or link may be the cause): it is paused, longer each time.
+        // A peer that never delivered anything is banned: it cannot hold a download up.
+        let last_source = self.peers.get(peer).is_some_and(|p| {
+            p.delivered > 0
+                && !self
+                    .peers
+                    .iter()
+                    .any(|(k, q)| k != peer && self.useful(q) > 0)
+        });
+        if last_source {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.strikes = self.cfg.max_strikes.saturating_sub(1);
+                p.reprieves = p.reprieves.saturating_add(1);
+                let pause =
+                    Duration::from_secs(1 << p.reprieves.min(6)).min(Duration::from_secs(60));
+                p.paused_until = Some(now + pause);
+            }
+            return;
+        }
+        self.ban(peer, BanReason::Unreliable);
+    }
+
+    /// Request `id` is receiving bytes, short of a verified (or durable) piece: it is not
+    /// stalled. Drivers whose store reports pieces in batches call this as bytes arrive,
+    /// so a stall timeout measures silence, not the batch size.
+    pub fn handle_activity(&mut self, now: Instant, id: RequestId) {
+        let Some(peer) = self.requests.get(&id).map(|r| r.peer) else {
+            return;
+        };
+        let stall = self.stall_of(&peer, 0);
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.deadline = r.deadline.max(now + stall);
         }
     }
 
@@ -723,7 +760,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                             }
                         }
                     }
-                    self.strike(&peer);
+                    self.strike(now, &peer);
                 }
             }
             RequestOutcome::Busy { retry_after } => {
@@ -735,7 +772,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 self.drop_peer(&peer, true);
             }
             RequestOutcome::BadData => self.ban(&peer, BanReason::BadData),
-            RequestOutcome::Failed => self.strike(&peer),
+            RequestOutcome::Failed => self.strike(now, &peer),
         }
         self.fill(now);
     }
@@ -783,7 +820,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 p.cwnd = (p.cwnd / 2).max(self.cfg.min_window);
             }
             if struck.insert(peer) {
-                self.strike(&peer);
+                self.strike(now, &peer);
             }
         }
         for p in self.peers.values_mut() {

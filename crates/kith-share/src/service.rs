@@ -80,7 +80,12 @@ impl Default for ShareConfig {
     fn default() -> Self {
         Self {
             limits: ProviderLimits::default(),
-            scheduler: SchedulerConfig::default(),
+            // Pieces count once the store has made them durable, in batches: a window
+            // of RTT + 25 ms starves between batches, so give it 100 ms.
+            scheduler: SchedulerConfig {
+                pipeline_slack: Duration::from_millis(100),
+                ..SchedulerConfig::default()
+            },
             announce: true,
             provide_when_done: true,
             max_peers_per_download: 32,

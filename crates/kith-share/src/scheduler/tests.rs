@@ -16,6 +16,9 @@ enum Behaviour {
     Silent,
     /// Leaves after this many pieces.
     Vanish(u32),
+    /// After this many pieces, ignores the next requests until its stalls add up to a
+    /// ban, then serves again (a provider whose disk or link hiccups).
+    Hiccup(u32),
 }
 
 struct FakePeer {
@@ -75,11 +78,15 @@ impl Harness {
                                 .push((t, peer, id, None, RequestOutcome::Missing));
                         }
                         Behaviour::Silent => {}
+                        Behaviour::Hiccup(n) if fp.sent >= n && fp.sent < n + 6 => {
+                            // Silent for a while: its requests time out.
+                            fp.sent += 1;
+                        }
                         Behaviour::BadData => {
                             self.pending
                                 .push((t, peer, id, None, RequestOutcome::BadData));
                         }
-                        Behaviour::Honest | Behaviour::Vanish(_) => {
+                        Behaviour::Honest | Behaviour::Vanish(_) | Behaviour::Hiccup(_) => {
                             for p in pieces {
                                 t += Duration::from_secs_f64(
                                     self.s.layout().piece_bytes(p) as f64 / fp.rate,
@@ -276,4 +283,19 @@ fn busy_peers_are_paused_then_asked_again() {
     while h.s.poll_action().is_some() {}
     assert!(h.s.poll_timeout().is_some());
     assert!(h.run(Duration::from_secs(30)));
+}
+
+#[test]
+fn the_last_source_is_paused_not_banned_for_stalls() {
+    // One provider that delivers, then goes silent long enough for three stalls, then
+    // serves again: with nobody else to ask, it is paused and the download completes.
+    let mut h = Harness::new(8 * MIB, &RangeSet::new(), SchedulerConfig::default());
+    h.add(1, 20e6, Behaviour::Hiccup(64));
+    assert!(h.run(Duration::from_secs(600)));
+    assert!(!h.s.is_banned(&1));
+    // A silent peer that never delivered is still banned, even when it is the only one.
+    let mut h = Harness::new(MIB, &RangeSet::new(), SchedulerConfig::default());
+    h.add(4, 20e6, Behaviour::Silent);
+    h.run(Duration::from_secs(60));
+    assert!(h.s.is_banned(&4));
 }
