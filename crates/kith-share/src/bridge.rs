@@ -46,7 +46,7 @@ fn cancelled_err() -> io::Error {
 pub(crate) type OnActivity = Box<dyn FnMut(u64) + Send>;
 
 /// How often a [`BlockingReader`] reports activity.
-pub(crate) const ACTIVITY_EVERY: u64 = 256 * 1024;
+pub(crate) const ACTIVITY_EVERY: u64 = 64 * 1024;
 
 /// Reads an async stream from a blocking thread; fails once cancelled.
 pub(crate) struct BlockingReader<R> {

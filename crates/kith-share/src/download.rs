@@ -295,9 +295,10 @@ enum Msg {
         index: u32,
         group: u64,
     },
-    /// Bytes of request `id` are arriving.
+    /// `bytes` more bytes of request `id` arrived.
     Activity {
         id: RequestId,
+        bytes: u64,
     },
     End {
         id: RequestId,
@@ -659,7 +660,7 @@ impl Driver {
                                 }
                             }
                         }
-                        Msg::Activity { id } => sched.handle_activity(now, id),
+                        Msg::Activity { id, bytes } => sched.handle_activity(now, id, bytes),
                         Msg::Piece { peer, id, index, group } => {
                             let piece = layout.blob_pieces(index as usize).start + group;
                             sched.handle_piece(now, &peer, id, piece);
@@ -1211,8 +1212,11 @@ impl RequestJob {
             let joined = tokio::task::spawn_blocking(move || {
                 let mut br = BlockingReader::new(r, rt2, cancel);
                 if let Some((tx, _, id)) = report.clone() {
-                    br = br.with_activity(Box::new(move |_| {
-                        let _ = tx.send(Msg::Activity { id });
+                    let mut last = 0u64;
+                    br = br.with_activity(Box::new(move |total| {
+                        let bytes = total.saturating_sub(last);
+                        last = total;
+                        let _ = tx.send(Msg::Activity { id, bytes });
                     }));
                 }
                 let res = store.import_verified(hash, bytes, &mut br, &mut |g| {

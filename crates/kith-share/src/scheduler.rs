@@ -272,6 +272,8 @@ struct Peer {
     strikes: u32,
     /// Times this peer escaped a ban as the last source (see `strike`).
     reprieves: u32,
+    /// The driver reports bytes as they arrive (`handle_activity`).
+    activity: bool,
     paused_until: Option<Instant>,
     delivered: u64,
 }
@@ -284,6 +286,25 @@ struct Request<P> {
     outstanding_bytes: u64,
     last_progress: Instant,
     deadline: Instant,
+}
+
+/// Adds `bytes` received at `now` to a peer's rate: bytes over time while it had work,
+/// in samples of at least 4 RTTs (20 ms), smoothed.
+fn sample_rate(p: &mut Peer, now: Instant, bytes: u64) {
+    let start = *p.sample_start.get_or_insert(now);
+    p.sample_bytes += bytes;
+    let span = now.saturating_duration_since(start);
+    let min_span = (p.rtt * 4).max(Duration::from_millis(20));
+    if span >= min_span {
+        let sample = p.sample_bytes as f64 / span.as_secs_f64();
+        p.rate = if p.rate == 0.0 {
+            sample
+        } else {
+            0.7 * p.rate + 0.3 * sample
+        };
+        p.sample_start = Some(now);
+        p.sample_bytes = 0;
+    }
 }
 
 /// The multi-source download scheduler. `P` names a peer (a `NodeId` in the driver, an
@@ -465,6 +486,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 requests: BTreeSet::new(),
                 strikes: 0,
                 reprieves: 0,
+                activity: false,
                 paused_until: None,
                 delivered: 0,
             },
@@ -598,10 +620,16 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// Request `id` is receiving bytes, short of a verified (or durable) piece: it is not
     /// stalled. Drivers whose store reports pieces in batches call this as bytes arrive,
     /// so a stall timeout measures silence, not the batch size.
-    pub fn handle_activity(&mut self, now: Instant, id: RequestId) {
+    /// `bytes` more bytes of it arrived since the last report; they measure the peer's
+    /// rate from then on.
+    pub fn handle_activity(&mut self, now: Instant, id: RequestId, bytes: u64) {
         let Some(peer) = self.requests.get(&id).map(|r| r.peer) else {
             return;
         };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.activity = true;
+            sample_rate(p, now, bytes);
+        }
         let stall = self.stall_of(&peer, 0);
         if let Some(r) = self.requests.get_mut(&id) {
             r.deadline = r.deadline.max(now + stall);
@@ -636,20 +664,10 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 p.inflight_bytes = p.inflight_bytes.saturating_sub(bytes);
             }
             p.delivered += bytes;
-            // Rate: bytes over time while the peer had work, in samples of >= 4 RTTs.
-            let start = *p.sample_start.get_or_insert(now);
-            p.sample_bytes += bytes;
-            let span = now.saturating_duration_since(start);
-            let min_span = (p.rtt * 4).max(Duration::from_millis(20));
-            if span >= min_span {
-                let sample = p.sample_bytes as f64 / span.as_secs_f64();
-                p.rate = if p.rate == 0.0 {
-                    sample
-                } else {
-                    0.7 * p.rate + 0.3 * sample
-                };
-                p.sample_start = Some(now);
-                p.sample_bytes = 0;
+            // Rate from verified pieces, unless the driver reports bytes as they arrive
+            // (then those measure it: pieces may come in bursts).
+            if !p.activity {
+                sample_rate(p, now, bytes);
             }
         }
         if let Some(cap) = self.peers.get(peer).map(|p| self.window_cap(p)) {
@@ -903,7 +921,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         } else {
             Duration::ZERO
         };
-        (expect * 2 + p.rtt * 4 + queue).clamp(self.cfg.min_stall, self.cfg.max_stall)
+        // Twice the queue: requests to one peer share its rate, so one request's next
+        // bytes may wait behind the others'.
+        (expect * 2 + p.rtt * 4 + queue * 2).clamp(self.cfg.min_stall, self.cfg.max_stall)
     }
 
     fn candidate(&self, p: &Peer, i: u64) -> bool {
