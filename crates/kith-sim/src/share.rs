@@ -5,7 +5,7 @@
 //! # The model
 //!
 //! * **Latency**: the coordinate model of the other simulators (a point in a plane plus
-//!   an access-link delay per node, [`Place`]); a message or piece takes the one-way delay
+//!   an access-link delay per node, `Place` in `engine.rs`); a message or piece takes the one-way delay
 //!   of the pair.
 //! * **Bandwidth**: every node has an upload and a download capacity (bytes per second).
 //!   The *upload link* sends one piece (a 16 KiB chunk group) at a time at the full
