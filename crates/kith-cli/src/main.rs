@@ -64,8 +64,8 @@ struct NetArgs {
     /// Added to the data directory's `bootstrap` file.
     #[arg(long = "bootstrap", value_name = "NODEADDR")]
     bootstrap: Vec<NodeAddr>,
-    /// A relay to stay reachable through (NodeAddr).
-    #[arg(long, value_name = "NODEADDR")]
+    /// A relay to stay reachable through (NodeAddr of a `kith relay` or `kith node --relay`).
+    #[arg(long = "home-relay", value_name = "NODEADDR")]
     relay: Option<NodeAddr>,
 }
 
@@ -129,7 +129,7 @@ struct NodeArgs {
     #[command(flatten)]
     net: NetArgs,
     /// Also offer relaying to other peers (with per-peer rate and byte limits).
-    #[arg(long)]
+    #[arg(long = "relay")]
     relay_server: bool,
 }
 
@@ -183,7 +183,7 @@ fn hint_for(e: &anyhow::Error) -> Option<&'static str> {
     }
     match e.downcast_ref::<kith::share::DownloadError>() {
         Some(kith::share::DownloadError::Unreachable { .. }) => Some(
-            "is `kith share` still running there? Peers behind NATs need a relay (--relay) or a common bootstrap peer",
+            "is `kith share` still running there? Peers behind NATs need a relay (--home-relay) or a common bootstrap peer",
         ),
         Some(kith::share::DownloadError::NoProviders(_)) => {
             Some("the ticket names no provider: ask for a ticket with one, or pass --bootstrap")
