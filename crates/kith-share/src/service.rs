@@ -40,7 +40,11 @@ pub struct ProviderLimits {
     /// Bytes buffered per response before they are handed to the connection (the
     /// connection's own send window comes on top). Default 256 KiB.
     pub send_buffer: usize,
-    /// Retry-after sent with a busy refusal. Default 500 ms.
+    /// Retry-after sent with a busy refusal. Default 250 ms: the refused peer leaves this
+    /// provider alone that long, so a slot that frees sooner stays empty (a refusal costs
+    /// only a stream and a frame). In `kith-sim share`'s flash crowd (200 downloaders,
+    /// 32 slots) 500 ms left uploads idle and finished at 1.28× the fluid bound, 250 ms
+    /// at 1.19×.
     pub busy_retry: Duration,
 }
 
@@ -52,7 +56,7 @@ impl Default for ProviderLimits {
             max_ranges_per_request: 1024,
             upload_rate_per_peer: None,
             send_buffer: 256 * 1024,
-            busy_retry: Duration::from_millis(500),
+            busy_retry: Duration::from_millis(250),
         }
     }
 }

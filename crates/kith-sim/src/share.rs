@@ -19,7 +19,8 @@
 //! * **Providers** model `kith/share/1`: a provider serves at most
 //!   [`ShareParams::upload_slots`] requests at once; a request that finds them full is
 //!   refused as busy with [`ShareParams::busy_retry`] (the refusal costs one round trip
-//!   and no data bandwidth). A cancel reaches the provider after the one-way delay; pieces
+//!   and no data bandwidth). Both default to the real provider's
+//!   [`ProviderLimits`] defaults (32 slots, 250 ms). A cancel reaches the provider after the one-way delay; pieces
 //!   already sent still arrive.
 //! * **Discovery**: every downloader knows the seeder (the ticket names it) and a random
 //!   set of other downloaders, as a DHT provider lookup of downloaders that announce
@@ -48,7 +49,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use kith_share::scheduler::{Action, Event, RequestId, RequestOutcome, Scheduler, SchedulerConfig};
-use kith_share::{Layout, RangeSet};
+use kith_share::{Layout, ProviderLimits, RangeSet};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -102,9 +103,11 @@ pub struct ShareParams {
     pub leave_fraction: f64,
     /// Downloaders each one knows (besides the seeder), on average.
     pub neighbours: usize,
-    /// Requests a provider serves at once.
+    /// Requests a provider serves at once. Default: the real provider's
+    /// ([`ProviderLimits::upload_slots`]).
     pub upload_slots: usize,
-    /// Retry-after of a busy refusal.
+    /// Retry-after of a busy refusal. Default: the real provider's
+    /// ([`ProviderLimits::busy_retry`]).
     pub busy_retry: Duration,
     /// How often a node sends what it verified to its watchers.
     pub have_interval: Duration,
@@ -140,8 +143,8 @@ impl ShareParams {
             malicious: 0.0,
             leave_fraction: 0.0,
             neighbours: 40,
-            upload_slots: 8,
-            busy_retry: Duration::from_millis(500),
+            upload_slots: ProviderLimits::default().upload_slots,
+            busy_retry: ProviderLimits::default().busy_retry,
             have_interval: Duration::from_millis(100),
             trickle_rate: 512.0,
             max_path_delay: Duration::from_millis(100),
@@ -244,6 +247,11 @@ pub struct ShareReport {
     pub events: u64,
     /// Virtual time simulated.
     pub elapsed: Duration,
+    /// Bytes every node uploaded, per second of virtual time.
+    pub uploaded_per_second: Vec<u64>,
+    /// Upload capacity of the seeder and the honest downloaders together, bytes per
+    /// second.
+    pub upload_capacity: f64,
 }
 
 impl ShareReport {
@@ -543,6 +551,7 @@ impl<'a> Swarm<'a> {
             honest: honest.len(),
             malicious: bad,
             bound: Duration::from_secs_f64(bound),
+            upload_capacity: p.seed_up + sum_u,
             ..ShareReport::default()
         };
         let mut s = Self {
@@ -629,6 +638,12 @@ impl<'a> Swarm<'a> {
                 }
                 pn.uploaded += bytes;
                 self.rep.uploaded += bytes;
+                let sec = (at / 1_000_000_000) as usize;
+                let bins = &mut self.rep.uploaded_per_second;
+                if bins.len() <= sec {
+                    bins.resize(sec + 1, 0);
+                }
+                bins[sec] += bytes;
                 if provider == 0 {
                     self.rep.seed_uploaded += bytes;
                 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::share::{self, ShareParams, ShareReport};
 
-const USAGE: &str = "usage: kith-sim share [--nodes N] [--seed S] [--mib M] [--slots K] [--scenario flash|hetero|malicious|all]";
+const USAGE: &str = "usage: kith-sim share [--nodes N] [--seed S] [--mib M] [--slots K] [--busy-retry-ms T] [--scenario flash|hetero|malicious|all]";
 
 #[derive(Debug)]
 struct Args {
@@ -14,6 +14,7 @@ struct Args {
     seed: u64,
     mib: u64,
     slots: Option<usize>,
+    busy_retry_ms: Option<u64>,
     scenario: String,
 }
 
@@ -23,6 +24,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
         seed: 1,
         mib: 64,
         slots: None,
+        busy_retry_ms: None,
         scenario: "all".into(),
     };
     let mut it = args;
@@ -34,6 +36,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--seed" => a.seed = num()?,
             "--mib" => a.mib = num()?,
             "--slots" => a.slots = Some(num()? as usize),
+            "--busy-retry-ms" => a.busy_retry_ms = Some(num()?),
             "--scenario" => a.scenario = val.clone(),
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -52,7 +55,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
 
 fn describe(name: &str, p: &ShareParams, r: &ShareReport, wall: Instant) {
     println!(
-        "# {name}: {} downloaders ({} honest, {} malicious), {} MiB in {} files, seed {}; {} upload slots, {} neighbours",
+        "# {name}: {} downloaders ({} honest, {} malicious), {} MiB in {} files, seed {}; {} upload slots, busy retry {} ms, {} neighbours",
         p.downloaders,
         r.honest,
         r.malicious,
@@ -60,6 +63,7 @@ fn describe(name: &str, p: &ShareParams, r: &ShareReport, wall: Instant) {
         p.files,
         p.seed,
         p.upload_slots,
+        p.busy_retry.as_millis(),
         p.neighbours
     );
     println!(
@@ -83,6 +87,15 @@ fn describe(name: &str, p: &ShareParams, r: &ShareReport, wall: Instant) {
         r.honest_banned,
         r.seeder_banned
     );
+    let util: Vec<String> = r
+        .uploaded_per_second
+        .iter()
+        .map(|&b| format!("{:.0}", 100.0 * b as f64 / r.upload_capacity.max(1.0)))
+        .collect();
+    println!(
+        "# {name}: upload use per second, % of capacity: {}",
+        util.join(" ")
+    );
     println!(
         "# {name}: {} events, {:.1}s virtual, {:.1}s wall",
         r.events,
@@ -91,7 +104,7 @@ fn describe(name: &str, p: &ShareParams, r: &ShareReport, wall: Instant) {
     );
 }
 
-/// `kith-sim share [--nodes N] [--seed S] [--mib M] [--slots K] [--scenario …]`
+/// `kith-sim share [--nodes N] [--seed S] [--mib M] [--slots K] [--busy-retry-ms T] [--scenario …]`
 /// (arguments after the command name).
 pub fn share(args: impl Iterator<Item = String>) -> ExitCode {
     let a = match parse(args) {
@@ -105,6 +118,9 @@ pub fn share(args: impl Iterator<Item = String>) -> ExitCode {
     let tune = |mut p: ShareParams| {
         if let Some(k) = a.slots {
             p.upload_slots = k;
+        }
+        if let Some(ms) = a.busy_retry_ms {
+            p.busy_retry = std::time::Duration::from_millis(ms);
         }
         p
     };

@@ -5,7 +5,10 @@
 use kith_sim::share::{self, ShareParams};
 
 /// 60 downloaders and 4 MiB at 256 KiB/s a node: the bound is 16 s, as in the full run,
-/// so stall timeouts and bans play out within the download.
+/// so stall timeouts and bans play out within the download. Upload slots scale with the
+/// links (32 → 2), so a request gets the same share of a provider's upload as in the full
+/// run (128 KiB/s) and a piece the same time across a busy provider: 32 slots at 256
+/// KiB/s would take 2 s a piece.
 fn slow(mut p: ShareParams) -> ShareParams {
     let scale = 1.0 / 16.0;
     p.seed_up *= scale;
@@ -14,6 +17,7 @@ fn slow(mut p: ShareParams) -> ShareParams {
         c.up *= scale;
         c.down *= scale;
     }
+    p.upload_slots = ((p.upload_slots as f64 * scale).round() as usize).max(1);
     p
 }
 
