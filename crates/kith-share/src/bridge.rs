@@ -141,14 +141,14 @@ impl<W: AsyncWrite + Unpin> BlockingWriter<W> {
 
 impl<W: AsyncWrite + Unpin> Write for BlockingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let at = self.pacer.as_ref().map(|p| p.reserve(buf.len()));
+        // Pacing sleeps this blocking thread itself: a tokio timer here
+        // would panic if the runtime shuts down mid-upload.
+        if let Some(at) = self.pacer.as_ref().map(|p| p.reserve(buf.len())) {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        }
         let inner = &mut self.inner;
-        self.rt.block_on(async {
-            if let Some(at) = at {
-                tokio::time::sleep_until(at.into()).await;
-            }
-            inner.write_all(buf).await.map(|()| buf.len())
-        })
+        self.rt
+            .block_on(async { inner.write_all(buf).await.map(|()| buf.len()) })
     }
 
     fn flush(&mut self) -> io::Result<()> {

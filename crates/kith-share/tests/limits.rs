@@ -114,7 +114,8 @@ async fn each_limit_is_refused_with_its_reason() {
     assert_eq!(
         first_response(&mut r).await,
         Response::Refused(Refusal::Busy {
-            retry_after_ms: 500
+            retry_after_ms: u32::try_from(ProviderLimits::default().busy_retry.as_millis())
+                .expect("default retry fits u32")
         })
     );
     drop(held);
