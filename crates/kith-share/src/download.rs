@@ -211,6 +211,12 @@ impl Download {
         let _ = self.mode.send(mode);
     }
 
+    /// A handle that switches this download's piece order from elsewhere (several
+    /// readers of one download each move its playhead).
+    pub fn mode_handle(&self) -> ModeHandle {
+        ModeHandle(self.mode.clone())
+    }
+
     /// Waits for the end, discarding events not yet read.
     pub async fn finish(mut self) -> Result<DownloadStats, DownloadError> {
         self.events.close();
@@ -219,6 +225,23 @@ impl Download {
             Ok(r) => r,
             Err(e) => Err(DownloadError::Aborted(e.to_string())),
         }
+    }
+}
+
+/// Switches the piece order of a running [`Download`]; cheap to clone. Does nothing once
+/// the download has ended.
+#[derive(Debug, Clone)]
+pub struct ModeHandle(mpsc::UnboundedSender<Mode>);
+
+impl ModeHandle {
+    /// Switches the piece order, as [`Download::set_mode`] does.
+    pub fn set_mode(&self, mode: Mode) {
+        let _ = self.0.send(mode);
+    }
+
+    /// Whether the download has ended (a mode sent now goes nowhere).
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
     }
 }
 

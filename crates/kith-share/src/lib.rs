@@ -56,7 +56,7 @@ pub mod wire;
 use std::sync::Arc;
 
 pub use download::{
-    Download, DownloadError, DownloadEvent, DownloadOptions, DownloadStats, Progress,
+    Download, DownloadError, DownloadEvent, DownloadOptions, DownloadStats, ModeHandle, Progress,
     ProviderFailure,
 };
 pub use kith_core::Transport;

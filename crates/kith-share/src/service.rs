@@ -345,6 +345,42 @@ impl Share {
         Ok(was)
     }
 
+    /// This node's address as its transport knows it (for provider hints).
+    pub fn local_addr(&self) -> kith_core::NodeAddr {
+        self.inner.transport.local_addr()
+    }
+
+    /// Waits until chunk groups `groups` of blob `hash` are verified in the store, whether
+    /// they were there from the start or arrive through a download of this service: a
+    /// reader streams a blob while it downloads (the site gateway does). `groups` is
+    /// clamped to the blob's groups once its size is known, so asking past the end
+    /// returns at once. It waits as long as it takes: wrap it in a timeout.
+    pub async fn wait_for_groups(
+        &self,
+        hash: Hash,
+        groups: std::ops::Range<u64>,
+    ) -> Result<kith_store::BlobStatus, ShareError> {
+        // Subscribe before looking, so a batch verified in between is not missed.
+        let mut updates = self.inner.updates.subscribe();
+        loop {
+            let status =
+                (self.inner.store.status(hash)).map_err(|e| ShareError::Store(e.to_string()))?;
+            if let Some(status) = status {
+                let end = groups.end.min(status.bitfield.len());
+                if groups.start >= end || status.bitfield.contains_all(groups.start, end) {
+                    return Ok(status);
+                }
+            }
+            match updates.recv().await {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                // The sender lives in `inner`, which `self` holds: never closed here.
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(ShareError::Store("share service stopped".into()));
+                }
+            }
+        }
+    }
+
     /// Roots this node serves.
     pub fn shared(&self) -> Vec<(Hash, bool)> {
         lock(&self.inner.registry)
