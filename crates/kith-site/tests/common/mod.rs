@@ -28,6 +28,17 @@ pub fn trace() {
 
 /// `n` nodes, each joined to the DHT through the first.
 pub async fn swarm(net: &MemNetwork, n: usize, seed: u8, config: SitesConfig) -> Vec<Node> {
+    swarm_with(net, n, seed, config, |_| ShareConfig::default()).await
+}
+
+/// Like [`swarm`], with each node's share configuration from `share_config(i)`.
+pub async fn swarm_with(
+    net: &MemNetwork,
+    n: usize,
+    seed: u8,
+    config: SitesConfig,
+    share_config: impl Fn(usize) -> ShareConfig,
+) -> Vec<Node> {
     let mut out: Vec<Node> = Vec::new();
     for i in 0..n {
         let key = SecretKey::from_bytes(&[seed.wrapping_add(i as u8); 32]);
@@ -41,8 +52,8 @@ pub async fn swarm(net: &MemNetwork, n: usize, seed: u8, config: SitesConfig) ->
         }
         let gossip = Gossip::spawn(t.clone(), key, Default::default()).expect("gossip");
         let store = Arc::new(MemStore::new(StoreConfig::default()));
-        let share = Share::spawn(t.clone(), store, Some(dht.clone()), ShareConfig::default())
-            .expect("share");
+        let share =
+            Share::spawn(t.clone(), store, Some(dht.clone()), share_config(i)).expect("share");
         out.push(Node {
             sites: Sites::new(share, dht, Some(gossip.clone()), config.clone()),
             gossip,
