@@ -22,6 +22,8 @@ use kith::{
 };
 use tokio::io::AsyncBufReadExt;
 
+mod site;
+
 /// Peer-to-peer file sharing and chat. No server needed: every node is client and server.
 #[derive(Parser, Debug)]
 #[command(name = "kith", version, about, long_about = None)]
@@ -53,10 +55,15 @@ enum Command {
     Node(NodeArgs),
     /// Run a relay for peers that cannot reach each other directly.
     Relay(NetArgs),
+    /// Publish or pin a web site served by peers.
+    #[command(subcommand)]
+    Site(site::SiteCommand),
+    /// Serve sites to this machine's browser at http://<name>.localhost:<port>/.
+    Gateway(site::GatewayArgs),
 }
 
 #[derive(Args, Debug, Clone)]
-struct NetArgs {
+pub(crate) struct NetArgs {
     /// Address to bind [default: 0.0.0.0 on the port saved in the data directory].
     #[arg(long)]
     bind: Option<SocketAddr>,
@@ -237,7 +244,7 @@ fn bootstrap(dir: &Path, extra: &[NodeAddr]) -> anyhow::Result<Vec<NodeAddr>> {
     Ok(peers)
 }
 
-struct Layers {
+pub(crate) struct Layers {
     dht: bool,
     gossip: bool,
     share: Option<ShareConfig>,
@@ -246,7 +253,7 @@ struct Layers {
     search: Option<Duration>,
 }
 
-async fn start(
+pub(crate) async fn start(
     dir: &Path,
     net: &NetArgs,
     layers: Layers,
@@ -312,6 +319,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Share(a) => share(&dir, a).await,
+        Command::Site(c) => site::run(&dir, c).await,
+        Command::Gateway(a) => site::gateway(&dir, a).await,
         Command::Get(a) => get(&dir, a).await,
         Command::Chat(a) => chat(&dir, a).await,
         Command::Search(a) => search(&dir, a).await,
@@ -362,7 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn wait_ctrl_c() {
+pub(crate) async fn wait_ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 

@@ -189,3 +189,25 @@ async fn client_mode_nodes_query_but_are_not_stored() {
     assert!(!closest.is_empty());
     assert!(closest.iter().all(|a| a.node_id != client_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_network_of_two_the_node_holding_a_mutable_record_gets_it() {
+    let net = MemNetwork::new();
+    let (a, b) = (
+        SecretKey::from_bytes(&[1; 32]),
+        SecretKey::from_bytes(&[2; 32]),
+    );
+    let ta: Arc<dyn Transport> = Arc::new(net.node(a.node_id()));
+    let tb: Arc<dyn Transport> = Arc::new(net.node(b.node_id()));
+    let ha = Dht::spawn(ta.clone(), a.clone(), Config::default(), vec![]).expect("spawn");
+    let hb = Dht::spawn(tb, b, Config::default(), vec![ta.local_addr()]).expect("spawn");
+    hb.bootstrap().await.expect("bootstrap");
+    // A's put lands on B, the only other node; B's get must count its own copy.
+    let stored = ha
+        .put_mutable(Bytes::from_static(b"s"), 3, Bytes::from_static(b"v"), None)
+        .await
+        .expect("put");
+    assert_eq!(stored, 1);
+    let got = hb.get_mutable(a.node_id(), b"s").await.expect("get");
+    assert_eq!((got.seq, &got.value[..]), (3, &b"v"[..]));
+}

@@ -293,6 +293,7 @@ impl Sites {
         let name = SiteName::of(key);
         let ticket = self.inner.share.add_dir(dir).await?;
         let mut prev = self.current(name).map(|v| v.record.seq).unwrap_or_default();
+        let mut prior = None;
         if let Ok(Ok(Ok(old))) = tokio::time::timeout(
             Duration::from_secs(5),
             self.inner.dht.get_mutable(name.0, crate::record::SALT),
@@ -301,6 +302,7 @@ impl Sites {
         .map(|r| r.map(|m| SiteRecord::from_record(name, m, &self.inner.config.limits)))
         {
             prev = prev.max(old.seq);
+            prior = Some(old);
         }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -314,7 +316,9 @@ impl Sites {
             &[self.inner.share.local_addr()],
             &self.inner.config.limits,
         )?;
-        let followed = self.follow(record.clone(), true);
+        // The previous version's peers (its publisher, pinners, gateways that fetched
+        // it) are the followers to reach: the topic is joined through them.
+        let followed = self.follow(record.clone(), true, prior);
         let (tx, rx) = oneshot::channel();
         followed
             .cmd
@@ -358,7 +362,7 @@ impl Sites {
             Some(f) => f,
             None => {
                 let record = self.resolve(name).await?;
-                self.follow(record, false)
+                self.follow(record, false, None)
             }
         };
         *lock(&followed.last_used) = Instant::now();
@@ -416,7 +420,7 @@ impl Sites {
     }
 
     /// Starts following the site of `record` (or returns the follower already running).
-    fn follow(&self, record: SiteRecord, keep: bool) -> Arc<Followed> {
+    fn follow(&self, record: SiteRecord, keep: bool, prior: Option<SiteRecord>) -> Arc<Followed> {
         let name = record.name;
         let mut map = lock(&self.inner.followed);
         if let Some(f) = map.get(&name) {
@@ -442,7 +446,7 @@ impl Sites {
             pending: None,
             versions: JoinSet::new(),
         };
-        let task = tokio::spawn(follower.run(record, cmd_rx)).abort_handle();
+        let task = tokio::spawn(follower.run(record, prior, cmd_rx)).abort_handle();
         let f = Arc::new(Followed {
             current: rx,
             events,
@@ -466,6 +470,9 @@ impl Sites {
         f
     }
 }
+
+/// Providers of a site met on its topic when following starts.
+const MAX_TOPIC_PEERS: usize = 8;
 
 /// What a version task reports to its follower.
 enum VersionMsg {
@@ -492,14 +499,20 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self, first: SiteRecord, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    async fn run(
+        mut self,
+        first: SiteRecord,
+        prior: Option<SiteRecord>,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    ) {
         let (ver_tx, mut ver_rx) = mpsc::unbounded_channel();
+        let me = self.share.node_id();
         let mut topic = match &self.gossip {
             Some(g) => {
-                let me = self.share.node_id();
                 let boot: Vec<NodeAddr> = first
                     .providers
                     .iter()
+                    .chain(prior.iter().flat_map(|p| p.providers.iter()))
                     .filter(|a| a.node_id != me)
                     .cloned()
                     .collect();
@@ -507,6 +520,33 @@ impl Follower {
             }
             None => None,
         };
+        // Whoever serves the site (pinners, gateways that fetched it) follows it too:
+        // meet them on the topic, so pushes reach them whatever the record's hints say.
+        let (peers_tx, mut peers_rx) = mpsc::unbounded_channel::<Vec<NodeAddr>>();
+        if topic.is_some() {
+            let dht = self.dht.clone();
+            let roots: Vec<_> = std::iter::once(first.root)
+                .chain(prior.as_ref().map(|p| p.root))
+                .collect();
+            let timeout = self.config.resolve_timeout;
+            tokio::spawn(async move {
+                for root in roots {
+                    let key = kith_overlay::dht::Key(*root.as_bytes());
+                    if let Ok(Ok(found)) =
+                        tokio::time::timeout(timeout, dht.find_providers(key)).await
+                    {
+                        let peers: Vec<NodeAddr> = found
+                            .into_iter()
+                            .filter(|a| a.node_id != me)
+                            .take(MAX_TOPIC_PEERS)
+                            .collect();
+                        if !peers.is_empty() && peers_tx.send(peers).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
         self.consider(first, &ver_tx);
         let mut refresh = tokio::time::interval(self.config.refresh);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -591,6 +631,11 @@ impl Follower {
                             let _ = tx.send(m);
                         }
                     });
+                }
+                Some(peers) = peers_rx.recv() => {
+                    if let Some(t) = &topic {
+                        let _ = t.add_peers(peers).await;
+                    }
                 }
                 Some(m) = found_rx.recv() => {
                     match SiteRecord::from_record(self.name, m, &self.config.limits) {

@@ -407,6 +407,15 @@ impl DhtCore {
                 self.finish(now, id);
                 return id;
             }
+        } else if let Some(r) = self.store.get(now, &key).cloned() {
+            // A copy this node stores counts as the first answer; the lookup still runs
+            // for a higher sequence. (Without it, in a network of two, the one node
+            // holding a record could never get it.)
+            if r.validate_for(&key, kind, &self.cfg.limits).is_ok() {
+                if let Some(q) = self.queries.get_mut(&id) {
+                    q.found = Some((r, 0));
+                }
+            }
         }
         self.step(now, id);
         id
@@ -428,6 +437,11 @@ impl DhtCore {
     ) -> Result<QueryId, PutError> {
         record.validate(&self.cfg.limits)?;
         let key = record.key();
+        // The publisher keeps a copy too: a lookup that reaches it finds the record even
+        // when no other node stored it yet (it published before it had peers).
+        let _ = self
+            .store
+            .put(now, record.clone(), cas, self.cfg.record_ttl);
         self.published.insert(
             (key, kind_tag(record.kind())),
             Published::Record(record.clone()),
