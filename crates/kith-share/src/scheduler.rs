@@ -606,6 +606,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         });
         if last_source {
             if let Some(p) = self.peers.get_mut(peer) {
+                // Requests that stall together (they were queued together) are one
+                // hiccup: while paused, another stall does not lengthen the pause.
+                if p.paused_until.is_some_and(|t| t > now) {
+                    return;
+                }
                 p.strikes = self.cfg.max_strikes.saturating_sub(1);
                 p.reprieves = p.reprieves.saturating_add(1);
                 let pause =

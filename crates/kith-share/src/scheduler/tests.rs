@@ -299,3 +299,20 @@ fn the_last_source_is_paused_not_banned_for_stalls() {
     h.run(Duration::from_secs(60));
     assert!(h.s.is_banned(&4));
 }
+
+#[test]
+fn a_hiccup_of_the_last_source_costs_seconds_not_minutes() {
+    // The only provider ignores several requests in a row (a hiccup on either side):
+    // the download pauses it briefly and completes, instead of one doubling of the pause
+    // per stalled request (requests queued together stall together; that reached the
+    // 60 s cap and froze a gateway's download under load).
+    let mut cfg = SchedulerConfig::default();
+    cfg.max_strikes = 1;
+    let mut h = Harness::new(8 * MIB, &RangeSet::new(), cfg);
+    h.add(1, 20e6, Behaviour::Hiccup(64));
+    let start = h.now;
+    assert!(h.run(Duration::from_secs(600)));
+    assert!(!h.s.is_banned(&1));
+    let took = h.now - start;
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
