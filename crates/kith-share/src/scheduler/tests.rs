@@ -306,8 +306,10 @@ fn a_hiccup_of_the_last_source_costs_seconds_not_minutes() {
     // the download pauses it briefly and completes, instead of one doubling of the pause
     // per stalled request (requests queued together stall together; that reached the
     // 60 s cap and froze a gateway's download under load).
-    let mut cfg = SchedulerConfig::default();
-    cfg.max_strikes = 1;
+    let cfg = SchedulerConfig {
+        max_strikes: 1,
+        ..SchedulerConfig::default()
+    };
     let mut h = Harness::new(8 * MIB, &RangeSet::new(), cfg);
     h.add(1, 20e6, Behaviour::Hiccup(64));
     let start = h.now;
