@@ -23,6 +23,7 @@ use kith::{
 use tokio::io::AsyncBufReadExt;
 
 mod site;
+mod update;
 
 /// Peer-to-peer file sharing and chat. No server needed: every node is client and server.
 #[derive(Parser, Debug)]
@@ -60,6 +61,9 @@ enum Command {
     Site(site::SiteCommand),
     /// Serve sites to this machine's browser at http://<name>.localhost:<port>/.
     Gateway(site::GatewayArgs),
+    /// Software update channels: signed releases delivered through the swarm.
+    #[command(subcommand)]
+    Update(update::UpdateCommand),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -321,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Share(a) => share(&dir, a).await,
         Command::Site(c) => site::run(&dir, c).await,
         Command::Gateway(a) => site::gateway(&dir, a).await,
+        Command::Update(c) => update::run(&dir, c).await,
         Command::Get(a) => get(&dir, a).await,
         Command::Chat(a) => chat(&dir, a).await,
         Command::Search(a) => search(&dir, a).await,
