@@ -181,3 +181,60 @@ async fn followers_install_pushed_releases_roll_back_bad_ones_and_seed() {
         "app 3"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_reaches_followers_end_to_end() {
+    let net = MemNetwork::new();
+    let nodes = swarm(&net, 4, 40).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut keys = ChannelKeys::generate(&mut rng, (3, 2), (2, 1)).expect("keys");
+    let channel = keys.channel();
+    let src = tempfile::tempdir().expect("tmp");
+    release(&src.path().join("1"), 1, true);
+    nodes[0]
+        .updates
+        .publish(&keys, &src.path().join("1"), 1, "1")
+        .await
+        .expect("publish");
+    let target = tempfile::tempdir().expect("tmp");
+    let installer = Installer::new(target.path()).expect("installer");
+    let out = nodes[3]
+        .updates
+        .update_once(channel, &installer, None, None)
+        .await
+        .expect("v1");
+    assert_eq!(
+        out,
+        Outcome::Installed {
+            version: 1,
+            label: "1".into()
+        }
+    );
+
+    // New root and release keys, signed by the old root threshold: the follower, which
+    // trusts only root 1, walks the chain and takes release 2 signed by the new keys.
+    keys.rotate(&mut rng, 2, (2, 2), (1, 1)).expect("rotate");
+    assert_eq!(keys.channel(), channel, "the channel keeps its name");
+    release(&src.path().join("2"), 2, true);
+    nodes[0]
+        .updates
+        .publish(&keys, &src.path().join("2"), 2, "2")
+        .await
+        .expect("publish");
+    let out = nodes[3]
+        .updates
+        .update_once(channel, &installer, None, None)
+        .await
+        .expect("v2");
+    assert_eq!(
+        out,
+        Outcome::Installed {
+            version: 2,
+            label: "2".into()
+        }
+    );
+    assert_eq!(
+        std::fs::read_to_string(installer.current_path().join("app.txt")).expect("app"),
+        "app 2"
+    );
+}
