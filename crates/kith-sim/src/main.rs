@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         Some("gossip") => return kith_sim::gossip_cli::gossip(std::env::args().skip(2)),
         Some("search") => return kith_sim::gossip_cli::search(std::env::args().skip(2)),
         Some("share") => return kith_sim::share_cli::share(std::env::args().skip(2)),
+        Some("update") => return kith_sim::share_cli::update(std::env::args().skip(2)),
         _ => {}
     }
     let args = match parse() {

@@ -206,6 +206,8 @@ pub struct ShareReport {
     pub last_finish: Option<Duration>,
     /// Median finishing time of those that finished.
     pub median_finish: Duration,
+    /// Finishing time of every downloader that finished, earliest first.
+    pub finish_times: Vec<Duration>,
     /// Bytes the seeder uploaded.
     pub seed_uploaded: u64,
     /// Bytes every node uploaded, together.
@@ -276,6 +278,27 @@ impl ShareReport {
     /// Bytes the seeder uploaded over F.
     pub fn seed_upload_ratio(&self) -> f64 {
         self.seed_uploaded as f64 / self.bytes.max(1) as f64
+    }
+
+    /// When fraction `q` of the remaining honest downloaders had finished, over the
+    /// fluid lower bound (infinite if fewer finished).
+    pub fn quantile_ratio_to_bound(&self, q: f64) -> f64 {
+        let remaining = self.honest - self.left;
+        let k = ((remaining as f64 * q).ceil() as usize).max(1);
+        match self.finish_times.get(k - 1) {
+            Some(t) => t.as_secs_f64() / self.bound.as_secs_f64().max(1e-9),
+            None => f64::INFINITY,
+        }
+    }
+
+    /// Share of the bytes the finished downloaders hold that did not come from the
+    /// seeder (the origin).
+    pub fn origin_offload(&self) -> f64 {
+        let held = self.bytes as f64 * self.completed as f64;
+        if held == 0.0 {
+            return 0.0;
+        }
+        1.0 - self.seed_uploaded as f64 / held
     }
 
     /// Contacted (honest, malicious) pairs where the malicious one was banned.
@@ -1060,6 +1083,7 @@ impl<'a> Swarm<'a> {
         self.rep.median_finish = finish
             .get(finish.len() / 2)
             .map_or(Duration::ZERO, |&t| Duration::from_nanos(t));
+        self.rep.finish_times = finish.iter().map(|&t| Duration::from_nanos(t)).collect();
         // Malicious providers: who banned them, what they cost.
         let mut per_bad: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
         for &(h, m) in &self.contacted {

@@ -196,3 +196,46 @@ pub fn share(args: impl Iterator<Item = String>) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// `kith-sim update [--nodes N] [--seed S] [--mib M]`: a release channel's swarm. One
+/// origin (the publisher) with the upload capacity of a follower (4 MiB/s), N followers
+/// fetching an M MiB release at once (default 1,000 and 100 MiB). Prints the share of
+/// bytes that did not come from the origin and when 99 % of the followers had the
+/// release, over the fluid lower bound.
+pub fn update(args: impl Iterator<Item = String>) -> ExitCode {
+    let mut args: Vec<String> = args.collect();
+    if !args.iter().any(|a| a == "--mib") {
+        args.extend(["--mib".into(), "100".into()]);
+    }
+    let a = match parse(args.into_iter()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}\nusage: kith-sim update [--nodes N] [--seed S] [--mib M]");
+            return ExitCode::from(2);
+        }
+    };
+    let wall = Instant::now();
+    let p = ShareParams::flash(a.nodes, a.mib, a.seed);
+    let r = share::run(&p);
+    describe("update", &p, &r, wall);
+    println!("figure update.followers {}", r.honest);
+    println!("figure update.completed {:.4}", r.completed_fraction());
+    println!("figure update.origin_offload {:.4}", r.origin_offload());
+    println!(
+        "figure update.origin_upload_ratio {:.3}",
+        r.seed_upload_ratio()
+    );
+    println!(
+        "figure update.p99_ratio_to_bound {:.3}",
+        r.quantile_ratio_to_bound(0.99)
+    );
+    println!(
+        "figure update.last_ratio_to_bound {:.3}",
+        r.ratio_to_bound()
+    );
+    println!("figure update.bound_s {:.1}", r.bound.as_secs_f64());
+    if r.completed_fraction() < 1.0 {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -60,3 +60,18 @@ fn malicious_providers_are_banned_and_honest_peers_complete() {
     // Bounded by a window's worth of pieces per pair.
     assert!(r.wasted_max <= 512 * 1024, "{r:?}");
 }
+
+#[test]
+fn an_update_channel_offloads_its_origin() {
+    // The update scenario at small scale: the origin has a follower's upload; followers
+    // get nearly everything from each other.
+    let p = slow(ShareParams::flash(60, 4, 9));
+    let r = share::run(&p);
+    assert_eq!(r.completed_fraction(), 1.0, "{r:?}");
+    assert_eq!(r.finish_times.len(), 60);
+    assert!(r.finish_times.windows(2).all(|w| w[0] <= w[1]));
+    let offload = r.origin_offload();
+    assert!(offload > 0.9, "offload {offload}: {r:?}");
+    let p99 = r.quantile_ratio_to_bound(0.99);
+    assert!(p99 <= r.ratio_to_bound() && p99 < 1.8, "p99 {p99}: {r:?}");
+}
