@@ -20,6 +20,9 @@ pub struct Config {
     pub disjoint_paths: usize,
     /// Use disjoint paths for mutable-value and node-address gets (default on).
     pub disjoint_mutable_gets: bool,
+    /// Seed of the driver's random choices ([`Dht::spawn`](super::Dht::spawn)); `None`
+    /// (the default) draws one from the OS. Tests set it to be reproducible.
+    pub seed: Option<u64>,
     /// Use disjoint paths for every lookup (default off).
     pub disjoint_all: bool,
     /// A request without an answer after this long fails (default 5 s).
@@ -84,6 +87,7 @@ impl Default for Config {
             client_mode: false,
             disjoint_paths: 3,
             disjoint_mutable_gets: true,
+            seed: None,
             disjoint_all: false,
             request_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(1),

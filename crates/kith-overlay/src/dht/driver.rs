@@ -135,7 +135,7 @@ impl Dht {
             .map_err(|_| DhtError::AlreadyMounted)?;
         let local = transport.local_addr();
         let limits = config.limits;
-        let seed = rand::random();
+        let seed = config.seed.unwrap_or_else(rand::random);
         let mut core = DhtCore::new(local.clone(), config, seed);
         if !bootstrap.is_empty() {
             // Join at once; `DhtHandle::bootstrap` runs (and awaits) another join.

@@ -61,6 +61,9 @@ pub struct Config {
     /// Driver: events queued for the application; when full the driver waits, which
     /// pauses reading from peers (default 1024).
     pub event_queue: usize,
+    /// Driver: seed of every random choice (view sampling, shuffles, message nonces);
+    /// `None` (the default) draws one from the OS. Tests set it to be reproducible.
+    pub seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -88,6 +91,7 @@ impl Default for Config {
             peer_queue: 256,
             command_queue: 64,
             event_queue: 1024,
+            seed: None,
         }
     }
 }

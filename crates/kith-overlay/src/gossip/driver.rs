@@ -190,6 +190,7 @@ impl Gossip {
             return Err(SpawnError::KeyMismatch);
         }
         let config = config.sanitized();
+        let seed = config.seed;
         let max_frame = config.max_message_size + ENVELOPE_OVERHEAD;
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         transport
@@ -221,7 +222,10 @@ impl Gossip {
             writers: HashMap::new(),
             fail_tx,
             room: Arc::new(Notify::new()),
-            rng: rand::rngs::StdRng::from_entropy(),
+            rng: match seed {
+                Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+                None => rand::rngs::StdRng::from_entropy(),
+            },
         };
         let span = tracing::debug_span!("gossip", me = %span_id.fmt_short());
         tokio::spawn(tracing::Instrument::instrument(
