@@ -180,20 +180,32 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
         }
     };
     let len = check_len(len, max)?;
-    let mut body = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        let got = reader.read(&mut body[filled..]).await?;
+    // The buffer grows with the bytes that arrive, never on the prefix's word alone: a
+    // peer that announces a large frame and sends little makes us hold at most about
+    // three times what it sent (while the buffer doubles), plus one read step.
+    let mut body: Vec<u8> = Vec::new();
+    let mut step = vec![0u8; len.min(READ_STEP)];
+    while body.len() < len {
+        let want = (len - body.len()).min(step.len());
+        let got = reader.read(&mut step[..want]).await?;
         if got == 0 {
             return Err(FrameError::Truncated {
-                got: width + filled,
+                got: width + body.len(),
                 expected: width + len,
             });
         }
-        filled += got;
+        if body.capacity() < body.len() + got {
+            // Double, but never past the announced length.
+            let target = (body.capacity() * 2).max(body.len() + got).min(len);
+            body.reserve_exact(target - body.len());
+        }
+        body.extend_from_slice(&step[..got]);
     }
     Ok(Some(Bytes::from(body)))
 }
+
+/// Bytes read at once into a frame's buffer.
+const READ_STEP: usize = 16 * 1024;
 
 /// Reads one frame and decodes it as `M`. `Ok(None)` on a clean end of stream.
 pub async fn read_message<M: prost::Message + Default, R: AsyncRead + Unpin + ?Sized>(
