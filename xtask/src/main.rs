@@ -6,7 +6,7 @@
 //! cargo xtask test                the whole test suite (cargo test --workspace)
 //! cargo xtask demo                the out-of-the-box demo
 //! cargo xtask bench <transport|store|share|site|all>
-//! cargo xtask sim <dht|gossip|search|share|update> [args…]   e.g. `cargo xtask sim dht --nodes 10000`
+//! cargo xtask sim <dht|gossip|search|share|update|site> [args…]   e.g. `cargo xtask sim dht --nodes 10000`
 //! cargo xtask fuzz [SECONDS] [TARGET…]           run fuzz targets briefly (default 30 s each)
 //! ```
 
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <ci|test|demo|bench <transport|store|share|site|all>|sim <dht|gossip|search|share|update> [args]|fuzz [secs] [targets]>";
+const USAGE: &str = "usage: cargo xtask <ci|test|demo|bench <transport|store|share|site|all>|sim <dht|gossip|search|share|update|site> [args]|fuzz [secs] [targets]>";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -155,9 +155,9 @@ fn bench(root: &Path, which: &str) -> Result {
 
 fn sim(root: &Path, args: &[String]) -> Result {
     let Some(kind) = args.first() else {
-        return Err("usage: cargo xtask sim <dht|gossip|search|share|update> [args]".into());
+        return Err("usage: cargo xtask sim <dht|gossip|search|share|update|site> [args]".into());
     };
-    if !["dht", "gossip", "search", "share", "update"].contains(&kind.as_str()) {
+    if !["dht", "gossip", "search", "share", "update", "site"].contains(&kind.as_str()) {
         return Err(format!("unknown simulation {kind:?}"));
     }
     let mut cmd: Vec<&str> = vec!["run", "--release", "-p", "kith-sim", "--"];

@@ -39,6 +39,7 @@ pub mod scenario;
 pub mod search;
 pub mod share;
 pub mod share_cli;
+pub mod site_cli;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         Some("search") => return kith_sim::gossip_cli::search(std::env::args().skip(2)),
         Some("share") => return kith_sim::share_cli::share(std::env::args().skip(2)),
         Some("update") => return kith_sim::share_cli::update(std::env::args().skip(2)),
+        Some("site") => return kith_sim::site_cli::site(std::env::args().skip(2)),
         _ => {}
     }
     let args = match parse() {

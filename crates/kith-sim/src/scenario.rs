@@ -97,6 +97,16 @@ impl LookupReport {
     pub fn median_msgs(&self) -> u32 {
         median(&self.msgs)
     }
+    /// Duration of the successful lookup at quantile `q` (0..=1).
+    pub fn quantile_duration(&self, q: f64) -> Duration {
+        let mut v = self.durations.clone();
+        v.sort();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        let k = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+        v[k - 1]
+    }
 }
 
 /// A value stored in the network and the key to get it by.
@@ -118,6 +128,43 @@ pub fn put_values(sim: &mut Sim, count: usize) -> Vec<Stored> {
         };
         let value: Vec<u8> = (0..100).map(|_| sim.rng().r#gen()).collect();
         let record = Record::Immutable(Bytes::from(value));
+        if let Ok(id) = sim.command(node, |c, now| c.start_put(now, record.clone(), None)) {
+            started.push((node, id, record));
+        }
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.run_for(Duration::from_secs(70));
+    started
+        .into_iter()
+        .filter_map(
+            |(node, id, record)| match sim.take_result(node, id)?.result {
+                QueryResult::Put(Ok(n)) if n > 0 => Some(Stored {
+                    key: record.key(),
+                    record,
+                }),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// Site records (as kith-site publishes them): for each owner key, a signed mutable
+/// record under the salt `kith/site/1` with sequence `seq` and a ~100-byte value (a
+/// collection root and a provider hint), put from a random honest node. Returns those
+/// stored on at least one node.
+pub fn put_site_records(sim: &mut Sim, owners: &[kith_core::SecretKey], seq: u64) -> Vec<Stored> {
+    let mut started = Vec::new();
+    for owner in owners {
+        let Some(node) = sim.random_honest() else {
+            break;
+        };
+        let value: Vec<u8> = (0..100).map(|_| sim.rng().r#gen()).collect();
+        let Ok(rec) =
+            MutableRecord::sign(owner, &b"kith/site/1"[..], seq, value, &Default::default())
+        else {
+            continue;
+        };
+        let record = Record::Mutable(rec);
         if let Ok(id) = sim.command(node, |c, now| c.start_put(now, record.clone(), None)) {
             started.push((node, id, record));
         }

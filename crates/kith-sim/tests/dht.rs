@@ -217,3 +217,17 @@ fn lookups_survive_message_loss() {
     assert!(r.success() >= 0.99, "{r:?}");
     assert!(sim.stats().lost > 0);
 }
+
+#[test]
+fn site_names_resolve_and_newer_versions_win() {
+    // The site scenario at small scale (the full run is `cargo xtask sim site`).
+    let r = kith_sim::site_cli::run(300, 11, 5, 50);
+    assert_eq!(r.stored, 5, "{r:?}");
+    assert_eq!(r.first.success(), 1.0, "{r:?}");
+    assert_eq!(
+        r.update.success(),
+        1.0,
+        "every resolve after the update saw it: {r:?}"
+    );
+    assert!(r.rtts(0.5) > 0.0 && r.rtts(0.99) >= r.rtts(0.5));
+}
