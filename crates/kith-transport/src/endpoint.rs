@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::config::EndpointConfig;
 use crate::conn::{QuicConnection, QuicRecv, QuicSend, ZeroRtt, map_conn_err};
+use crate::observe::{ObservationConfig, Observations, Observer};
 use crate::paths::{PathKind, PathSocket, PathTable, is_synthetic};
 use crate::punch::{MAX_ADVERTISED, PATHS, PUNCH, handle_paths, handle_punch, start_paths};
 use crate::relay::{
@@ -135,8 +136,9 @@ pub(crate) struct Inner {
     key: SecretKey,
     v4: Option<Sock>,
     v6: Option<Sock>,
-    /// STUN answers: (server, the address it saw), newest last, at most 16.
-    stun_reports: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+    /// What STUN servers, the home relay and peers say our address is, and how much of
+    /// it we believe (issue 14: a peer's hello alone is never believed).
+    observed: Mutex<Observations>,
     /// One birthday-probing attempt at a time (it holds many sockets).
     pub(crate) birthday_slot: tokio::sync::Semaphore,
     /// Relay reservations by relay id.
@@ -160,6 +162,8 @@ pub(crate) struct Inner {
     net_change_busy: AtomicBool,
     /// Another network change arrived while a round was running.
     net_change_again: AtomicBool,
+    /// Network changes acted on (for tests: `Endpoint::network_changes`).
+    net_changes: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -232,43 +236,33 @@ impl Inner {
         self.v4.as_ref().and_then(|s| s.ep.local_addr().ok())
     }
 
-    /// What observers outside saw for our sockets: (observer, mapped address) from STUN
-    /// servers and from peers we reached at a real address (their hello).
-    fn observations(&self) -> Vec<(SocketAddr, SocketAddr)> {
-        let mut out = lock(&self.stun_reports).clone();
-        for slot in lock(&self.peers).values() {
-            let Some(c) = slot.conn.as_ref() else {
-                continue;
-            };
-            let remote = c.inner.remote_address();
-            if let Some(seen) = c.observed_addr() {
-                if !is_synthetic(&remote) && !is_synthetic(&seen) {
-                    out.push((remote, seen));
-                }
-            }
-        }
-        out
+    /// Whether `id` is the home relay (`EndpointConfig::relay`): a trusted observer.
+    fn is_home_relay(&self, id: &NodeId) -> bool {
+        self.config.relay.as_ref().is_some_and(|r| r.node_id == *id)
     }
 
-    /// The NAT in front of the IPv4 socket as observations classify it now.
+    /// The NAT in front of the IPv4 socket as observations classify it now: from the
+    /// STUN servers and the home relay, and from peers only where independent peers
+    /// agree (see [`Observations`]).
     pub(crate) fn nat_now(&self) -> NatKind {
         let Some(local) = self.v4_local() else {
             return NatKind::Unknown;
         };
-        let reports: Vec<_> = self
-            .observations()
+        let reports: Vec<_> = lock(&self.observed)
+            .classification_at(Instant::now())
             .into_iter()
             .filter(|(o, m)| o.is_ipv4() && m.is_ipv4())
             .collect();
         crate::stun::classify(local, &reports)
     }
 
-    /// Addresses to offer a peer for hole punching, reflexive ones (what STUN servers and
-    /// peers observe for us) first, then bound addresses; and how many are reflexive.
+    /// Addresses to offer a peer for hole punching, reflexive ones (what a trusted
+    /// observer or agreeing independent peers observe for us) first, then bound
+    /// addresses; and how many are reflexive.
     pub(crate) fn candidates(&self) -> (Vec<SocketAddr>, usize) {
         // A port mapping on the gateway is the most reliable public address.
         let mut out: Vec<SocketAddr> = self.mapped_addr().into_iter().collect();
-        for (_, seen) in self.observations() {
+        for seen in lock(&self.observed).accepted_at(Instant::now()) {
             if !out.contains(&seen) {
                 out.push(seen);
             }
@@ -316,6 +310,7 @@ impl Inner {
             return;
         }
         tracing::info!(why, "network changed: probing paths again");
+        self.net_changes.fetch_add(1, Ordering::AcqRel);
         *lock(&self.last_net_change) = Some(Instant::now());
         let now = Instant::now();
         for s in self.socks() {
@@ -390,14 +385,14 @@ impl Inner {
             match tokio::time::timeout(std::time::Duration::from_millis(500), &mut rx).await {
                 Ok(Ok(resp)) => {
                     let mapped = crate::stun::parse_binding_response(&resp, &tx)?;
-                    let mut reports = lock(&self.stun_reports);
-                    let before = reports.iter().find(|(s, _)| *s == server).map(|r| r.1);
-                    reports.retain(|(s, _)| *s != server);
-                    if reports.len() >= 16 {
-                        reports.remove(0);
-                    }
-                    reports.push((server, mapped));
-                    return Ok((mapped, before.is_some_and(|b| b != mapped)));
+                    let outcome = lock(&self.observed).report(
+                        Instant::now(),
+                        Observer::Server(server),
+                        server,
+                        true,
+                        mapped,
+                    );
+                    return Ok((mapped, outcome.network_changed));
                 }
                 Ok(Err(_)) => return Err(StunError::TimedOut),
                 Err(_) => continue,
@@ -426,7 +421,7 @@ impl Inner {
                 Err(e) => {
                     tracing::debug!(%server, error = %e, "STUN failed");
                     if after_change {
-                        lock(&self.stun_reports).retain(|(s, _)| s != server);
+                        lock(&self.observed).forget(&Observer::Server(*server));
                     }
                 }
             }
@@ -487,6 +482,10 @@ impl Inner {
             if slot.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
                 slot.conn = None;
                 slot.notify();
+            }
+            if slot.conn.is_none() {
+                // What it said about our address goes with its connection.
+                lock(&self.observed).forget(&Observer::Peer(conn.remote));
             }
             if slot.conn.is_none() && !slot.dialing && slot.changed.receiver_count() == 0 {
                 peers.remove(&conn.remote);
@@ -651,7 +650,7 @@ impl Endpoint {
             key: key.clone(),
             v4,
             v6,
-            stun_reports: Mutex::new(Vec::new()),
+            observed: Mutex::new(Observations::new(ObservationConfig::default())),
             birthday_slot: tokio::sync::Semaphore::new(1),
             relays: Mutex::new(HashMap::new()),
             home_relay: Mutex::new(None),
@@ -670,6 +669,7 @@ impl Endpoint {
             last_net_change: Mutex::new(None),
             net_change_busy: AtomicBool::new(false),
             net_change_again: AtomicBool::new(false),
+            net_changes: AtomicU64::new(0),
         });
         for ep in inner.endpoints() {
             let span = tracing::debug_span!("endpoint", id = %inner.id.fmt_short());
@@ -1033,6 +1033,13 @@ impl Endpoint {
     /// relayed connection.
     pub fn network_changed(&self) {
         self.inner().network_changed("reported by the application");
+    }
+
+    /// How many network changes the endpoint acted on (reported by the application or
+    /// detected). Only for tests.
+    #[doc(hidden)]
+    pub fn network_changes(&self) -> u64 {
+        self.inner().net_changes.load(Ordering::Acquire)
     }
 
     /// Sets the source the endpoint asks for the addresses of a node dialed by id alone
@@ -1478,14 +1485,30 @@ async fn handle_ctl(inner: &Arc<Inner>, conn: &QuicConnection, mut recv: QuicRec
     match NodeAddr::decode(&buf) {
         Ok(hello) if hello.node_id == inner.id => {
             let seen = hello.direct.first().copied();
-            let before = conn.observed.send_replace(seen);
-            // A later hello (the peer saw our address change): our NAT rebound or was
-            // renumbered, unless the address is a relayed connection's synthetic one.
-            let moved = before.is_some_and(|b| Some(b) != seen)
-                && !is_synthetic(&conn.inner.remote_address());
-            if moved {
-                tracing::debug!(?before, ?seen, "a peer observes a new address for us");
-                inner.maybe_network_changed("a peer observes a new address for us");
+            conn.observed.send_replace(seen);
+            // What the peer says is only a report (issue 14): it counts if the peer is
+            // the home relay, or once independent peers agree. A later hello naming
+            // another address (our NAT rebound or was renumbered) is a network change
+            // under the same rule, and rate-limited. A relayed connection's addresses
+            // are synthetic: nothing to learn.
+            let remote = conn.inner.remote_address();
+            let Some(seen) = seen.filter(|s| !is_synthetic(s) && !is_synthetic(&remote)) else {
+                return;
+            };
+            let trusted = inner.is_home_relay(&conn.remote);
+            let outcome = lock(&inner.observed).report(
+                Instant::now(),
+                Observer::Peer(conn.remote),
+                remote,
+                trusted,
+                seen,
+            );
+            if outcome.muted {
+                tracing::debug!(peer = %conn.remote.fmt_short(), %seen, "hello ignored: the peer changes its report too often");
+            }
+            if outcome.network_changed {
+                tracing::debug!(%seen, trusted, "observers see a new address for us");
+                inner.maybe_network_changed("observers see a new address for us");
             }
         }
         _ => tracing::debug!("malformed hello ignored"),

@@ -63,6 +63,7 @@ pub mod discovery;
 mod endpoint;
 mod identity;
 pub mod mdns;
+mod observe;
 mod paths;
 pub mod portmap;
 mod punch;
