@@ -60,6 +60,17 @@ pub(crate) const PATH_TIMEOUT: Duration = Duration::from_secs(6);
 /// sent since the change within this long, or it is abandoned (without waiting for
 /// [`PATH_TIMEOUT`]).
 pub(crate) const REPROBE_GRACE: Duration = Duration::from_secs(2);
+/// Amplification bound (issue 14; docs/transport.md "Amplification bound"): pings sent
+/// on our own initiative to one address of a peer that never answered, before we stop
+/// (until it answers, our network changes, or the peer re-advertises its candidates).
+pub(crate) const MAX_UNANSWERED_PINGS: u32 = 32;
+/// Per peer, pings to addresses that never answered, as a token bucket: at most this
+/// many at once ([`MAX_CANDIDATES`] × [`MAX_UNANSWERED_PINGS`])…
+pub(crate) const UNANSWERED_BURST: f64 = (MAX_CANDIDATES as u32 * MAX_UNANSWERED_PINGS) as f64;
+/// …and afterwards this many per second.
+pub(crate) const UNANSWERED_PER_SEC: f64 = 1.0;
+/// Addresses per peer whose ping count (or answer) is remembered.
+const MAX_TRACKED_ADDRS: usize = 64;
 
 /// The path a connection currently uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,9 +203,58 @@ struct NodePaths {
     /// Tx ids of the peer's recent pings (replay detection), oldest first.
     seen_order: VecDeque<[u8; 12]>,
     seen_pings: std::collections::HashSet<[u8; 12]>,
+    /// Pings sent on our own initiative to each address that has not answered yet.
+    tried: HashMap<SocketAddr, u32>,
+    /// Addresses that answered one of our pings (the peer proved it is there): pinged
+    /// without the amplification bound.
+    answered: std::collections::HashSet<SocketAddr>,
+    /// Token bucket of pings to addresses that never answered, and when it was filled.
+    unanswered_tokens: f64,
+    tokens_at: Option<Instant>,
 }
 
 impl NodePaths {
+    /// Whether the amplification bound lets us ping `addr` now; counts the ping if so.
+    /// An address that answered before is always allowed.
+    fn may_ping(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        if self.answered.contains(&addr) {
+            return true;
+        }
+        let since = self
+            .tokens_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.tokens_at = Some(now);
+        self.unanswered_tokens = (self.unanswered_tokens
+            + since.as_secs_f64() * UNANSWERED_PER_SEC)
+            .min(UNANSWERED_BURST);
+        if self.unanswered_tokens < 1.0 {
+            return false;
+        }
+        if !self.tried.contains_key(&addr) && self.tried.len() >= MAX_TRACKED_ADDRS {
+            // Make room (the bucket still bounds what the forgotten address gets).
+            let old = self.tried.keys().next().copied();
+            if let Some(a) = old {
+                self.tried.remove(&a);
+            }
+        }
+        let n = self.tried.entry(addr).or_insert(0);
+        if *n >= MAX_UNANSWERED_PINGS {
+            return false;
+        }
+        *n += 1;
+        self.unanswered_tokens -= 1.0;
+        true
+    }
+
+    /// `addr` answered one of our pings.
+    fn answered_from(&mut self, addr: SocketAddr) {
+        self.tried.remove(&addr);
+        if self.answered.len() >= MAX_TRACKED_ADDRS {
+            self.answered.clear();
+        }
+        self.answered.insert(addr);
+    }
+
     /// The direct path datagrams take: none while the path is in doubt after a network
     /// change and a relay can carry them (so what is sent then, the new candidates
     /// among it, is not lost on a dead path); the doubtful path if there is no relay.
@@ -323,6 +383,10 @@ impl PathTable {
                 probing: false,
                 seen_order: VecDeque::new(),
                 seen_pings: std::collections::HashSet::new(),
+                tried: HashMap::new(),
+                answered: std::collections::HashSet::new(),
+                unanswered_tokens: UNANSWERED_BURST,
+                tokens_at: None,
             },
         );
         mapped
@@ -408,6 +472,8 @@ impl PathTable {
         if let Some(p) = lock(&self.state).nodes.get_mut(&node) {
             p.candidates.clear();
             push_candidates(&mut p.candidates, candidates);
+            // Advertised anew: each gets a fresh count (the bucket still bounds them).
+            p.tried.clear();
             if let Some(d) = &mut p.direct {
                 d.suspect = Some(now);
             }
@@ -423,6 +489,8 @@ impl PathTable {
             if let Some(d) = &mut p.direct {
                 d.suspect = Some(now);
             }
+            // From our new network, addresses that never answered may answer.
+            p.tried.clear();
             p.publish();
         }
     }
@@ -455,6 +523,9 @@ impl PathTable {
         for (via, addr) in targets {
             if p.pending.len() >= MAX_PENDING_PINGS {
                 break;
+            }
+            if !p.may_ping(addr, now) {
+                continue;
             }
             let tx: [u8; 12] = rand::random();
             p.pending.insert(
@@ -731,6 +802,7 @@ impl PathTable {
             }
             let sent = pending.at;
             label(by_direct);
+            p.answered_from(from);
             p.pending.remove(&probe.tx);
             if p.spray.remove(&probe.tx).is_some() {
                 tracing::debug!(%from, "birthday probe answered");
@@ -1374,7 +1446,120 @@ mod tests {
         assert_eq!(a.spray_pings(&id(2), &targets[..10], now).len(), 10);
     }
 
+    /// Pings `a` sends to `addr` in `rounds` probe rounds `every` apart from `t`.
+    fn pings_to(
+        a: &PathTable,
+        addr: SocketAddr,
+        t: Instant,
+        rounds: u32,
+        every: Duration,
+    ) -> usize {
+        (0..rounds)
+            .map(|i| {
+                a.make_pings(&id(2), t + every * i)
+                    .iter()
+                    .filter(|(_, to, _)| *to == addr)
+                    .count()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_candidate_that_never_answers_gets_a_bounded_number_of_pings() {
+        let dead = sa("192.0.2.99:9");
+        let (a, _) = pair(&[dead]);
+        let t = Instant::now();
+        // An hour of fast rounds.
+        let n = pings_to(&a, dead, t, 24_000, Duration::from_millis(150));
+        assert_eq!(n, MAX_UNANSWERED_PINGS as usize);
+        // Our network changed: it may answer now, so it gets a fresh count.
+        let t1 = t + Duration::from_secs(3601);
+        a.network_changed(t1);
+        assert_eq!(
+            pings_to(&a, dead, t1, 100, Duration::from_millis(150)),
+            MAX_UNANSWERED_PINGS as usize
+        );
+    }
+
+    #[test]
+    fn an_answering_candidate_is_pinged_without_limit() {
+        let alive = sa("198.51.100.2:5000");
+        let (a, b) = pair(&[alive]);
+        let t = Instant::now();
+        ping_pong(&a, &b, alive, t, t + Duration::from_millis(5));
+        let n = pings_to(
+            &a,
+            alive,
+            t + Duration::from_secs(1),
+            500,
+            Duration::from_secs(2),
+        );
+        assert_eq!(n, 500);
+    }
+
+    #[test]
+    fn re_advertising_cannot_lift_the_amplification_bound() {
+        let (a, _) = pair(&[]);
+        let t = Instant::now();
+        let every = Duration::from_millis(150);
+        let rounds = 24_000u32; // an hour
+        let mut sent = 0usize;
+        for i in 0..rounds {
+            let now = t + every * i;
+            // A new set of never-answering addresses every round, and the same ones
+            // again every other round (a fresh count each time).
+            let base = if i % 2 == 0 { i } else { i - 1 };
+            let addrs: Vec<SocketAddr> = (0..MAX_CANDIDATES as u32)
+                .map(|k| {
+                    SocketAddr::new(
+                        [192, 0, 2, (k + 1) as u8].into(),
+                        (base % 60_000) as u16 + 1,
+                    )
+                })
+                .collect();
+            a.replace_candidates(id(2), &addrs, now);
+            sent += a.make_pings(&id(2), now).len();
+        }
+        let elapsed = (every * (rounds - 1)).as_secs_f64();
+        let bound = UNANSWERED_BURST + elapsed * UNANSWERED_PER_SEC;
+        assert!(sent as f64 <= bound + 1.0, "{sent} > {bound}");
+        assert!(
+            sent as f64 >= bound - 10.0,
+            "the budget is used, not starved: {sent}"
+        );
+    }
+
     proptest! {
+        /// Whatever a peer advertises, whenever: pings to addresses that never answered
+        /// stay within the bucket, and within the per-address cap between resets.
+        #[test]
+        fn the_amplification_bound_holds(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0u16..40, 0..8), 0u64..3000, any::<bool>()),
+                1..200,
+            )
+        ) {
+            let (a, _) = pair(&[]);
+            let t = Instant::now();
+            let mut now = t;
+            let mut sent = 0usize;
+            for (ports, dt, replace) in steps {
+                now += Duration::from_millis(dt);
+                let addrs: Vec<SocketAddr> = ports
+                    .iter()
+                    .map(|p| SocketAddr::new([192, 0, 2, 1].into(), 1000 + p))
+                    .collect();
+                if replace {
+                    a.replace_candidates(id(2), &addrs, now);
+                } else {
+                    a.add_candidates(id(2), &addrs);
+                }
+                sent += a.make_pings(&id(2), now).len();
+            }
+            let bound = UNANSWERED_BURST + now.duration_since(t).as_secs_f64() * UNANSWERED_PER_SEC;
+            prop_assert!(sent as f64 <= bound + 1e-6, "{} > {}", sent, bound);
+        }
+
         #[test]
         fn parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..100)) {
             let _ = parse_probe(&data);
