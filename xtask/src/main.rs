@@ -5,7 +5,7 @@
 //!                                 fuzz targets compile, cargo deny (licenses, bans, sources)
 //! cargo xtask test                the whole test suite (cargo test --workspace)
 //! cargo xtask demo                the out-of-the-box demo
-//! cargo xtask bench <transport|store|share|site|all>
+//! cargo xtask bench <transport|store|share|site|update|all>
 //! cargo xtask sim <dht|gossip|search|share|update|site> [args…]   e.g. `cargo xtask sim dht --nodes 10000`
 //! cargo xtask fuzz [SECONDS] [TARGET…]           run fuzz targets briefly (default 30 s each)
 //! ```
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <ci|test|demo|bench <transport|store|share|site|all>|sim <dht|gossip|search|share|update|site> [args]|fuzz [secs] [targets]>";
+const USAGE: &str = "usage: cargo xtask <ci|test|demo|bench <transport|store|share|site|update|all>|sim <dht|gossip|search|share|update|site> [args]|fuzz [secs] [targets]>";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -138,17 +138,20 @@ fn bench(root: &Path, which: &str) -> Result {
     let store = || cargo(root, &["bench", "-p", "kith-store", "--bench", "store"]);
     let share = || cargo(root, &["bench", "-p", "kith-share", "--bench", "share"]);
     let site = || cargo(root, &["bench", "-p", "kith-site", "--bench", "site"]);
+    let update = || cargo(root, &["bench", "-p", "kith-cli", "--bench", "update"]);
     match which {
         "transport" => transport(),
         "store" => store(),
         "share" => share(),
         "site" => site(),
+        "update" => update(),
         "all" => transport()
             .and_then(|_| store())
             .and_then(|_| share())
-            .and_then(|_| site()),
+            .and_then(|_| site())
+            .and_then(|_| update()),
         other => Err(format!(
-            "unknown benchmark {other:?}: transport, store, share, site or all"
+            "unknown benchmark {other:?}: transport, store, share, site, update or all"
         )),
     }
 }

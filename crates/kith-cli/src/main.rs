@@ -376,7 +376,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Waits for Ctrl-C (SIGINT) or, on Unix, SIGTERM: both end a serving command cleanly.
 pub(crate) async fn wait_ctrl_c() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
     let _ = tokio::signal::ctrl_c().await;
 }
 

@@ -56,6 +56,9 @@ pub(crate) struct PublishArgs {
     /// A label shown to followers [default: the number].
     #[arg(long)]
     label: Option<String>,
+    /// Limit this node's upload to all peers together, in bytes per second.
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    upload_limit: Option<u64>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -75,15 +78,20 @@ pub(crate) struct FollowArgs {
     /// Check once, install if there is something newer, and exit.
     #[arg(long)]
     once: bool,
+    /// Limit this node's upload to all peers together, in bytes per second.
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    upload_limit: Option<u64>,
     #[command(flatten)]
     net: NetArgs,
 }
 
-fn layers() -> Layers {
+fn layers(upload_limit: Option<u64>) -> Layers {
+    let mut share = kith::ShareConfig::default();
+    share.limits.upload_rate_total = upload_limit;
     Layers {
         dht: true,
         gossip: true,
-        share: Some(kith::ShareConfig::default()),
+        share: Some(share),
         relay_server: false,
         search: None,
     }
@@ -140,7 +148,7 @@ async fn publish(dir: &Path, a: PublishArgs) -> anyhow::Result<()> {
     if !a.dir.is_dir() {
         bail!("{} is not a folder", a.dir.display());
     }
-    let node = start(dir, &a.net, layers(), &[]).await?;
+    let node = start(dir, &a.net, layers(a.upload_limit), &[]).await?;
     let updates = updates(&node)?;
     let label = a.label.unwrap_or_else(|| a.release.to_string());
     let p = updates
@@ -158,14 +166,22 @@ async fn publish(dir: &Path, a: PublishArgs) -> anyhow::Result<()> {
     eprintln!("this node: {}", node.addr());
     eprintln!("serving until Ctrl-C");
     wait_ctrl_c().await;
+    report_upload(&node);
     node.close().await;
     Ok(())
+}
+
+/// Prints what this node uploaded to peers (`uploaded: N bytes`, on stderr).
+fn report_upload(node: &Node) {
+    if let Ok(share) = node.share() {
+        eprintln!("uploaded: {} bytes", share.stats().uploaded_bytes);
+    }
 }
 
 async fn follow(dir: &Path, a: FollowArgs) -> anyhow::Result<()> {
     let installer =
         Installer::new(&a.into).with_context(|| format!("preparing {}", a.into.display()))?;
-    let node = start(dir, &a.net, layers(), &[]).await?;
+    let node = start(dir, &a.net, layers(a.upload_limit), &[]).await?;
     let updates = updates(&node)?;
     let health = a.health_check.map(|program| HealthCheck {
         program,
@@ -217,6 +233,7 @@ async fn follow(dir: &Path, a: FollowArgs) -> anyhow::Result<()> {
         }
     }
     drop(following);
+    report_upload(&node);
     node.close().await;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -126,16 +126,28 @@ impl Pacer {
     }
 }
 
-/// Writes to an async stream from a blocking thread, optionally paced.
+/// Writes to an async stream from a blocking thread, paced by every pacer given (one
+/// per peer, one for the whole node), and counts what it wrote.
 pub(crate) struct BlockingWriter<W> {
     pub(crate) inner: W,
     rt: Handle,
-    pacer: Option<Arc<Pacer>>,
+    pacers: Vec<Arc<Pacer>>,
+    written: Arc<AtomicU64>,
 }
 
 impl<W: AsyncWrite + Unpin> BlockingWriter<W> {
-    pub(crate) fn new(inner: W, rt: Handle, pacer: Option<Arc<Pacer>>) -> Self {
-        Self { inner, rt, pacer }
+    pub(crate) fn new(
+        inner: W,
+        rt: Handle,
+        pacers: Vec<Arc<Pacer>>,
+        written: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            inner,
+            rt,
+            pacers,
+            written,
+        }
     }
 }
 
@@ -143,12 +155,15 @@ impl<W: AsyncWrite + Unpin> Write for BlockingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Pacing sleeps this blocking thread itself: a tokio timer here
         // would panic if the runtime shuts down mid-upload.
-        if let Some(at) = self.pacer.as_ref().map(|p| p.reserve(buf.len())) {
+        if let Some(at) = self.pacers.iter().map(|p| p.reserve(buf.len())).max() {
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
         let inner = &mut self.inner;
-        self.rt
-            .block_on(async { inner.write_all(buf).await.map(|()| buf.len()) })
+        let n = self
+            .rt
+            .block_on(async { inner.write_all(buf).await.map(|()| buf.len()) })?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

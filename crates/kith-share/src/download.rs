@@ -566,7 +566,9 @@ impl Driver {
             resumed_bytes,
             blobs: layout.blobs(),
         });
-        // Seed while downloading.
+        // Seed while downloading, and say so in the DHT at once: peers that start later
+        // find this one while it is still fetching (the watch protocol tells them what
+        // it has so far).
         if self.inner.entry(&self.root).is_none() {
             self.inner.register(
                 self.root,
@@ -576,7 +578,19 @@ impl Driver {
                     complete: false,
                 },
             );
+            if self.inner.config.provide_when_done {
+                let (inner, root) = (self.inner.clone(), self.root);
+                tokio::spawn(async move {
+                    if let Err(e) = inner.announce(root).await {
+                        tracing::debug!(%root, "early provider announcement failed: {e}");
+                    }
+                });
+            }
         }
+        // Providers that announce after this download started are found by asking the
+        // DHT again: after 0.5 s, then at doubling intervals up to 16 s.
+        let mut rediscover_every = Duration::from_millis(500);
+        let mut rediscover_at = Instant::now() + rediscover_every;
         let now = Instant::now();
         sched.set_mode(now, self.options.mode);
         for (peer, complete, have) in std::mem::take(&mut self.early_have) {
@@ -709,6 +723,15 @@ impl Driver {
                 _ = tick.tick() => {
                     self.publish(&hashes, &layout, &mut pending_updates, false);
                     let now = Instant::now();
+                    if now >= rediscover_at {
+                        rediscover_every = (rediscover_every * 2).min(Duration::from_secs(16));
+                        rediscover_at = now + rediscover_every;
+                        if self.peers.len() + self.connecting
+                            < self.inner.config.max_peers_per_download
+                        {
+                            self.start_discovery();
+                        }
+                    }
                     window.retain(|(t, _)| now.duration_since(*t) < Duration::from_secs(1));
                     let rate: f64 = window.iter().map(|(_, b)| *b as f64).sum();
                     let left = layout.total_bytes().saturating_sub(sched.verified_bytes());

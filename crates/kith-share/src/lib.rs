@@ -64,7 +64,7 @@ pub use kith_store::GROUP_SIZE;
 pub use layout::Layout;
 pub use ranges::{RangeSet, RangeSetError};
 pub use scheduler::{Mode, SchedulerConfig};
-pub use service::{ProviderLimits, Share, ShareConfig, ShareError, tag_name};
+pub use service::{ProviderLimits, ServiceStats, Share, ShareConfig, ShareError, tag_name};
 pub use ticket::{Ticket, TicketError};
 
 /// The protocol name: `kith/share/1`.

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ pub struct ProviderLimits {
     pub max_ranges_per_request: usize,
     /// Bytes per second sent to one peer, over all its requests; `None` is unlimited.
     pub upload_rate_per_peer: Option<u64>,
+    /// Bytes per second sent to all peers together (this node's upload capacity for
+    /// sharing); `None` is unlimited.
+    pub upload_rate_total: Option<u64>,
     /// Bytes buffered per response before they are handed to the connection (the
     /// connection's own send window comes on top). Default 256 KiB.
     pub send_buffer: usize,
@@ -55,6 +59,7 @@ impl Default for ProviderLimits {
             requests_per_peer: 16,
             max_ranges_per_request: 1024,
             upload_rate_per_peer: None,
+            upload_rate_total: None,
             send_buffer: 256 * 1024,
             busy_retry: Duration::from_millis(250),
         }
@@ -151,6 +156,9 @@ pub(crate) struct Inner {
     slots: Arc<Semaphore>,
     per_peer: Mutex<HashMap<NodeId, usize>>,
     pacers: Mutex<HashMap<NodeId, Arc<Pacer>>>,
+    total_pacer: Option<Arc<Pacer>>,
+    uploaded: Arc<AtomicU64>,
+    gets_served: AtomicU64,
     pub(crate) lan_peers: Mutex<Option<LanPeers>>,
 }
 
@@ -199,6 +207,17 @@ impl std::fmt::Debug for Share {
     }
 }
 
+/// What a [`Share`] service has served since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceStats {
+    /// Bytes of answers to get requests written to peers' streams (verified encodings
+    /// and their headers; transport overhead not counted).
+    pub uploaded_bytes: u64,
+    /// Get requests accepted (not refused).
+    pub gets_served: u64,
+}
+
 /// Tag name that pins a share in the store.
 pub fn tag_name(root: &Hash) -> String {
     format!("kith-share-{root}")
@@ -219,12 +238,18 @@ impl Share {
             store,
             dht,
             slots: Arc::new(Semaphore::new(config.limits.upload_slots.max(1))),
-            config,
             registry: Mutex::new(HashMap::new()),
             updates,
             per_peer: Mutex::new(HashMap::new()),
             pacers: Mutex::new(HashMap::new()),
+            total_pacer: config
+                .limits
+                .upload_rate_total
+                .map(|r| Arc::new(Pacer::new(r))),
+            uploaded: Arc::new(AtomicU64::new(0)),
+            gets_served: AtomicU64::new(0),
             lan_peers: Mutex::new(None),
+            config,
         });
         transport
             .mount(
@@ -378,6 +403,14 @@ impl Share {
                     return Err(ShareError::Store("share service stopped".into()));
                 }
             }
+        }
+    }
+
+    /// What this service has uploaded to peers so far.
+    pub fn stats(&self) -> ServiceStats {
+        ServiceStats {
+            uploaded_bytes: self.inner.uploaded.load(Ordering::Relaxed),
+            gets_served: self.inner.gets_served.load(Ordering::Relaxed),
         }
     }
 
@@ -536,18 +569,26 @@ async fn serve_get(
             .min(u32::MAX as u128) as u32;
         return refuse(send, Refusal::Busy { retry_after_ms: ms }).await;
     };
-    let pacer = inner.config.limits.upload_rate_per_peer.map(|rate| {
-        lock(&inner.pacers)
-            .entry(peer)
-            .or_insert_with(|| Arc::new(Pacer::new(rate)))
-            .clone()
-    });
+    let mut pacers: Vec<Arc<Pacer>> = inner.total_pacer.iter().cloned().collect();
+    if let Some(rate) = inner.config.limits.upload_rate_per_peer {
+        pacers.push(
+            lock(&inner.pacers)
+                .entry(peer)
+                .or_insert_with(|| Arc::new(Pacer::new(rate)))
+                .clone(),
+        );
+    }
+    inner.gets_served.fetch_add(1, Ordering::Relaxed);
     let rt = tokio::runtime::Handle::current();
     let store = inner.store.clone();
     let buffer = inner.config.limits.send_buffer.max(4096);
+    let counter = inner.uploaded.clone();
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mut w = std::io::BufWriter::with_capacity(buffer, BlockingWriter::new(send, rt, pacer));
+        let mut w = std::io::BufWriter::with_capacity(
+            buffer,
+            BlockingWriter::new(send, rt, pacers, counter),
+        );
         let r = write_get(&*store, &entry, &req, &mut w);
         let flushed = w.flush();
         let mut send = match w.into_inner() {
