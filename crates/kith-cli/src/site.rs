@@ -25,7 +25,10 @@ pub(crate) enum SiteCommand {
 #[derive(Args, Debug)]
 pub(crate) struct PublishArgs {
     /// The folder: index.html at its top is the home page. Read in place.
-    dir: PathBuf,
+    // Not named `dir`: clap would give it the global `--dir` option's id, and the data
+    // directory (the node's secret key, its store) would land in the published folder.
+    #[arg(value_name = "DIR")]
+    folder: PathBuf,
     /// The site's key file: its public half is the site's name. Created on first use
     /// [default: site.key in the data directory]. Publish again with the same key (from
     /// any machine) to update the site.
@@ -84,13 +87,13 @@ pub(crate) async fn run(dir: &Path, cmd: SiteCommand) -> anyhow::Result<()> {
 }
 
 async fn publish(dir: &Path, a: PublishArgs) -> anyhow::Result<()> {
-    if !a.dir.is_dir() {
-        bail!("{} is not a folder", a.dir.display());
+    if !a.folder.is_dir() {
+        bail!("{} is not a folder", a.folder.display());
     }
-    if !a.dir.join("index.html").is_file() {
+    if !a.folder.join("index.html").is_file() {
         eprintln!(
             "warning: {} has no index.html: the site's home page will be a 404",
-            a.dir.display()
+            a.folder.display()
         );
     }
     let node = start(dir, &a.net, layers(), &[]).await?;
@@ -99,14 +102,14 @@ async fn publish(dir: &Path, a: PublishArgs) -> anyhow::Result<()> {
         .with_context(|| format!("site key {}", key_file.display()))?;
     let sites = sites(&node)?;
     let published = sites
-        .publish(&key, &a.dir)
+        .publish(&key, &a.folder)
         .await
         .context("publishing the site")?;
     let name = published.record.name;
     println!("{name}");
     eprintln!(
         "published {} as version {} of site {name} (record stored on {} DHT nodes)",
-        a.dir.display(),
+        a.folder.display(),
         published.record.seq,
         published.stored_on
     );

@@ -49,7 +49,10 @@ pub(crate) struct PublishArgs {
     #[arg(long = "channel", value_name = "KEYS")]
     keys: PathBuf,
     /// The release folder.
-    dir: PathBuf,
+    // Not named `dir`: clap would give it the global `--dir` option's id, and the data
+    // directory (the node's secret key, its store) would land in the published folder.
+    #[arg(value_name = "DIR")]
+    folder: PathBuf,
     /// The release number: it must grow with every release.
     #[arg(long = "version", value_name = "N")]
     release: u64,
@@ -145,21 +148,21 @@ fn init(a: InitArgs) -> anyhow::Result<()> {
 async fn publish(dir: &Path, a: PublishArgs) -> anyhow::Result<()> {
     let keys = ChannelKeys::load(&a.keys)
         .with_context(|| format!("loading the channel keys in {}", a.keys.display()))?;
-    if !a.dir.is_dir() {
-        bail!("{} is not a folder", a.dir.display());
+    if !a.folder.is_dir() {
+        bail!("{} is not a folder", a.folder.display());
     }
     let node = start(dir, &a.net, layers(a.upload_limit), &[]).await?;
     let updates = updates(&node)?;
     let label = a.label.unwrap_or_else(|| a.release.to_string());
     let p = updates
-        .publish(&keys, &a.dir, a.release, &label)
+        .publish(&keys, &a.folder, a.release, &label)
         .await
         .context("publishing the release")?;
     println!("{}", keys.channel());
     eprintln!(
         "published release {} ({label}) of {}: collection {}, announcement stored on {} DHT nodes",
         p.version,
-        a.dir.display(),
+        a.folder.display(),
         p.collection,
         p.stored_on
     );

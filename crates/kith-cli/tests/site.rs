@@ -194,6 +194,13 @@ fn a_published_site_renders_in_chromium_through_a_gateway_and_updates() {
         ],
     );
     let name = publisher.first.clone();
+    // The publisher's data directory (its secret key, its store) stays out of the site.
+    for f in ["key", "key.port", "store"] {
+        assert!(
+            !site1.join(f).exists(),
+            "{f} was written into the site folder"
+        );
+    }
     let gateway = spawn(
         &tmp.path().join("gw"),
         &[

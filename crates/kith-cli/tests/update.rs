@@ -80,6 +80,25 @@ fn write(dir: &Path, files: &[(&str, &[u8])]) {
     }
 }
 
+/// Every file under `dir`, as sorted relative paths.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("prefix");
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 fn link_version(dir: &Path, name: &str) -> Option<u64> {
     let t = std::fs::read_link(dir.join(name)).ok()?;
     t.file_name()?.to_str()?.parse().ok()
@@ -185,6 +204,11 @@ fn publish_follow_replace_roll_back_and_stay_up_to_date() {
     assert!(o.status.success(), "follow 1: {o:?}");
     assert_eq!(stdout(&o), "installed 1");
     assert_eq!(link_version(&app, "current"), Some(1));
+    // Exactly the published files: nothing of the publisher's data directory (its
+    // secret key once ended up in the release) and nothing written into the folder.
+    let published = ["README", "bin/app", "old-only.txt"];
+    assert_eq!(files(&app.join("current")), published);
+    assert_eq!(files(&p("v1")), published);
     assert_eq!(
         std::fs::read(app.join("current/bin/app")).expect("app"),
         big
