@@ -199,9 +199,14 @@ async fn in_a_network_of_two_the_node_holding_a_mutable_record_gets_it() {
     );
     let ta: Arc<dyn Transport> = Arc::new(net.node(a.node_id()));
     let tb: Arc<dyn Transport> = Arc::new(net.node(b.node_id()));
-    let ha = Dht::spawn(ta.clone(), a.clone(), Config::default(), vec![]).expect("spawn");
+    // Each knows the other from the start and both bootstrap: when B's bootstrap returns,
+    // A may not yet have added B to its table (it does so after answering), and A's put
+    // would then find nobody. A's own bootstrap completes only once it has heard B.
+    let tb_addr = tb.local_addr();
+    let ha = Dht::spawn(ta.clone(), a.clone(), Config::default(), vec![tb_addr]).expect("spawn");
     let hb = Dht::spawn(tb, b, Config::default(), vec![ta.local_addr()]).expect("spawn");
     hb.bootstrap().await.expect("bootstrap");
+    ha.bootstrap().await.expect("bootstrap");
     // A's put lands on B, the only other node; B's get must count its own copy.
     let stored = ha
         .put_mutable(Bytes::from_static(b"s"), 3, Bytes::from_static(b"v"), None)
