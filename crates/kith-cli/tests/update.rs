@@ -3,60 +3,12 @@
 //! second publisher process replaces it and keeps the first for rollback; a release whose
 //! health check fails is rolled back; a follower that is up to date says so.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::process::{Command, Output};
 
-const KITH: &str = env!("CARGO_BIN_EXE_kith");
-
-/// A running `kith` process; killed on drop.
-struct Proc {
-    child: Child,
-    first: String,
-    addr: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `kith --dir DIR ARGS…`, waits for its first stdout line and its node address.
-fn spawn(dir: &Path, args: &[&str]) -> Proc {
-    let mut child = Command::new(KITH)
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kith");
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("read stdout");
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-    let addr = node_line(&mut err);
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    Proc {
-        child,
-        first: first.trim().to_owned(),
-        addr,
-    }
-}
-
-fn node_line(err: &mut BufReader<ChildStderr>) -> String {
-    let mut l = String::new();
-    while err.read_line(&mut l).unwrap_or(0) > 0 {
-        if let Some(a) = l.strip_prefix("this node: ") {
-            return a.trim().to_owned();
-        }
-        l.clear();
-    }
-    panic!("no node address printed");
-}
+use common::{KITH, Proc, spawn};
 
 /// Runs `kith --dir DIR ARGS…` to its end.
 fn run(dir: &Path, args: &[&str]) -> Output {
