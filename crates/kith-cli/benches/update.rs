@@ -18,6 +18,7 @@
 //!   per-node capacity C (start-up of the processes included).
 //!
 //! Sizes: `KITH_BENCH_FOLLOWERS` (20), `KITH_BENCH_MIB` (32), `KITH_BENCH_RATE_MIB` (8).
+//! `KITH_BENCH_VERBOSE=1` passes on every line the processes log (set `RUST_LOG` too).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -215,6 +216,8 @@ fn main() {
             )
         })
         .collect();
+    // KITH_BENCH_VERBOSE=1 shows every line the processes log (with RUST_LOG).
+    let verbose = std::env::var_os("KITH_BENCH_VERBOSE").is_some();
     let mut installed: BTreeMap<usize, Duration> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     while installed.len() < n {
@@ -222,7 +225,7 @@ fn main() {
             Ok(Line::Out(i, l)) if i > 0 && l.trim() == "installed 1" => {
                 installed.insert(i, started.elapsed());
             }
-            Ok(Line::Err(i, l)) if l.contains("refused") || l.contains("Error") => {
+            Ok(Line::Err(i, l)) if verbose || l.contains("refused") || l.contains("Error") => {
                 eprintln!("[{i}] {l}")
             }
             Ok(_) => {}

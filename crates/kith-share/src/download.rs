@@ -12,7 +12,7 @@ use kith_core::net::Conn;
 use kith_core::{NodeAddr, NodeId};
 use kith_overlay::dht::Key;
 use kith_store::collection::{self, CollectionError};
-use kith_store::{BlobFormat, DecodeError, GROUP_SIZE, Hash, ImportError, Tag};
+use kith_store::{BlobFormat, DecodeError, GROUP_SIZE, Hash, ImportError, SizeProof, Tag};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -101,6 +101,12 @@ pub struct DownloadStats {
     pub fetched_bytes: u64,
     /// Bytes already held at the start.
     pub resumed_bytes: u64,
+    /// Verified bytes that arrived for pieces already held: second copies (endgame,
+    /// requests moved off a stalled peer that delivered after all). Not in
+    /// `fetched_bytes`.
+    pub duplicate_bytes: u64,
+    /// Bytes read from providers' streams, proofs and unfinished pieces included.
+    pub received_bytes: u64,
     /// Bytes verified from each provider.
     pub per_peer: BTreeMap<NodeId, u64>,
     /// Providers banned for bad data or unreliability.
@@ -264,7 +270,16 @@ impl Share {
             mode_rx,
             providers,
         );
-        let task = tokio::spawn(driver.run());
+        let store = self.inner.store.clone();
+        let task = tokio::spawn(async move {
+            let result = driver.run().await;
+            // Make what was stored durable now rather than with the store's next batch.
+            let flushed = tokio::task::spawn_blocking(move || store.flush()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::debug!("store flush after download failed: {e}");
+            }
+            result
+        });
         Download {
             events: ev_rx,
             mode: mode_tx,
@@ -603,6 +618,7 @@ impl Driver {
             per_peer.insert(p, probe_bytes);
         }
         let mut fetched = probe_bytes;
+        let (mut duplicate, mut received) = (0u64, probe_bytes);
         let mut window: Vec<(Instant, u64)> = Vec::new();
         let mut pending_updates: BTreeMap<u32, RangeSet> = BTreeMap::new();
         let mut stuck_since: Option<Instant> = None;
@@ -697,9 +713,15 @@ impl Driver {
                                 }
                             }
                         }
-                        Msg::Activity { id, bytes } => sched.handle_activity(now, id, bytes),
+                        Msg::Activity { id, bytes } => {
+                            received += bytes;
+                            sched.handle_activity(now, id, bytes);
+                        }
                         Msg::Piece { peer, id, index, group } => {
                             let piece = layout.blob_pieces(index as usize).start + group;
+                            if sched.has_piece(piece) {
+                                duplicate += layout.piece_bytes(piece);
+                            }
                             sched.handle_piece(now, &peer, id, piece);
                         }
                         Msg::End { id, outcome, fatal } => {
@@ -784,11 +806,22 @@ impl Driver {
             eta: Some(Duration::ZERO),
             peer_rates: Vec::new(),
         }));
+        tracing::debug!(
+            root = %self.root,
+            fetched,
+            duplicate,
+            received,
+            peers = per_peer.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "download complete"
+        );
         Ok(DownloadStats {
             root: self.root,
             total_bytes: layout.total_bytes(),
             fetched_bytes: fetched,
             resumed_bytes,
+            duplicate_bytes: duplicate,
+            received_bytes: received,
             per_peer,
             banned: sched.banned().copied().collect(),
             elapsed: started.elapsed(),
@@ -1196,13 +1229,23 @@ struct RequestJob {
 
 impl RequestJob {
     async fn run(self) -> Result<RequestOutcome, JobError> {
+        // A blob we hold part of has its size verified: it needs no size proof.
+        let held: Vec<u64> = self
+            .blobs
+            .iter()
+            .map(|(_, hash, _, _)| match self.store.status(*hash) {
+                Ok(Some(s)) if s.size > 0 => s.size,
+                _ => 0,
+            })
+            .collect();
         let req = Open::Get(GetRequest {
             root: self.root,
             collection: self.collection,
             blobs: self
                 .blobs
                 .iter()
-                .map(|(i, _, g, _)| (*i, RangeSet::from_range(g.clone())))
+                .zip(&held)
+                .map(|((i, _, g, _), held)| (*i, RangeSet::from_range(g.clone()), *held))
                 .collect(),
         });
         let Ok((mut send, recv)) = self.conn.open_bi(&PROTOCOL).await else {
@@ -1216,7 +1259,7 @@ impl RequestJob {
         }
         let mut reader = Some(BufReader::with_capacity(256 * 1024, recv));
         let rt = tokio::runtime::Handle::current();
-        for (index, hash, groups, size) in self.blobs {
+        for ((index, hash, groups, size), held) in self.blobs.into_iter().zip(held) {
             let Some(mut r) = reader.take() else {
                 return Ok(RequestOutcome::Failed);
             };
@@ -1265,7 +1308,12 @@ impl RequestJob {
                         let _ = tx.send(Msg::Activity { id, bytes });
                     }));
                 }
-                let res = store.import_verified(hash, bytes, &mut br, &mut |g| {
+                let proof = if held == 0 {
+                    SizeProof::Included
+                } else {
+                    SizeProof::Omitted
+                };
+                let res = store.import_verified_with(hash, bytes, proof, &mut br, &mut |g| {
                     if let Some((tx, peer, id)) = &report {
                         let _ = tx.send(Msg::Piece {
                             peer: *peer,
@@ -1283,7 +1331,11 @@ impl RequestJob {
             match res {
                 Ok(_) => {}
                 Err(_) if self.cancel.is_cancelled() => return Err(JobError::Cancelled),
-                Err(ImportError::Decode(DecodeError::Truncated | DecodeError::Io(_))) => {
+                // (SizeUnknown: the blob was deleted from our store meanwhile.)
+                Err(
+                    ImportError::Decode(DecodeError::Truncated | DecodeError::Io(_))
+                    | ImportError::SizeUnknown(_),
+                ) => {
                     return Ok(RequestOutcome::Failed);
                 }
                 Err(ImportError::Decode(_) | ImportError::SizeConflict { .. }) => {

@@ -15,7 +15,7 @@ use kith_core::net::{BoxFuture, BoxRecvStream, BoxSendStream, Conn, ProtocolHand
 use kith_core::{NodeId, Transport};
 use kith_overlay::dht::{DhtHandle, Key};
 use kith_store::collection::{self, CollectionError};
-use kith_store::{BlobFormat, GROUP_SIZE, Hash, ImportMode, Store, Tag, group_count};
+use kith_store::{BlobFormat, GROUP_SIZE, Hash, ImportMode, SizeProof, Store, Tag, group_count};
 use tokio::sync::{Semaphore, broadcast};
 
 use crate::bridge::{BlockingWriter, Pacer};
@@ -615,7 +615,7 @@ fn write_get(
     w: &mut dyn Write,
 ) -> std::io::Result<()> {
     let frame = |r: &Response| encode_frame(&r.to_msg(), MAX_FRAME).map_err(std::io::Error::other);
-    for (index, groups) in &req.blobs {
+    for (index, groups, held) in &req.blobs {
         let Some(hash) = entry.blobs.get(*index as usize).copied() else {
             w.write_all(&frame(&Response::Blob {
                 index: *index,
@@ -624,13 +624,21 @@ fn write_get(
             return Ok(());
         };
         let status = store.status(hash).map_err(std::io::Error::other)?;
+        // A requester that holds the size verified needs no size proof (nor do we need
+        // the last group to send one); one whose size differs from ours gets "missing".
+        let proof = if *held == 0 {
+            SizeProof::Included
+        } else {
+            SizeProof::Omitted
+        };
         let ok = status.as_ref().is_some_and(|s| {
             let n = group_count(s.size);
-            groups.ranges().iter().all(|r| {
-                r.end <= n
-                    && s.bitfield.contains_all(r.start, r.end)
-                    && (r.end == n || s.bitfield.get(n - 1))
-            })
+            (*held == 0 || *held == s.size)
+                && groups.ranges().iter().all(|r| {
+                    r.end <= n
+                        && s.bitfield.contains_all(r.start, r.end)
+                        && (r.end == n || proof == SizeProof::Omitted || s.bitfield.get(n - 1))
+                })
         });
         let Some(status) = status.filter(|_| ok && !groups.is_empty()) else {
             w.write_all(&frame(&Response::Blob {
@@ -646,7 +654,7 @@ fn write_get(
         for r in groups.ranges() {
             let bytes = r.start * GROUP_SIZE..(r.end * GROUP_SIZE).min(status.size);
             store
-                .encode_range(hash, bytes, w)
+                .encode_range_with(hash, bytes, proof, w)
                 .map_err(std::io::Error::other)?;
         }
     }

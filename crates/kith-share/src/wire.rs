@@ -215,8 +215,11 @@ pub struct GetRequest {
     pub root: Hash,
     /// Whether the root is a collection.
     pub collection: bool,
-    /// Per blob index, the groups wanted (in request order).
-    pub blobs: Vec<(u32, RangeSet)>,
+    /// Per blob index, the groups wanted (in request order) and the blob's size if the
+    /// requester holds it verified (0 if not): the provider then sends no size proof
+    /// ([`SizeProof::Omitted`](kith_store::SizeProof::Omitted)), and answers "missing"
+    /// if its size differs.
+    pub blobs: Vec<(u32, RangeSet, u64)>,
 }
 
 fn hash_of(b: &[u8]) -> Result<Hash, WireError> {
@@ -248,10 +251,7 @@ impl Open {
         let m = OpenMsg::decode(frame)?;
         match (m.get, m.watch) {
             (Some(g), None) => {
-                let blobs = parse_blob_ranges(&g.blobs, max_ranges)?
-                    .into_iter()
-                    .map(|(i, s, _)| (i, s))
-                    .collect();
+                let blobs = parse_blob_ranges(&g.blobs, max_ranges)?;
                 Ok(Open::Get(GetRequest {
                     root: hash_of(&g.root)?,
                     collection: g.collection,
@@ -276,10 +276,10 @@ impl Open {
                     blobs: g
                         .blobs
                         .iter()
-                        .map(|(index, set)| BlobRangesMsg {
+                        .map(|(index, set, size)| BlobRangesMsg {
                             index: *index,
                             groups: set.to_wire(),
-                            size: 0,
+                            size: *size,
                         })
                         .collect(),
                 }),
@@ -376,8 +376,8 @@ mod tests {
             root: Hash::of(b"r"),
             collection: true,
             blobs: vec![
-                (0, RangeSet::from_range(0..1)),
-                (7, RangeSet::from_range(3..9)),
+                (0, RangeSet::from_range(0..1), 0),
+                (7, RangeSet::from_range(3..9), 1 << 20),
             ],
         });
         assert_eq!(
@@ -430,7 +430,7 @@ mod tests {
         let many = Open::Get(GetRequest {
             root: Hash::of(b"r"),
             collection: false,
-            blobs: vec![(0, (0..40).step_by(2).collect())],
+            blobs: vec![(0, (0..40).step_by(2).collect(), 0)],
         });
         assert!(matches!(
             Open::decode(&many.to_msg().encode_to_vec(), 10),
@@ -458,9 +458,9 @@ mod tests {
         }
 
         #[test]
-        fn requests_round_trip(groups in proptest::collection::vec(0u64..5000, 0..50), idx in any::<u32>()) {
+        fn requests_round_trip(groups in proptest::collection::vec(0u64..5000, 0..50), idx in any::<u32>(), held in any::<u64>()) {
             let set: RangeSet = groups.into_iter().collect();
-            let g = Open::Get(GetRequest { root: Hash::of(b"p"), collection: false, blobs: vec![(idx, set)] });
+            let g = Open::Get(GetRequest { root: Hash::of(b"p"), collection: false, blobs: vec![(idx, set, held)] });
             prop_assert_eq!(Open::decode(&g.to_msg().encode_to_vec(), 4096).ok(), Some(g));
         }
     }

@@ -49,7 +49,7 @@ fn get(root: Hash, groups: RangeSet) -> Open {
     Open::Get(GetRequest {
         root,
         collection: false,
-        blobs: vec![(0, groups)],
+        blobs: vec![(0, groups, 0)],
     })
 }
 

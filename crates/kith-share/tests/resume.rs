@@ -53,7 +53,12 @@ fn child_download_process() {
         let ep = Endpoint::bind(key, EndpointConfig::loopback())
             .await
             .unwrap();
-        let store: SharedStore = Arc::new(FsStore::open(&dir, StoreConfig::default()).unwrap());
+        // Batches far smaller than the blob, so most kills land after some were recorded.
+        let config = StoreConfig {
+            sync_every_groups: 16,
+            ..StoreConfig::default()
+        };
+        let store: SharedStore = Arc::new(FsStore::open(&dir, config).unwrap());
         let t: Arc<dyn Transport> = Arc::new(ep.clone());
         let share = Share::spawn(t, store, None, ShareConfig::default()).unwrap();
         println!("started");

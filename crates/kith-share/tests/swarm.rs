@@ -132,6 +132,36 @@ async fn one_provider_serves_a_folder_that_arrives_byte_for_byte() {
     assert_eq!(again.resumed_bytes, stats.total_bytes);
 }
 
+/// Only a blob's first request carries the size proof (a whole group): with many small
+/// requests, the bytes on the wire stay close to the blob's size and no group arrives
+/// twice. (When every request carried the proof, two-group requests moved 1.5× the blob.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_requests_carry_no_second_copy_of_the_size_proof() {
+    let net = MemNetwork::new();
+    let mut config = ShareConfig::default();
+    config.scheduler.max_request_bytes = 2 * GROUP_SIZE;
+    let (a, b) = (node(&net, 1, ShareConfig::default()), node(&net, 2, config));
+    let blob = data(9, 2 << 20);
+    let ticket = a.share.add_bytes(Bytes::from(blob.clone())).await.unwrap();
+    let stats = b.share.download(&ticket, opts(3)).finish().await.unwrap();
+    assert_eq!(stats.fetched_bytes, blob.len() as u64);
+    assert_eq!(stats.duplicate_bytes, 0);
+    // Sizes, headers and the outboard entries on each request's path: a few per cent.
+    assert!(
+        stats.received_bytes <= blob.len() as u64 + blob.len() as u64 / 16,
+        "received {} bytes for a blob of {}",
+        stats.received_bytes,
+        blob.len()
+    );
+    assert_eq!(
+        b.share
+            .store()
+            .read_range(ticket.root, 0..u64::MAX)
+            .unwrap(),
+        blob
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_providers_each_contribute() {
     let net = MemNetwork::new();
@@ -246,7 +276,7 @@ impl ProtocolHandler for EvilHandler {
                     let _ = send.finish();
                 }
                 Ok(Open::Get(req)) => {
-                    for (index, groups) in req.blobs {
+                    for (index, groups, held) in req.blobs {
                         if matches!(evil, Evil::FalseAvailability) {
                             let _ = send
                                 .write_all(&frame(&Response::Blob {
@@ -267,7 +297,15 @@ impl ProtocolHandler for EvilHandler {
                             let range =
                                 r.start * GROUP_SIZE..(r.end * GROUP_SIZE).min(blob.len() as u64);
                             let mut enc = Vec::new();
-                            kith_store::encode_range(&blob, &ob, range, &mut enc).unwrap();
+                            // Honours the protocol's framing (no size proof for a
+                            // requester that holds the size); only its own lie differs.
+                            let proof = if held == 0 {
+                                kith_store::SizeProof::Included
+                            } else {
+                                kith_store::SizeProof::Omitted
+                            };
+                            kith_store::encode_range_with(&blob, &ob, range, proof, &mut enc)
+                                .unwrap();
                             match evil {
                                 Evil::BadGroup => {
                                     let n = enc.len();

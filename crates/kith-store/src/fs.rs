@@ -20,7 +20,7 @@ use crate::tree::{
 };
 use crate::{
     Bitfield, BlobFormat, BlobInfo, BlobStatus, ExternalFault, Hash, ImportError, ImportMode,
-    ReadError, Store, StoreConfig, StoreError, Tag, TagError,
+    ReadError, SizeProof, Store, StoreConfig, StoreError, Tag, TagError,
 };
 
 const BITFIELD_MAGIC: &[u8; 8] = b"kithbf01";
@@ -100,12 +100,17 @@ pub enum OpenError {
 /// - *Nothing unverified is visible as verified.* A complete import is written and synced
 ///   in `tmp/`, and only then renamed into `blobs/` (outboard first, then data, the
 ///   directory synced after each). A `blobs/HASH.data` therefore always holds the whole,
-///   hashed blob. A partial blob's groups count as present only once the bitfield file
-///   says so, and it is rewritten (temporary file, sync, atomic rename, directory sync)
-///   only after the groups and their outboard entries are synced.
-/// - *No acknowledged group is lost.* [`Store::import_verified`] reports a group durable
-///   only after that bitfield update; groups written but not yet recorded are simply
-///   fetched again.
+///   hashed blob. A partial blob's groups count as present after a reopen only if the
+///   bitfield file says so, and it is rewritten (temporary file, sync, atomic rename,
+///   directory sync) only after the groups and their outboard entries are synced.
+/// - *Syncs are batched, across imports.* A verified group is present (readable, served)
+///   as soon as it is written; the groups of a partial blob are synced and recorded
+///   together once [`StoreConfig::sync_every_groups`] of them wait or the oldest has
+///   waited [`StoreConfig::sync_interval`], when the blob completes, on
+///   [`Store::flush`], and when the store is dropped. A crash loses at most the
+///   unrecorded batch, which is simply fetched again.
+/// - *Nothing flushed is lost.* Everything stored before [`Store::flush`] returned
+///   survives a crash.
 /// - *Partial blobs resume.* On open the store reads each bitfield file and continues from
 ///   it; a blob whose bitfield was complete but whose move into `blobs/` was interrupted
 ///   is finished on open.
@@ -125,10 +130,23 @@ struct Inner {
     complete: BTreeMap<Hash, u64>,
     /// The records of the complete blobs that are external (they do not count in `used`).
     external: BTreeMap<Hash, Arc<ExternalRecord>>,
+    /// The present groups of each partial blob: recorded on disk, or stored and waiting
+    /// for their batch to be synced (see `unsynced`).
     partial: BTreeMap<Hash, Bitfield>,
     partial_size: BTreeMap<Hash, u64>,
+    /// Partial blobs with present groups not yet recorded on disk.
+    unsynced: BTreeMap<Hash, Unsynced>,
+    /// Groups recorded in each partial blob's bitfield file.
+    recorded: BTreeMap<Hash, u64>,
     tags: BTreeMap<String, Tag>,
     used: u64,
+}
+
+/// Present groups of one partial blob that wait for a sync.
+#[derive(Debug)]
+struct Unsynced {
+    groups: u64,
+    since: std::time::Instant,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -494,6 +512,7 @@ impl FsStore {
                         inner.complete.entry(hash).or_insert(size);
                         inner.used += size;
                     } else {
+                        inner.recorded.insert(hash, bf.count());
                         inner.partial.insert(hash, bf);
                         inner.partial_size.insert(hash, size);
                         inner.used += size;
@@ -589,6 +608,56 @@ impl FsStore {
             remove_if_exists(&self.path("partial", hash, ext))?;
         }
         sync_dir(&self.dir("partial"))
+    }
+
+    /// Records the present groups of partial blob `hash` on disk: syncs its data and
+    /// outboard files (`files`, or opened by path), then rewrites its bitfield file
+    /// atomically; promotes the blob into `blobs/` once that bitfield is complete.
+    ///
+    /// Every group in the snapshot was written before it was marked present, so the sync
+    /// that follows the snapshot covers it. Concurrent syncs of one blob may finish out
+    /// of order: a snapshot with no more groups than the file already records is not
+    /// written (present groups only ever grow while a blob is partial).
+    fn sync_partial(&self, hash: Hash, files: Option<(&File, &File)>) -> io::Result<()> {
+        let (snapshot, size) = {
+            let mut inner = self.lock();
+            inner.unsynced.remove(&hash);
+            match (inner.partial.get(&hash), inner.partial_size.get(&hash)) {
+                (Some(bf), Some(&size)) => (bf.clone(), size),
+                _ => return Ok(()),
+            }
+        };
+        match files {
+            Some((data, outboard)) => {
+                data.sync_data()?;
+                outboard.sync_data()?;
+            }
+            None => {
+                for ext in ["data", "obao"] {
+                    File::open(self.path("partial", hash, ext))?.sync_data()?;
+                }
+            }
+        }
+        let mut inner = self.lock();
+        if inner.complete.contains_key(&hash) || !inner.partial.contains_key(&hash) {
+            return Ok(());
+        }
+        let count = snapshot.count();
+        if inner.recorded.get(&hash).is_some_and(|&n| n >= count) {
+            return Ok(());
+        }
+        let bf_path = self.path("partial", hash, "bitfield");
+        write_atomic(&bf_path, &encode_bitfield(size, &snapshot))?;
+        inner.recorded.insert(hash, count);
+        if snapshot.is_complete() {
+            self.promote(hash, size)?;
+            inner.partial.remove(&hash);
+            inner.partial_size.remove(&hash);
+            inner.unsynced.remove(&hash);
+            inner.recorded.remove(&hash);
+            inner.complete.insert(hash, size);
+        }
+        Ok(())
     }
 
     /// Moves a partial blob whose bitfield is complete into `blobs/`. Idempotent, so an
@@ -1022,28 +1091,37 @@ impl PartialSink for FsPartial<'_> {
         if groups.is_empty() {
             return Ok(());
         }
-        // Data and entries first, then the record that they are there.
-        self.data.sync_data()?;
-        self.outboard.sync_data()?;
-        let mut inner = self.store.lock();
-        if inner.complete.contains_key(&self.hash) {
-            return Ok(());
-        }
-        let Some(bf) = inner.partial.get_mut(&self.hash) else {
-            return Err(io::Error::other("partial blob deleted during import"));
+        let due = {
+            let mut inner = self.store.lock();
+            if inner.complete.contains_key(&self.hash) {
+                return Ok(());
+            }
+            let Some(bf) = inner.partial.get_mut(&self.hash) else {
+                return Err(io::Error::other("partial blob deleted during import"));
+            };
+            // Present at once (the bytes are written: readable through the page cache);
+            // recorded on disk with the next sync.
+            let mut added = 0;
+            for &g in groups {
+                added += u64::from(bf.set(g));
+            }
+            if added == 0 {
+                return Ok(());
+            }
+            let complete = bf.is_complete();
+            let now = std::time::Instant::now();
+            let u = inner.unsynced.entry(self.hash).or_insert(Unsynced {
+                groups: 0,
+                since: now,
+            });
+            u.groups += added;
+            complete
+                || u.groups >= self.store.config.sync_every_groups.max(1)
+                || now.duration_since(u.since) >= self.store.config.sync_interval
         };
-        let mut new = bf.clone();
-        for &g in groups {
-            new.set(g);
-        }
-        let bf_path = self.store.path("partial", self.hash, "bitfield");
-        write_atomic(&bf_path, &encode_bitfield(self.size, &new))?;
-        *bf = new;
-        if bf.is_complete() {
-            self.store.promote(self.hash, self.size)?;
-            inner.partial.remove(&self.hash);
-            inner.partial_size.remove(&self.hash);
-            inner.complete.insert(self.hash, self.size);
+        if due {
+            self.store
+                .sync_partial(self.hash, Some((&self.data, &self.outboard)))?;
         }
         Ok(())
     }
@@ -1066,7 +1144,22 @@ impl PartialSink for FsPartial<'_> {
     }
 }
 
+impl Drop for FsStore {
+    fn drop(&mut self) {
+        // Best effort: what is not recorded is fetched again after the next open.
+        let _ = Store::flush(self);
+    }
+}
+
 impl Store for FsStore {
+    fn flush(&self) -> Result<(), StoreError> {
+        let waiting: Vec<Hash> = self.lock().unsynced.keys().copied().collect();
+        for hash in waiting {
+            self.sync_partial(hash, None).map_err(StoreError::Io)?;
+        }
+        Ok(())
+    }
+
     fn export_file_with(
         &self,
         hash: Hash,
@@ -1150,73 +1243,93 @@ impl Store for FsStore {
         result
     }
 
-    fn import_verified(
+    fn import_verified_with(
         &self,
         hash: Hash,
         range: Range<u64>,
+        proof: SizeProof,
         encoded: &mut dyn Read,
-        on_durable: &mut dyn FnMut(u64),
+        on_stored: &mut dyn FnMut(u64),
     ) -> Result<BlobStatus, ImportError> {
-        import_verified(hash, range, encoded, &self.config, on_durable, |size| {
-            let mut inner = self.lock();
-            let known = inner
-                .complete
-                .get(&hash)
-                .or_else(|| inner.partial_size.get(&hash))
-                .copied();
-            match known {
-                Some(stored) if stored != size => {
-                    return Err(ImportError::SizeConflict {
-                        stored,
-                        verified: size,
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    self.config.check(size, inner.used)?;
-                    let bf = Bitfield::new(size);
-                    let create = |ext: &str, len: u64| -> io::Result<()> {
-                        let f = File::create(self.path("partial", hash, ext))?;
-                        f.set_len(len)?;
-                        f.sync_all()
-                    };
-                    create("data", size).map_err(ImportError::Io)?;
-                    create("obao", outboard_len(size)).map_err(ImportError::Io)?;
-                    write_atomic(
-                        &self.path("partial", hash, "bitfield"),
-                        &encode_bitfield(size, &bf),
-                    )
-                    .map_err(ImportError::Io)?;
-                    inner.partial.insert(hash, bf);
-                    inner.partial_size.insert(hash, size);
-                    inner.used += size;
-                }
+        let known = match proof {
+            SizeProof::Included => None,
+            SizeProof::Omitted => {
+                let inner = self.lock();
+                let size = inner
+                    .complete
+                    .get(&hash)
+                    .or_else(|| inner.partial_size.get(&hash));
+                Some(*size.ok_or(ImportError::SizeUnknown(hash))?)
             }
-            let dir = if inner.complete.contains_key(&hash) {
-                // Already complete: verify and discard into a scratch pair of files.
-                None
-            } else {
-                Some("partial")
-            };
-            let open = |ext: &str| -> io::Result<File> {
-                match dir {
-                    Some(d) => OpenOptions::new().write(true).open(self.path(d, hash, ext)),
+        };
+        import_verified(
+            hash,
+            range,
+            known,
+            encoded,
+            &self.config,
+            on_stored,
+            |size| {
+                let mut inner = self.lock();
+                let known = inner
+                    .complete
+                    .get(&hash)
+                    .or_else(|| inner.partial_size.get(&hash))
+                    .copied();
+                match known {
+                    Some(stored) if stored != size => {
+                        return Err(ImportError::SizeConflict {
+                            stored,
+                            verified: size,
+                        });
+                    }
+                    Some(_) => {}
                     None => {
-                        let p = self.tmp_path(ext);
-                        let f = File::create(&p)?;
-                        fs::remove_file(&p)?;
-                        Ok(f)
+                        self.config.check(size, inner.used)?;
+                        let bf = Bitfield::new(size);
+                        let create = |ext: &str, len: u64| -> io::Result<()> {
+                            let f = File::create(self.path("partial", hash, ext))?;
+                            f.set_len(len)?;
+                            f.sync_all()
+                        };
+                        create("data", size).map_err(ImportError::Io)?;
+                        create("obao", outboard_len(size)).map_err(ImportError::Io)?;
+                        write_atomic(
+                            &self.path("partial", hash, "bitfield"),
+                            &encode_bitfield(size, &bf),
+                        )
+                        .map_err(ImportError::Io)?;
+                        inner.partial.insert(hash, bf);
+                        inner.partial_size.insert(hash, size);
+                        inner.used += size;
                     }
                 }
-            };
-            Ok(FsPartial {
-                store: self,
-                hash,
-                size,
-                data: open("data").map_err(ImportError::Io)?,
-                outboard: open("obao").map_err(ImportError::Io)?,
-            })
-        })
+                let dir = if inner.complete.contains_key(&hash) {
+                    // Already complete: verify and discard into a scratch pair of files.
+                    None
+                } else {
+                    Some("partial")
+                };
+                let open = |ext: &str| -> io::Result<File> {
+                    match dir {
+                        Some(d) => OpenOptions::new().write(true).open(self.path(d, hash, ext)),
+                        None => {
+                            let p = self.tmp_path(ext);
+                            let f = File::create(&p)?;
+                            fs::remove_file(&p)?;
+                            Ok(f)
+                        }
+                    }
+                };
+                Ok(FsPartial {
+                    store: self,
+                    hash,
+                    size,
+                    data: open("data").map_err(ImportError::Io)?,
+                    outboard: open("obao").map_err(ImportError::Io)?,
+                })
+            },
+        )
     }
 
     fn status(&self, hash: Hash) -> Result<Option<BlobStatus>, StoreError> {
@@ -1263,19 +1376,28 @@ impl Store for FsStore {
         Ok(out)
     }
 
-    fn encode_range(
+    fn encode_range_with(
         &self,
         hash: Hash,
         range: Range<u64>,
+        proof: SizeProof,
         out: &mut dyn Write,
     ) -> Result<u64, ReadError> {
         let mut o = self.open_blob(hash)?;
         let size = o.size;
         let Some(rec) = o.external.clone() else {
-            return encode_range_from(&mut o.src, hash, size, o.bf.as_ref(), range, out);
+            return encode_range_from(&mut o.src, hash, size, o.bf.as_ref(), range, proof, out);
         };
-        encode_from(&mut o.src, size, Some(hash), range.start, range.end, out)
-            .map_err(|e| o.external_error(hash, &rec, e))
+        encode_from(
+            &mut o.src,
+            size,
+            Some(hash),
+            range.start,
+            range.end,
+            proof,
+            out,
+        )
+        .map_err(|e| o.external_error(hash, &rec, e))
     }
 
     fn export_writer(&self, hash: Hash, out: &mut dyn Write) -> Result<u64, ReadError> {
@@ -1341,6 +1463,8 @@ impl Store for FsStore {
             return Ok(true);
         }
         if inner.partial.remove(&hash).is_some() {
+            inner.unsynced.remove(&hash);
+            inner.recorded.remove(&hash);
             let size = inner.partial_size.remove(&hash).unwrap_or(0);
             inner.used -= size;
             self.remove_partial_files(hash).map_err(StoreError::Io)?;

@@ -55,7 +55,9 @@ pub mod tree;
 pub use bitfield::Bitfield;
 pub use fs::{FsStore, OpenError};
 pub use mem::MemStore;
-pub use range::{DecodeError, DecodeItem, RangeDecoder, decode_range, encode_range};
+pub use range::{
+    DecodeError, DecodeItem, RangeDecoder, SizeProof, decode_range, encode_range, encode_range_with,
+};
 pub use store::{
     BlobFormat, BlobInfo, BlobStatus, ExportError, ExternalFault, GcReport, ImportError,
     ImportMode, ReadError, StoreConfig, StoreError, Tag, TagError,
@@ -153,16 +155,45 @@ pub trait Store {
     /// Imports an encoded range of blob `hash` (see [`range`]) from `encoded`, adding its
     /// groups to a partial blob (created if needed). Every parent entry and group is
     /// verified before it is written; the first that fails ends the import with
-    /// [`ImportError::Decode`], keeping what was verified before. `on_durable` is called
-    /// with each group's index once that group is stored durably (for the filesystem
-    /// store: on disk, surviving a crash). Returns the blob's status afterwards.
+    /// [`ImportError::Decode`], keeping what was verified before. `on_stored` is called
+    /// with each group's index once that group is stored and present (readable and
+    /// served). Returns the blob's status afterwards.
+    ///
+    /// Stored is not yet durable: the filesystem store makes groups survive a crash in
+    /// batches, across imports (see [`StoreConfig::sync_every_groups`] and
+    /// [`StoreConfig::sync_interval`]); [`flush`](Self::flush) makes everything stored
+    /// so far durable. A crash loses at most the groups of the last unsynced batch, and
+    /// never makes an unverified group present.
     fn import_verified(
         &self,
         hash: Hash,
         range: Range<u64>,
         encoded: &mut dyn Read,
-        on_durable: &mut dyn FnMut(u64),
+        on_stored: &mut dyn FnMut(u64),
+    ) -> Result<BlobStatus, ImportError> {
+        self.import_verified_with(hash, range, SizeProof::Included, encoded, on_stored)
+    }
+
+    /// [`import_verified`](Self::import_verified) of an encoding made with or without the
+    /// size proof. [`SizeProof::Omitted`] is accepted only for a blob the store already
+    /// holds (partly or whole): its size was verified when it was first stored, and the
+    /// encoding must claim exactly that size ([`ImportError::SizeUnknown`] otherwise, and
+    /// [`DecodeError::SizeMismatch`] for another size).
+    fn import_verified_with(
+        &self,
+        hash: Hash,
+        range: Range<u64>,
+        proof: SizeProof,
+        encoded: &mut dyn Read,
+        on_stored: &mut dyn FnMut(u64),
     ) -> Result<BlobStatus, ImportError>;
+
+    /// Makes every group stored so far durable (for the filesystem store: synced to
+    /// disk and recorded, surviving a crash). The default does nothing: a store in
+    /// memory has nothing to make durable.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Size and present groups of blob `hash`, or `None` if the store has none of it.
     fn status(&self, hash: Hash) -> Result<Option<BlobStatus>, StoreError>;
@@ -177,6 +208,18 @@ pub trait Store {
         &self,
         hash: Hash,
         range: Range<u64>,
+        out: &mut dyn Write,
+    ) -> Result<u64, ReadError> {
+        self.encode_range_with(hash, range, SizeProof::Included, out)
+    }
+
+    /// [`encode_range`](Self::encode_range), with or without the size proof: a receiver
+    /// that holds the blob's verified size needs none ([`SizeProof::Omitted`]).
+    fn encode_range_with(
+        &self,
+        hash: Hash,
+        range: Range<u64>,
+        proof: SizeProof,
         out: &mut dyn Write,
     ) -> Result<u64, ReadError>;
 

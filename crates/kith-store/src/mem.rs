@@ -13,8 +13,8 @@ use crate::store::{
 };
 use crate::tree::{GROUP_SIZE, PAIR_LEN, group_bytes, group_count, outboard};
 use crate::{
-    Bitfield, BlobInfo, BlobStatus, Hash, ImportError, ReadError, Store, StoreConfig, StoreError,
-    Tag, TagError,
+    Bitfield, BlobInfo, BlobStatus, Hash, ImportError, ReadError, SizeProof, Store, StoreConfig,
+    StoreError, Tag, TagError,
 };
 
 /// A [`Store`] that keeps everything in memory. Partial blobs are held sparsely (only the
@@ -276,39 +276,58 @@ impl Store for MemStore {
         self.insert_complete(Bytes::from(data))
     }
 
-    fn import_verified(
+    fn import_verified_with(
         &self,
         hash: Hash,
         range: Range<u64>,
+        proof: SizeProof,
         encoded: &mut dyn Read,
-        on_durable: &mut dyn FnMut(u64),
+        on_stored: &mut dyn FnMut(u64),
     ) -> Result<BlobStatus, ImportError> {
-        import_verified(hash, range, encoded, &self.config, on_durable, |size| {
-            let mut inner = self.lock();
-            match inner.blobs.get(&hash) {
-                Some(b) if b.size() != size => {
-                    return Err(ImportError::SizeConflict {
-                        stored: b.size(),
-                        verified: size,
-                    });
+        let known = match proof {
+            SizeProof::Included => None,
+            SizeProof::Omitted => Some(
+                self.lock()
+                    .blobs
+                    .get(&hash)
+                    .map(|b| b.size())
+                    .ok_or(ImportError::SizeUnknown(hash))?,
+            ),
+        };
+        import_verified(
+            hash,
+            range,
+            known,
+            encoded,
+            &self.config,
+            on_stored,
+            |size| {
+                let mut inner = self.lock();
+                match inner.blobs.get(&hash) {
+                    Some(b) if b.size() != size => {
+                        return Err(ImportError::SizeConflict {
+                            stored: b.size(),
+                            verified: size,
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.config.check(size, inner.used)?;
+                        inner.used += size;
+                        inner.blobs.insert(
+                            hash,
+                            Blob::Partial {
+                                size,
+                                groups: BTreeMap::new(),
+                                pairs: BTreeMap::new(),
+                                bitfield: Bitfield::new(size),
+                            },
+                        );
+                    }
                 }
-                Some(_) => {}
-                None => {
-                    self.config.check(size, inner.used)?;
-                    inner.used += size;
-                    inner.blobs.insert(
-                        hash,
-                        Blob::Partial {
-                            size,
-                            groups: BTreeMap::new(),
-                            pairs: BTreeMap::new(),
-                            bitfield: Bitfield::new(size),
-                        },
-                    );
-                }
-            }
-            Ok(MemPartial { store: self, hash })
-        })
+                Ok(MemPartial { store: self, hash })
+            },
+        )
     }
 
     fn status(&self, hash: Hash) -> Result<Option<BlobStatus>, StoreError> {
@@ -325,15 +344,16 @@ impl Store for MemStore {
         })
     }
 
-    fn encode_range(
+    fn encode_range_with(
         &self,
         hash: Hash,
         range: Range<u64>,
+        proof: SizeProof,
         out: &mut dyn Write,
     ) -> Result<u64, ReadError> {
         self.with_blob(hash, |blob| {
             let bf = blob.partial_bitfield();
-            encode_range_from(&mut { blob }, hash, blob.size(), bf, range, out)
+            encode_range_from(&mut { blob }, hash, blob.size(), bf, range, proof, out)
         })
     }
 

@@ -22,6 +22,12 @@
 //! comes first: a decoder has a verified size before it yields its first group. The size
 //! proof costs at most one group and a path of entries; a range that includes the end of
 //! the blob needs none. A blob of one group is sent whole.
+//!
+//! A receiver that already holds the blob's size, verified by an earlier encoding, can
+//! ask for none ([`SizeProof::Omitted`]): the sender still writes the size, and the
+//! decoder ([`RangeDecoder::with_known_size`]) rejects any size but the one it holds,
+//! then verifies everything against the tree of that size. For a short range this halves
+//! the bytes: the size proof is a whole group.
 
 use std::io::{self, Read, Write};
 
@@ -60,6 +66,15 @@ pub enum DecodeError {
     GroupMismatch {
         /// Index of the rejected group.
         index: u64,
+    },
+    /// An encoding without a size proof claims a size other than the one the receiver
+    /// holds verified ([`RangeDecoder::with_known_size`]).
+    #[error("encoded range claims size {claimed}, the verified size is {known}")]
+    SizeMismatch {
+        /// The size read from the stream.
+        claimed: u64,
+        /// The verified size the receiver holds.
+        known: u64,
     },
     /// [`decode_range`] found bytes after the end of the encoding.
     #[error("{0} trailing bytes after the encoded range")]
@@ -136,12 +151,28 @@ impl BlobSource for SliceSource<'_> {
     }
 }
 
+/// Whether an encoded range carries the proof of its blob's size (see the
+/// [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SizeProof {
+    /// It does, unless the range reaches the last group (which proves the size itself):
+    /// what a receiver that does not hold the blob's size needs.
+    #[default]
+    Included,
+    /// It does not: the receiver holds the blob's size, verified by an earlier encoding.
+    Omitted,
+}
+
 /// The group sections of an encoding of `[start, end)`: the size proof (if any), then the
 /// requested groups. Each is a group range `[a, b)`; empty ones are left out.
-fn sections(size: u64, start: u64, end: u64) -> [(u64, u64); 2] {
+fn sections(size: u64, start: u64, end: u64, proof: SizeProof) -> [(u64, u64); 2] {
     let n = group_count(size);
     let (a, b) = groups_overlapping(size, start, end);
-    let proof = if b == n { (0, 0) } else { (n - 1, n) };
+    let proof = if b == n || proof == SizeProof::Omitted {
+        (0, 0)
+    } else {
+        (n - 1, n)
+    };
     [proof, (a, b)]
 }
 
@@ -258,12 +289,13 @@ pub(crate) fn encode_from(
     root: Option<Hash>,
     start: u64,
     end: u64,
+    proof: SizeProof,
     out: &mut dyn Write,
 ) -> Result<u64, WalkError> {
     out.write_all(&size.to_le_bytes())
         .map_err(WalkError::Visit)?;
     let mut written = 8;
-    for want in sections(size, start, end) {
+    for want in sections(size, start, end, proof) {
         if want.0 < want.1 {
             walk(src, size, root, want, &mut |p| {
                 let bytes: &[u8] = match p {
@@ -297,6 +329,17 @@ pub fn encode_range(
     range: std::ops::Range<u64>,
     out: &mut impl Write,
 ) -> io::Result<u64> {
+    encode_range_with(data, outboard, range, SizeProof::Included, out)
+}
+
+/// [`encode_range`], with or without the size proof (see [`SizeProof`]).
+pub fn encode_range_with(
+    data: &[u8],
+    outboard: &[u8],
+    range: std::ops::Range<u64>,
+    proof: SizeProof,
+    out: &mut impl Write,
+) -> io::Result<u64> {
     let mut src = SliceSource { data, outboard };
     encode_from(
         &mut src,
@@ -304,6 +347,7 @@ pub fn encode_range(
         None,
         range.start,
         range.end,
+        proof,
         out,
     )
     .map_err(Into::into)
@@ -340,24 +384,60 @@ impl<R: Read> RangeDecoder<R> {
     /// Starts decoding the encoding of `range` of the blob `root`: reads the size header.
     /// `max_size` bounds the claimed size (it is capped at [`MAX_BLOB_SIZE`] in any case).
     pub fn new(
-        mut reader: R,
+        reader: R,
         root: Hash,
         range: std::ops::Range<u64>,
         max_size: u64,
     ) -> Result<Self, DecodeError> {
+        let limit = max_size.min(MAX_BLOB_SIZE);
+        Self::start(reader, root, range, SizeProof::Included, |size| {
+            if size > limit {
+                return Err(DecodeError::SizeTooLarge { size, limit });
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts decoding an encoding of `range` of the blob `root` made without a size proof
+    /// ([`SizeProof::Omitted`]), for a receiver that holds the blob's verified `size`:
+    /// reads the size header and fails with [`DecodeError::SizeMismatch`] unless it is
+    /// `size`. Everything that follows is verified against the tree of that size.
+    pub fn with_known_size(
+        reader: R,
+        root: Hash,
+        range: std::ops::Range<u64>,
+        size: u64,
+    ) -> Result<Self, DecodeError> {
+        Self::start(reader, root, range, SizeProof::Omitted, |claimed| {
+            if claimed != size {
+                return Err(DecodeError::SizeMismatch {
+                    claimed,
+                    known: size,
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads the size header and accepts it with `check`.
+    fn start(
+        mut reader: R,
+        root: Hash,
+        range: std::ops::Range<u64>,
+        proof: SizeProof,
+        check: impl FnOnce(u64) -> Result<(), DecodeError>,
+    ) -> Result<Self, DecodeError> {
         let mut hdr = [0u8; 8];
         reader.read_exact(&mut hdr).map_err(read_err)?;
         let size = u64::from_le_bytes(hdr);
-        let limit = max_size.min(MAX_BLOB_SIZE);
-        if size > limit {
-            return Err(DecodeError::SizeTooLarge { size, limit });
-        }
+        check(size)?;
         Ok(Self {
             reader,
             root,
             size,
-            size_verified: false,
-            sections: sections(size, range.start, range.end),
+            // Without a proof, the size is the one the receiver holds verified.
+            size_verified: proof == SizeProof::Omitted,
+            sections: sections(size, range.start, range.end, proof),
             next_section: 0,
             want: (0, 0),
             stack: Vec::with_capacity(64),
@@ -370,8 +450,9 @@ impl<R: Read> RangeDecoder<R> {
         self.size
     }
 
-    /// Whether the size has been proven (the last group has verified). This is the case
-    /// from the first yielded group on.
+    /// Whether the size has been proven (the last group has verified, or the receiver
+    /// held it: [`with_known_size`](Self::with_known_size)). This is the case from the
+    /// first yielded group on.
     pub fn size_verified(&self) -> bool {
         self.size_verified
     }
@@ -557,7 +638,7 @@ mod tests {
             encode_range(&bad, &ob, range.clone(), &mut plain).unwrap();
             let mut src = SliceSource { data: &bad, outboard: &ob };
             let mut verified = Vec::new();
-            let walked = encode_from(&mut src, size, Some(root), range.start, range.end, &mut verified);
+            let walked = encode_from(&mut src, size, Some(root), range.start, range.end, SizeProof::Included, &mut verified);
             let decoded: Result<Vec<DecodeItem>, DecodeError> =
                 RangeDecoder::new(&plain[..], root, range, u64::MAX).unwrap().collect();
             match (walked, decoded) {
@@ -571,6 +652,53 @@ mod tests {
                     prop_assert!(plain.starts_with(&verified));
                 }
                 (w, d) => prop_assert!(false, "walk {:?}, decoder {:?}", w, d.map(|_| ())),
+            }
+        }
+
+        /// Without a size proof: a receiver holding the size gets the range's groups
+        /// alone, verified; any other size is refused before anything is yielded; a
+        /// flipped byte is caught; the encoding is never longer than with the proof.
+        #[test]
+        fn encodings_without_size_proof_verify_against_the_known_size(
+            size in 0u64..(20 * GROUP_SIZE),
+            a in any::<u64>(),
+            len in 0u64..(5 * GROUP_SIZE),
+            flip in proptest::option::of(any::<u64>()),
+            other in any::<u64>(),
+            seed in any::<u8>(),
+        ) {
+            let data: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(29) ^ seed).collect();
+            let (root, ob) = crate::outboard(&data);
+            let start = a % (size + 1);
+            let range = start..start + len;
+            let mut src = SliceSource { data: &data, outboard: &ob };
+            let mut wire = Vec::new();
+            encode_from(&mut src, size, None, range.start, range.end, SizeProof::Omitted, &mut wire).unwrap();
+            let mut full = Vec::new();
+            encode_range(&data, &ob, range.clone(), &mut full).unwrap();
+            prop_assert!(wire.len() <= full.len());
+            let items: Vec<DecodeItem> = RangeDecoder::with_known_size(&wire[..], root, range.clone(), size)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let (lo, hi) = groups_overlapping(size, range.start, range.end);
+            let got: Vec<u64> = items.iter().filter_map(|i| match i {
+                DecodeItem::Group { index, .. } => Some(*index),
+                DecodeItem::Parent { .. } => None,
+            }).collect();
+            prop_assert_eq!(got, (lo..hi).collect::<Vec<_>>());
+            if other != size {
+                let r = RangeDecoder::with_known_size(&wire[..], root, range.clone(), other);
+                let is_mismatch = matches!(r, Err(DecodeError::SizeMismatch { .. }));
+                prop_assert!(is_mismatch);
+            }
+            if let Some(at) = flip.filter(|_| wire.len() > 8) {
+                let mut bad = wire.clone();
+                let i = 8 + (at % (bad.len() as u64 - 8)) as usize;
+                bad[i] ^= 1;
+                let r: Result<Vec<DecodeItem>, DecodeError> =
+                    RangeDecoder::with_known_size(&bad[..], root, range, size).unwrap().collect();
+                prop_assert!(r.is_err());
             }
         }
     }

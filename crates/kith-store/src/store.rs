@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::range::{BlobSource, DecodeError, DecodeItem, RangeDecoder, encode_from};
+use crate::range::{BlobSource, DecodeError, DecodeItem, RangeDecoder, SizeProof, encode_from};
 use crate::tree::{MAX_BLOB_SIZE, PAIR_LEN, group_count, groups_overlapping};
 use crate::{Bitfield, Hash};
 
@@ -19,13 +19,19 @@ pub struct StoreConfig {
     /// ([`ImportMode::Reference`]) do not count: the store does not hold their bytes.
     /// Default: unlimited.
     pub max_total_size: u64,
-    /// For the filesystem store: how many verified groups [`Store::import_verified`]
-    /// writes before it syncs them and records them in the persisted bitfield. Larger
-    /// batches cost fewer syncs; a crash loses at most one unacknowledged batch.
-    /// Default: 256 (4 MiB, the largest request a kith-share download makes by default).
+    /// For the filesystem store: how many groups of one partial blob, stored by
+    /// [`Store::import_verified`] (in one import or several), may wait before they are
+    /// synced and recorded in the persisted bitfield. Larger batches cost fewer syncs; a
+    /// crash loses at most one batch, which is fetched again. Default: 256 (4 MiB).
     ///
     /// [`Store::import_verified`]: crate::Store::import_verified
     pub sync_every_groups: u64,
+    /// For the filesystem store: the longest a stored group of a partial blob waits
+    /// before it is synced and recorded (checked whenever a group of that blob is
+    /// stored; [`Store::flush`] and dropping the store sync at once). Default: 1 s.
+    ///
+    /// [`Store::flush`]: crate::Store::flush
+    pub sync_interval: std::time::Duration,
 }
 
 impl Default for StoreConfig {
@@ -34,6 +40,7 @@ impl Default for StoreConfig {
             max_blob_size: 1 << 40,
             max_total_size: u64::MAX,
             sync_every_groups: 256,
+            sync_interval: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -233,6 +240,12 @@ pub enum ImportError {
         /// Size the stream proved.
         verified: u64,
     },
+    /// An encoding without a size proof ([`SizeProof::Omitted`]) was offered for a blob
+    /// the store does not hold, so it has no verified size to check it against.
+    ///
+    /// [`SizeProof::Omitted`]: crate::SizeProof::Omitted
+    #[error("no verified size held for {0}: the encoding needs its size proof")]
+    SizeUnknown(Hash),
     /// A reference import ([`ImportMode::Reference`]) saw the file's size, modification
     /// time or identity change while it was hashing it; nothing was recorded.
     #[error("{0} changed while it was being imported")]
@@ -353,21 +366,26 @@ pub(crate) fn read_range_from(
     Ok(out)
 }
 
-/// [`Store::encode_range`](crate::Store::encode_range) over any blob source: checks that
-/// every group the encoding holds (the requested ones and the last one) is present.
+/// [`Store::encode_range_with`](crate::Store::encode_range_with) over any blob source:
+/// checks that every group the encoding holds (the requested ones, and the last one if
+/// the size proof is included) is present.
 pub(crate) fn encode_range_from(
     src: &mut dyn BlobSource,
     hash: Hash,
     size: u64,
     bitfield: Option<&Bitfield>,
     range: Range<u64>,
+    proof: SizeProof,
     out: &mut dyn Write,
 ) -> Result<u64, ReadError> {
     let n = group_count(size);
     let (first, last) = groups_overlapping(size, range.start, range.end);
     need(hash, bitfield, first, last)?;
-    need(hash, bitfield, n - 1, n)?;
-    encode_from(src, size, None, range.start, range.end, out).map_err(|e| ReadError::Io(e.into()))
+    if proof == SizeProof::Included {
+        need(hash, bitfield, n - 1, n)?;
+    }
+    encode_from(src, size, None, range.start, range.end, proof, out)
+        .map_err(|e| ReadError::Io(e.into()))
 }
 
 /// Where [`import_verified`] writes verified pieces of one partial blob.
@@ -376,7 +394,8 @@ pub(crate) trait PartialSink {
     fn put_pair(&mut self, split: u64, pair: &[u8; PAIR_LEN]) -> io::Result<()>;
     /// Stores a verified group (not yet marked present).
     fn put_group(&mut self, index: u64, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Makes the groups stored since the last commit durable and marks them present.
+    /// Marks the groups written since the last commit present (the sink decides when
+    /// they are made durable).
     fn commit(&mut self, groups: &[u64]) -> io::Result<()>;
     /// The current status.
     fn status(&self) -> BlobStatus;
@@ -384,22 +403,25 @@ pub(crate) trait PartialSink {
 
 /// Decodes `encoded` and feeds what verifies to the sink that `open` returns for the
 /// verified size. Parent entries that precede the first group (whose arrival proves the
-/// size) are held back in a bounded buffer.
+/// size) are held back in a bounded buffer. With `known`, the encoding carries no size
+/// proof and must claim exactly that size, which the caller holds verified.
 pub(crate) fn import_verified<S: PartialSink>(
     hash: Hash,
     range: Range<u64>,
+    known: Option<u64>,
     encoded: &mut dyn Read,
     config: &StoreConfig,
-    on_durable: &mut dyn FnMut(u64),
+    on_stored: &mut dyn FnMut(u64),
     open: impl FnOnce(u64) -> Result<S, ImportError>,
 ) -> Result<BlobStatus, ImportError> {
-    let dec = RangeDecoder::new(encoded, hash, range, config.blob_limit())
-        .map_err(ImportError::Decode)?;
+    let dec = match known {
+        None => RangeDecoder::new(encoded, hash, range, config.blob_limit()),
+        Some(size) => RangeDecoder::with_known_size(encoded, hash, range, size),
+    }
+    .map_err(ImportError::Decode)?;
     let mut open = Some(open);
     let mut sink: Option<S> = None;
     let mut held: Vec<(u64, [u8; PAIR_LEN])> = Vec::new();
-    let mut batch: Vec<u64> = Vec::new();
-    let every = config.sync_every_groups.max(1) as usize;
     let size = dec.size();
     let mut failure = None;
     for item in dec {
@@ -433,24 +455,19 @@ pub(crate) fn import_verified<S: PartialSink>(
                 }
                 let Some(s) = sink.as_mut() else { break };
                 s.put_group(index, offset, &data).map_err(ImportError::Io)?;
-                batch.push(index);
-                if batch.len() >= every {
-                    s.commit(&batch).map_err(ImportError::Io)?;
-                    batch.drain(..).for_each(&mut *on_durable);
-                }
+                // Present at once: peers may be served it while the rest arrives.
+                s.commit(&[index]).map_err(ImportError::Io)?;
+                on_stored(index);
             }
         }
     }
-    let Some(mut s) = sink else {
+    let Some(s) = sink else {
         return match failure {
             Some(e) => Err(e),
             // An encoding without groups cannot exist: the size proof is always present.
             None => Err(ImportError::Decode(DecodeError::Truncated)),
         };
     };
-    // Keep what verified, even when the stream failed later.
-    s.commit(&batch).map_err(ImportError::Io)?;
-    batch.drain(..).for_each(&mut *on_durable);
     match failure {
         Some(e) => Err(e),
         None => Ok(s.status()),

@@ -1,7 +1,7 @@
 //! Crash safety of the filesystem store: a child process writes to a store and is killed
 //! with SIGKILL at a random point; the parent reopens the store and checks that nothing
-//! unverified is visible, that no acknowledged group or import is lost, and that the
-//! partial blob resumes from its persisted bitfield.
+//! unverified is visible, that no acknowledged group (stored, then flushed) or import is
+//! lost, and that the partial blob resumes from its persisted bitfield.
 //!
 //! Some imports reference a file in place (external blobs) instead of copying it: a kill
 //! during one must leave no blob or a complete one, and never touch the file.
@@ -74,8 +74,15 @@ fn child_writer_process() {
     if let Ok(budget) = std::env::var(BUDGET_ENV) {
         BYTE_BUDGET.store(budget.parse().unwrap(), Ordering::SeqCst);
     }
+    // Automatic syncs every few groups, by time in some runs; acknowledgements come
+    // from explicit flushes.
     let config = StoreConfig {
-        sync_every_groups: 1 + rng.below(4),
+        sync_every_groups: 1 + rng.below(8),
+        sync_interval: std::time::Duration::from_millis(if rng.below(2) == 0 {
+            1
+        } else {
+            3_600_000
+        }),
         ..StoreConfig::default()
     };
     let store = FsStore::open(&dir, config).unwrap();
@@ -84,6 +91,7 @@ fn child_writer_process() {
     let partial = src.import_bytes(&blobs[0]).unwrap();
     let groups = kith_store::group_count(blobs[0].len() as u64);
     let mut out = std::io::stdout().lock();
+    let mut stored = Vec::new();
     for _ in 0..14 {
         let pick = rng.below(8);
         if pick == 0 {
@@ -116,10 +124,19 @@ fn child_writer_process() {
             };
             store
                 .import_verified(partial, range, &mut reader, &mut |g| {
-                    writeln!(out, "ack {g}").unwrap();
+                    stored.push(g);
+                    writeln!(out, "stored {g}").unwrap();
                     out.flush().unwrap();
                 })
                 .unwrap();
+            if rng.below(2) == 0 {
+                // Durable once flush returns: only then is a group acknowledged.
+                store.flush().unwrap();
+                for g in stored.drain(..) {
+                    writeln!(out, "ack {g}").unwrap();
+                }
+                out.flush().unwrap();
+            }
         }
     }
     writeln!(out, "finished").unwrap();
@@ -172,6 +189,8 @@ fn killed_writers_leave_a_consistent_store() {
             let line = line.unwrap();
             if let Some(g) = line.strip_prefix("ack ") {
                 acked.insert(g.parse::<u64>().unwrap());
+            } else if line.starts_with("stored ") {
+                // Present, not yet acknowledged: a kill here may lose it.
             } else if let Some(h) = line.strip_prefix("done ") {
                 done.insert(h.parse::<Hash>().unwrap());
             } else if let Some(h) = line.strip_prefix("ref ") {

@@ -390,3 +390,151 @@ fn collections_export_an_identical_tree() {
         ));
     }
 }
+
+/// Syncs are batched across imports: stored groups are present at once, recorded on disk
+/// once a batch is full (or by flush), and a second import's groups join the first's
+/// batch instead of costing a sync of their own.
+#[test]
+fn fs_store_records_stored_groups_in_batches_across_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = MemStore::new(StoreConfig::default());
+    let data = common::data(23, 12 * GROUP_SIZE as usize);
+    let hash = src.import_bytes(&data).unwrap();
+    let g = GROUP_SIZE;
+    let config = StoreConfig {
+        sync_every_groups: 4,
+        sync_interval: std::time::Duration::from_secs(3600),
+        ..StoreConfig::default()
+    };
+    let store = FsStore::open(dir.path(), config).unwrap();
+    // What a crash right now would keep: the files as another opener reads them.
+    let recorded = || {
+        let copy = tempfile::tempdir().unwrap();
+        for sub in ["blobs", "partial", "tmp"] {
+            std::fs::create_dir_all(copy.path().join(sub)).unwrap();
+            for e in std::fs::read_dir(dir.path().join(sub)).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), copy.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+        let reopened = FsStore::open(copy.path(), config).unwrap();
+        reopened
+            .status(hash)
+            .unwrap()
+            .map_or(0, |s| s.bitfield.count())
+    };
+    let import = |r: std::ops::Range<u64>| {
+        store
+            .import_verified(
+                hash,
+                r.clone(),
+                &mut &encode(&src, hash, r)[..],
+                &mut |_| {},
+            )
+            .unwrap()
+    };
+    // Groups 0, 1 and the last (the size proof): present, a batch of 3 < 4 waits.
+    let st = import(0..2 * g);
+    assert_eq!(st.bitfield.count(), 3);
+    assert_eq!(
+        store.read_range(hash, 0..2 * g).unwrap(),
+        &data[..2 * g as usize]
+    );
+    assert_eq!(recorded(), 0);
+    // One more group fills the batch: all four are recorded together.
+    import(2 * g..3 * g);
+    assert_eq!(recorded(), 4);
+    // Two more wait; flush records them.
+    import(3 * g..5 * g);
+    assert_eq!(recorded(), 4);
+    store.flush().unwrap();
+    assert_eq!(recorded(), 6);
+    // Completion is recorded at once, whatever the batch.
+    import(0..u64::MAX);
+    assert_eq!(recorded(), 12);
+    drop(store);
+    let reopened = FsStore::open(dir.path(), config).unwrap();
+    assert_eq!(reopened.read_range(hash, 0..u64::MAX).unwrap(), data);
+}
+
+/// A store that holds a blob's verified size takes ranges without the size proof; one
+/// that does not refuses them; a claimed size other than the held one is rejected.
+#[test]
+fn ranges_without_size_proof_need_a_held_size() {
+    use kith_store::{DecodeError, SizeProof};
+    let dir = tempfile::tempdir().unwrap();
+    let src = MemStore::new(StoreConfig::default());
+    let data = common::data(24, 9 * GROUP_SIZE as usize + 7);
+    let hash = src.import_bytes(&data).unwrap();
+    let g = GROUP_SIZE;
+    let bare = |h: Hash, r: std::ops::Range<u64>| {
+        let mut wire = Vec::new();
+        src.encode_range_with(h, r, SizeProof::Omitted, &mut wire)
+            .unwrap();
+        wire
+    };
+    for (name, store) in stores(dir.path()) {
+        // Nothing held: no size to check against.
+        let r = store.import_verified_with(
+            hash,
+            2 * g..3 * g,
+            SizeProof::Omitted,
+            &mut &bare(hash, 2 * g..3 * g)[..],
+            &mut |_| {},
+        );
+        assert!(
+            matches!(r, Err(ImportError::SizeUnknown(h)) if h == hash),
+            "{name}"
+        );
+        // The first range proves the size (group 0 and the last group).
+        store
+            .import_verified(hash, 0..g, &mut &encode(&src, hash, 0..g)[..], &mut |_| {})
+            .unwrap();
+        // Then a bare range: one group, no second copy of the last.
+        let mut stored = Vec::new();
+        let wire = bare(hash, 2 * g..3 * g);
+        assert!(
+            wire.len() < encode(&src, hash, 2 * g..3 * g).len(),
+            "{name}"
+        );
+        let st = store
+            .import_verified_with(
+                hash,
+                2 * g..3 * g,
+                SizeProof::Omitted,
+                &mut &wire[..],
+                &mut |i| stored.push(i),
+            )
+            .unwrap();
+        assert_eq!(stored, vec![2], "{name}");
+        assert_eq!(st.bitfield.ranges(), vec![0..1, 2..3, 9..10], "{name}");
+        assert_eq!(
+            store.read_range(hash, 2 * g..3 * g).unwrap(),
+            &data[2 * g as usize..3 * g as usize]
+        );
+        // A bare encoding that claims another size (a shorter blob's) is refused.
+        let mut lie = bare(hash, 3 * g..4 * g);
+        lie[..8].copy_from_slice(&(8 * g).to_le_bytes());
+        let r = store.import_verified_with(
+            hash,
+            3 * g..4 * g,
+            SizeProof::Omitted,
+            &mut &lie[..],
+            &mut |_| {},
+        );
+        assert!(
+            matches!(
+                r,
+                Err(ImportError::Decode(DecodeError::SizeMismatch { .. }))
+            ),
+            "{name}"
+        );
+        assert!(!store.status(hash).unwrap().unwrap().bitfield.get(3));
+        // Bare ranges come out of the store the same way.
+        let mut out = Vec::new();
+        store
+            .encode_range_with(hash, 2 * g..3 * g, SizeProof::Omitted, &mut out)
+            .unwrap();
+        assert_eq!(out, wire, "{name}");
+    }
+}
