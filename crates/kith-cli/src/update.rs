@@ -88,9 +88,12 @@ pub(crate) struct FollowArgs {
     net: NetArgs,
 }
 
-fn layers(upload_limit: Option<u64>) -> Layers {
+/// A publisher super-seeds: it is the origin of every release, with many followers at
+/// once, and should send each piece about once (see `ShareConfig::super_seed`).
+fn layers(upload_limit: Option<u64>, super_seed: bool) -> Layers {
     let mut share = kith::ShareConfig::default();
     share.limits.upload_rate_total = upload_limit;
+    share.super_seed = super_seed;
     Layers {
         dht: true,
         gossip: true,
@@ -151,7 +154,7 @@ async fn publish(dir: &Path, a: PublishArgs) -> anyhow::Result<()> {
     if !a.folder.is_dir() {
         bail!("{} is not a folder", a.folder.display());
     }
-    let node = start(dir, &a.net, layers(a.upload_limit), &[]).await?;
+    let node = start(dir, &a.net, layers(a.upload_limit, true), &[]).await?;
     let updates = updates(&node)?;
     let label = a.label.unwrap_or_else(|| a.release.to_string());
     let p = updates
@@ -184,7 +187,7 @@ fn report_upload(node: &Node) {
 async fn follow(dir: &Path, a: FollowArgs) -> anyhow::Result<()> {
     let installer =
         Installer::new(&a.into).with_context(|| format!("preparing {}", a.into.display()))?;
-    let node = start(dir, &a.net, layers(a.upload_limit), &[]).await?;
+    let node = start(dir, &a.net, layers(a.upload_limit, false), &[]).await?;
     let updates = updates(&node)?;
     let health = a.health_check.map(|program| HealthCheck {
         program,

@@ -26,6 +26,9 @@ use crate::ticket::Ticket;
 use crate::wire::{GetRequest, MAX_FRAME, Open, Refusal, Response};
 use crate::{PROTOCOL, SharedStore};
 
+/// A provider's answer that it does not have the share.
+const NOT_FOUND: &str = "the provider does not have it";
+
 /// How long a download waits for providers that are still downloading themselves to
 /// gain what it misses, before it gives up.
 const GROWING_GRACE: Duration = Duration::from_secs(60);
@@ -325,7 +328,12 @@ enum Msg {
         peer: NodeId,
     },
     ConnectFailed(ProviderFailure),
+    /// The provider answered that it does not have the share (yet: it may be starting a
+    /// download of it itself).
+    NotYet(ProviderFailure),
     Discovered(Vec<NodeAddr>),
+    /// Time to ask a provider that did not have the share again.
+    Retry(NodeAddr),
     DiscoveryDone,
     Piece {
         peer: NodeId,
@@ -372,6 +380,10 @@ struct Driver {
     rx: mpsc::UnboundedReceiver<Msg>,
     peers: HashMap<NodeId, PeerConn>,
     tried: HashSet<NodeId>,
+    /// Providers that answered they do not have the share, and how often.
+    not_yet: HashMap<NodeId, u32>,
+    /// Providers waiting to be asked again.
+    retrying: usize,
     failures: Vec<ProviderFailure>,
     connecting: usize,
     discovering: bool,
@@ -413,6 +425,8 @@ impl Driver {
             rx,
             peers: HashMap::new(),
             tried: HashSet::new(),
+            not_yet: HashMap::new(),
+            retrying: 0,
             failures: Vec::new(),
             connecting: 0,
             discovering: false,
@@ -449,6 +463,10 @@ impl Driver {
                 .await;
                 let error = match r {
                     Ok(Ok(())) => return,
+                    Ok(Err(e)) if e == NOT_FOUND => {
+                        let _ = tx.send(Msg::NotYet(ProviderFailure { addr, error: e }));
+                        return;
+                    }
                     Ok(Err(e)) => e,
                     Err(_) => format!("no answer within {timeout:?}"),
                 };
@@ -497,7 +515,29 @@ impl Driver {
                 self.early_have.push((id, complete, have));
                 None
             }
-            Msg::ConnectFailed(f) => {
+            Msg::NotYet(f) if self.not_yet.get(&f.addr.node_id).copied().unwrap_or(0) < 4 => {
+                // Asked again later (0.5, 1, 2, 4 s): a peer named in a ticket or found in
+                // the DHT may be registering the share right now.
+                self.connecting = self.connecting.saturating_sub(1);
+                let n = self.not_yet.entry(f.addr.node_id).or_insert(0);
+                let delay = Duration::from_millis(500) * (1 << *n);
+                *n += 1;
+                self.tried.remove(&f.addr.node_id);
+                self.retrying += 1;
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(Msg::Retry(f.addr));
+                });
+                None
+            }
+            Msg::Retry(addr) => {
+                self.retrying = self.retrying.saturating_sub(1);
+                self.pending_addrs.push_back(addr);
+                self.connect_more();
+                None
+            }
+            Msg::ConnectFailed(f) | Msg::NotYet(f) => {
                 self.connecting = self.connecting.saturating_sub(1);
                 tracing::debug!("provider failed: {f}");
                 if !self.lan.contains(&f.addr.node_id) {
@@ -519,9 +559,13 @@ impl Driver {
         }
     }
 
-    /// Nothing more can be tried: no connection pending, no discovery running.
+    /// Nothing more can be tried: no connection pending or to be retried, no discovery
+    /// running.
     fn exhausted(&self) -> bool {
-        self.connecting == 0 && !self.discovering && self.pending_addrs.is_empty()
+        self.connecting == 0
+            && self.retrying == 0
+            && !self.discovering
+            && self.pending_addrs.is_empty()
     }
 
     async fn run(mut self) -> Result<DownloadStats, DownloadError> {
@@ -981,6 +1025,7 @@ impl Driver {
     /// For blob 0: makes sure its size is verified locally (and, with `whole`, that it
     /// is complete), asking connected providers in turn. Returns its size.
     async fn fetch_whole_or_size(&mut self, hash: Hash, whole: bool) -> Result<u64, DownloadError> {
+        let mut stuck_since: Option<Instant> = None;
         loop {
             let status = self
                 .inner
@@ -1011,7 +1056,10 @@ impl Driver {
                         .and_then(|(_, g, _)| g.ranges().first().map(|r| (*p, Some(r.start))))
                 });
             let Some((peer, first_group)) = candidate else {
-                if self.exhausted() {
+                // Providers still downloading themselves may yet gain it.
+                let waited = stuck_since.get_or_insert_with(Instant::now).elapsed();
+                let growing = !self.growing.is_empty() && waited < GROWING_GRACE;
+                if self.exhausted() && !growing {
                     if self.peers.is_empty() {
                         return Err(DownloadError::Unreachable {
                             root: self.root,
@@ -1024,7 +1072,16 @@ impl Driver {
                         banned: 0,
                     });
                 }
-                let Some(msg) = self.rx.recv().await else {
+                let msg = if self.exhausted() {
+                    let left = GROWING_GRACE.saturating_sub(waited);
+                    match tokio::time::timeout(left, self.rx.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => continue,
+                    }
+                } else {
+                    self.rx.recv().await
+                };
+                let Some(msg) = msg else {
                     return Err(DownloadError::Aborted("channel closed".into()));
                 };
                 if let Some(Msg::Has {
@@ -1153,9 +1210,7 @@ async fn watch(
             .ok_or("the provider closed the stream without an answer")?;
         match Response::decode(&first, max_ranges).map_err(|e| e.to_string())? {
             Response::Availability { complete, blobs } => break (send, recv, complete, blobs),
-            Response::Refused(Refusal::NotFound) => {
-                return Err("the provider does not have it".into());
-            }
+            Response::Refused(Refusal::NotFound) => return Err(NOT_FOUND.into()),
             Response::Refused(Refusal::Busy { retry_after_ms }) => {
                 tokio::time::sleep(Duration::from_millis(
                     u64::from(retry_after_ms).clamp(50, 5000),

@@ -50,6 +50,7 @@ pub mod layout;
 pub mod ranges;
 pub mod scheduler;
 mod service;
+mod superseed;
 pub mod ticket;
 pub mod wire;
 

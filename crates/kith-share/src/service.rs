@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kith_core::frame::{encode_frame, read_frame};
@@ -16,11 +16,13 @@ use kith_core::{NodeId, Transport};
 use kith_overlay::dht::{DhtHandle, Key};
 use kith_store::collection::{self, CollectionError};
 use kith_store::{BlobFormat, GROUP_SIZE, Hash, ImportMode, SizeProof, Store, Tag, group_count};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use crate::bridge::{BlockingWriter, Pacer};
+use crate::layout::Layout;
 use crate::ranges::RangeSet;
 use crate::scheduler::SchedulerConfig;
+use crate::superseed::{SuperSeed, SuperSeedConfig};
 use crate::ticket::Ticket;
 use crate::wire::{GetRequest, MAX_FRAME, Open, Refusal, Response, WireError};
 use crate::{PROTOCOL, SharedStore};
@@ -83,6 +85,13 @@ pub struct ShareConfig {
     pub max_peers_per_download: usize,
     /// Time allowed to connect to a provider and hear its availability. Default 10 s.
     pub connect_timeout: Duration,
+    /// Super-seed the shares this node holds whole: tell each watcher only of pieces no
+    /// peer it watches back has yet (in runs of up to 4 MiB), so each piece leaves this
+    /// node about once and the downloaders trade the rest. For an origin with many
+    /// downloaders at once (a release channel's publisher); a downloader that gains
+    /// nothing for 2 s is told of everything it lacks, so no download depends on it.
+    /// Watchers that cannot be watched back are told everything. Default false.
+    pub super_seed: bool,
 }
 
 impl Default for ShareConfig {
@@ -99,6 +108,7 @@ impl Default for ShareConfig {
             provide_when_done: true,
             max_peers_per_download: 32,
             connect_timeout: Duration::from_secs(10),
+            super_seed: false,
         }
     }
 }
@@ -160,6 +170,8 @@ pub(crate) struct Inner {
     uploaded: Arc<AtomicU64>,
     gets_served: AtomicU64,
     pub(crate) lan_peers: Mutex<Option<LanPeers>>,
+    /// Per share held whole, when super-seeding: what each watcher holds and was told.
+    superseed: Mutex<HashMap<Hash, Arc<Mutex<SuperSeed<u64>>>>>,
 }
 
 /// Lists the peers on the local network (for example `MdnsDiscovery::peers`).
@@ -242,6 +254,7 @@ impl Share {
             updates,
             per_peer: Mutex::new(HashMap::new()),
             pacers: Mutex::new(HashMap::new()),
+            superseed: Mutex::new(HashMap::new()),
             total_pacer: config
                 .limits
                 .upload_rate_total
@@ -544,7 +557,15 @@ async fn serve(
     };
     match open {
         Open::Get(req) => serve_get(inner, peer, send, req).await,
-        Open::Watch { root, collection } => serve_watch(inner, send, recv, root, collection).await,
+        Open::Watch { root, collection } => {
+            let entry = inner.entry(&root).filter(|e| e.collection == collection);
+            match entry {
+                Some(e) if e.complete && inner.config.super_seed => {
+                    serve_super_seed(inner, conn, send, recv, root, e).await
+                }
+                _ => serve_watch(inner, send, recv, root, collection).await,
+            }
+        }
     }
 }
 
@@ -728,6 +749,197 @@ async fn serve_watch(
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }
+        }
+    }
+}
+
+/// What the watch back to a super-seeded watcher reports.
+enum Back {
+    /// It holds these groups (per blob index).
+    Has(Vec<(u32, RangeSet, u64)>),
+    /// It holds everything.
+    Complete,
+    /// It cannot be watched (it does not serve the share, or the stream failed).
+    Failed,
+}
+
+/// Takes a watcher out of a super-seed state when its watch ends.
+struct Watcher {
+    state: Arc<Mutex<SuperSeed<u64>>>,
+    id: u64,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        lock(&self.state).remove_peer(&self.id);
+    }
+}
+
+/// Watches `root` on `conn`'s peer (the direction opposite to its watch of us), retrying
+/// while it has not registered the share yet, and reports what it holds.
+async fn watch_back(conn: Conn, root: Hash, collection: bool, tx: mpsc::UnboundedSender<Back>) {
+    use tokio::io::AsyncWriteExt;
+    let max_ranges = crate::ranges::MAX_WIRE_RANGES;
+    // A downloader registers the share once it knows the layout: give it 5 s.
+    for _ in 0..20 {
+        let Ok((mut send, recv)) = conn.open_bi(&PROTOCOL).await else {
+            break;
+        };
+        let open = Open::Watch { root, collection };
+        let Ok(frame) = encode_frame(&open.to_msg(), MAX_FRAME) else {
+            break;
+        };
+        if send.write_all(&frame).await.is_err() {
+            break;
+        }
+        let mut recv = tokio::io::BufReader::new(recv);
+        let mut answered = false;
+        while let Ok(Some(f)) = read_frame(&mut recv, MAX_FRAME).await {
+            match Response::decode(&f, max_ranges) {
+                Ok(Response::Availability { complete: true, .. }) => {
+                    let _ = tx.send(Back::Complete);
+                    return;
+                }
+                Ok(Response::Availability { blobs, .. }) => {
+                    answered = true;
+                    if tx.send(Back::Has(blobs)).is_err() {
+                        return;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if answered {
+            // It answered and then stopped: it is gone or broke the protocol.
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = tx.send(Back::Failed);
+}
+
+/// Serves a watch of a share held whole while super-seeding (see [`crate::superseed`]):
+/// tells the watcher of pieces as the policy reveals them, learning what it holds from a
+/// watch in the other direction. A watcher that cannot be watched back is told
+/// everything, as without super-seeding.
+async fn serve_super_seed(
+    inner: Arc<Inner>,
+    conn: Conn,
+    mut send: BoxSendStream,
+    mut recv: BoxRecvStream,
+    root: Hash,
+    entry: Entry,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    static WATCH_IDS: AtomicU64 = AtomicU64::new(0);
+    let mut sizes = Vec::with_capacity(entry.blobs.len());
+    for h in entry.blobs.iter() {
+        let status = inner.store.status(*h).map_err(std::io::Error::other)?;
+        let Some(s) = status else {
+            return refuse(send, Refusal::NotFound).await;
+        };
+        sizes.push(s.size);
+    }
+    let layout = Layout::new(sizes);
+    let state = lock(&inner.superseed)
+        .entry(root)
+        .or_insert_with(|| {
+            Arc::new(Mutex::new(SuperSeed::new(
+                layout.pieces(),
+                SuperSeedConfig::default(),
+            )))
+        })
+        .clone();
+    let id = WATCH_IDS.fetch_add(1, Ordering::Relaxed);
+    lock(&state).add_peer(Instant::now(), id);
+    let _watcher = Watcher {
+        state: state.clone(),
+        id,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let back = tokio::spawn(watch_back(conn, root, entry.collection, tx)).abort_handle();
+    struct Abort(tokio::task::AbortHandle);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _back = Abort(back);
+    let frame_of = |pieces: &[u64], first: bool| -> Response {
+        let mut per_blob: std::collections::BTreeMap<u32, RangeSet> = Default::default();
+        if first {
+            // A watcher must lay the share out before it can use anything: it is told at
+            // once of a collection's manifest, or of a raw blob's last group (one group
+            // proves the size).
+            let n = layout.blob_pieces(0);
+            let groups = n.end - n.start;
+            let told = if entry.collection {
+                0
+            } else {
+                groups.saturating_sub(1)
+            };
+            per_blob.insert(0, RangeSet::from_range(told..groups));
+        }
+        for &p in pieces {
+            if let Some((blob, group)) = layout.locate(p) {
+                per_blob.entry(blob as u32).or_default().insert(group);
+            }
+        }
+        Response::Availability {
+            complete: false,
+            blobs: per_blob
+                .into_iter()
+                .map(|(i, set)| (i, set, layout.blob_size(i as usize)))
+                .collect(),
+        }
+    };
+    let first = lock(&state).reveal(Instant::now(), &id);
+    write_response(&mut send, &frame_of(&first, true)).await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scratch = [0u8; 64];
+    let mut back_open = true;
+    loop {
+        tokio::select! {
+            r = recv.read(&mut scratch) => {
+                // The watcher closed (or sent something it should not): stop.
+                let _ = r;
+                let _ = send.finish();
+                return Ok(());
+            }
+            m = rx.recv(), if back_open => match m {
+                Some(Back::Has(blobs)) => {
+                    let mut pieces = Vec::new();
+                    for (index, set, _) in blobs {
+                        if (index as usize) >= layout.blobs() {
+                            continue;
+                        }
+                        let base = layout.blob_pieces(index as usize);
+                        for r in set.ranges() {
+                            let s = base.start.saturating_add(r.start).min(base.end);
+                            let e = base.start.saturating_add(r.end).min(base.end);
+                            pieces.extend(s..e);
+                        }
+                    }
+                    lock(&state).peer_has(Instant::now(), &id, pieces);
+                }
+                Some(Back::Complete) => {
+                    lock(&state).peer_has(Instant::now(), &id, 0..layout.pieces());
+                }
+                // It holds everything and said so: nothing more to learn.
+                None => back_open = false,
+                Some(Back::Failed) => {
+                    let all = Response::Availability { complete: true, blobs: Vec::new() };
+                    write_response(&mut send, &all).await?;
+                    let _ = send.finish();
+                    return Ok(());
+                }
+            },
+            _ = tick.tick() => {}
+        }
+        let pieces = lock(&state).reveal(Instant::now(), &id);
+        if !pieces.is_empty() {
+            write_response(&mut send, &frame_of(&pieces, false)).await?;
         }
     }
 }

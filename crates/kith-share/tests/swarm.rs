@@ -461,6 +461,59 @@ async fn a_downloader_seeds_what_it_has_while_it_downloads() {
     );
 }
 
+/// A super-seeding origin sends each piece about once: four downloaders started together
+/// (each told of the others) complete, byte for byte, while the origin uploads far less
+/// than the four copies plain seeding sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_super_seeding_origin_sends_each_piece_about_once() {
+    let net = MemNetwork::new();
+    let blob = data(11, 4 << 20);
+    let mut origin_config = ShareConfig::default();
+    origin_config.super_seed = true;
+    origin_config.limits.upload_rate_total = Some(8 << 20);
+    let a = node(&net, 1, origin_config);
+    let ticket = a.share.add_bytes(Bytes::from(blob.clone())).await.unwrap();
+    let peers: Vec<Node> = (2..6)
+        .map(|i| node(&net, i, ShareConfig::default()))
+        .collect();
+    let downloads: Vec<_> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut providers = vec![addr(&a)];
+            providers.extend(
+                peers
+                    .iter()
+                    .filter(|q| q.share.node_id() != p.share.node_id())
+                    .map(addr),
+            );
+            let t = Ticket::new(ticket.root, BlobFormat::Raw, providers);
+            let mut o = opts(20 + i as u64);
+            o.no_discovery = true;
+            p.share.download(&t, o)
+        })
+        .collect();
+    for d in downloads {
+        let stats = d.finish().await.unwrap();
+        assert_eq!(stats.fetched_bytes, blob.len() as u64);
+    }
+    for p in &peers {
+        assert_eq!(
+            p.share
+                .store()
+                .read_range(ticket.root, 0..u64::MAX)
+                .unwrap(),
+            blob
+        );
+    }
+    let sent = a.share.stats().uploaded_bytes;
+    assert!(
+        sent <= blob.len() as u64 * 3 / 2,
+        "the origin sent {sent} bytes of a {}-byte blob to 4 downloaders",
+        blob.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_providers_are_named_in_the_error() {
     let net = MemNetwork::new();
