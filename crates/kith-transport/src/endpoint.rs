@@ -33,6 +33,10 @@ use crate::tls;
 /// Internal control protocol: the acceptor's hello (observed address, "connection kept").
 const CTL: Protocol = Protocol::from_static("kith/ctl/1");
 
+/// The longest a STUN round at bind or after a network change waits for the servers
+/// (transmissions at 0, 0.5 and 1.5 s); the background refresh runs RFC 8489's whole
+/// schedule.
+const STUN_QUICK: std::time::Duration = std::time::Duration::from_secs(2);
 /// Network changes detected automatically (a STUN server or a peer reports a new
 /// address for us) are acted on at most once per this interval.
 const AUTO_CHANGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
@@ -335,7 +339,7 @@ impl Inner {
             loop {
                 inner.net_change_again.store(false, Ordering::Release);
                 let before = inner.candidates();
-                inner.stun_round(true).await;
+                inner.stun_round(true, Some(STUN_QUICK)).await;
                 if inner.candidates() != before {
                     for c in inner.path_connections() {
                         crate::punch::kick(&c, true);
@@ -368,10 +372,16 @@ impl Inner {
         self.network_changed(why);
     }
 
-    /// Asks a STUN server which address it sees for our socket of its family (three
-    /// tries, 500 ms apart) and records the answer; also returns whether it differs
-    /// from the server's previous answer.
-    async fn stun(&self, server: SocketAddr) -> Result<(SocketAddr, bool), StunError> {
+    /// Asks a STUN server which address it sees for our socket of its family and records
+    /// the answer; also returns whether it differs from the server's previous answer.
+    /// Retransmits as RFC 8489 §6.2.1 says (0, 0.5, 1.5, 3.5 … 31.5 s, failing at
+    /// 39.5 s), or gives up earlier at `limit` (bind and network changes wait at most
+    /// [`STUN_QUICK`]; the background refresh runs the whole schedule).
+    async fn stun(
+        &self,
+        server: SocketAddr,
+        limit: Option<std::time::Duration>,
+    ) -> Result<(SocketAddr, bool), StunError> {
         let sock = match server {
             SocketAddr::V4(_) => self.v4.as_ref(),
             SocketAddr::V6(_) => self.v6.as_ref(),
@@ -380,9 +390,20 @@ impl Inner {
         let tx: [u8; 12] = rand::random();
         let mut rx = sock.table.stun_wait(tx).ok_or(StunError::TimedOut)?;
         let request = crate::stun::binding_request(tx);
-        for _ in 0..3 {
-            let _ = sock.socket.send_raw(server, &request);
-            match tokio::time::timeout(std::time::Duration::from_millis(500), &mut rx).await {
+        let start = Instant::now();
+        let give_up = limit.map(|l| start + l);
+        let mut schedule = crate::stun::Retransmit::rfc8489(start);
+        loop {
+            let now = Instant::now();
+            if schedule.failed(now) || give_up.is_some_and(|g| now >= g) {
+                return Err(StunError::TimedOut);
+            }
+            if schedule.poll_transmit(now) {
+                let _ = sock.socket.send_raw(server, &request);
+            }
+            let wake = schedule.poll_timeout();
+            let wake = give_up.map_or(wake, |g| wake.min(g));
+            match tokio::time::timeout_at(wake.into(), &mut rx).await {
                 Ok(Ok(resp)) => {
                     let mapped = crate::stun::parse_binding_response(&resp, &tx)?;
                     let outcome = lock(&self.observed).report(
@@ -398,16 +419,15 @@ impl Inner {
                 Err(_) => continue,
             }
         }
-        Err(StunError::TimedOut)
     }
 
-    /// Asks every configured STUN server once, concurrently (each at most 1.5 s).
-    /// After a network change (`after_change`), a server that no longer answers loses
-    /// its old answer (it is likely stale); otherwise an answer that moved is itself a
-    /// network change.
-    async fn stun_round(self: &Arc<Self>, after_change: bool) {
+    /// Asks every configured STUN server once, concurrently (each at most `limit`, or
+    /// the whole RFC 8489 schedule). After a network change (`after_change`), a server
+    /// that no longer answers loses its old answer (it is likely stale); otherwise an
+    /// answer that moved is itself a network change.
+    async fn stun_round(self: &Arc<Self>, after_change: bool, limit: Option<std::time::Duration>) {
         let servers = self.config.stun_servers.clone();
-        let asks = servers.iter().map(|s| self.stun(*s));
+        let asks = servers.iter().map(|s| self.stun(*s, limit));
         let mut moved = false;
         for (server, res) in servers
             .iter()
@@ -713,7 +733,7 @@ impl Endpoint {
         if !endpoint.config().stun_servers.is_empty() {
             // The first round before bind returns, so the first connections already
             // carry reflexive candidates and a NAT kind; then refresh in the background.
-            endpoint.inner().stun_round(false).await;
+            endpoint.inner().stun_round(false, Some(STUN_QUICK)).await;
             // The task holds `Inner` weakly, like the interface poll: it never keeps the
             // endpoint open (nor closes it by dropping the last handle).
             let weak = Arc::downgrade(endpoint.inner());
@@ -723,13 +743,28 @@ impl Endpoint {
                 .stun_refresh
                 .max(std::time::Duration::from_secs(1));
             tokio::spawn(async move {
+                // While the NAT kind is unknown (servers unanswered, lossy links), ask
+                // again soon: 1 s, then doubling up to `every`.
+                let mut unknown_wait = std::time::Duration::from_secs(1);
                 loop {
-                    tokio::time::sleep(every).await;
+                    let wait = match weak.upgrade() {
+                        Some(inner) if inner.nat_now() == NatKind::Unknown => {
+                            let w = unknown_wait.min(every);
+                            unknown_wait = (unknown_wait * 2).min(every);
+                            w
+                        }
+                        Some(_) => {
+                            unknown_wait = std::time::Duration::from_secs(1);
+                            every
+                        }
+                        None => return,
+                    };
+                    tokio::time::sleep(wait).await;
                     let Some(inner) = weak.upgrade() else { return };
                     if inner.closing.load(Ordering::Acquire) {
                         return;
                     }
-                    inner.stun_round(false).await;
+                    inner.stun_round(false, None).await;
                 }
             });
         }
@@ -986,9 +1021,13 @@ impl Endpoint {
 
     /// Asks a STUN server (RFC 8489 Binding) which address it sees for this endpoint's
     /// socket of the server's address family: the mapping any peer reaching that socket
-    /// from outside sees. Three tries, 500 ms apart.
+    /// from outside sees. Retransmits as RFC 8489 says (0, 0.5, 1.5, 3.5 … 31.5 s) and
+    /// fails with [`StunError::TimedOut`] after 39.5 s without an answer.
     pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr, StunError> {
-        self.inner().stun(server).await.map(|(mapped, _)| mapped)
+        self.inner()
+            .stun(server, None)
+            .await
+            .map(|(mapped, _)| mapped)
     }
 
     /// Classifies the NAT in front of the IPv4 socket by asking several STUN servers
@@ -1002,12 +1041,13 @@ impl Endpoint {
         else {
             return NatKind::Unknown;
         };
-        let mut reports = Vec::new();
-        for &server in servers.iter().filter(|s| s.is_ipv4()) {
-            if let Ok(mapped) = self.stun(server).await {
-                reports.push((server, mapped));
-            }
-        }
+        let v4: Vec<SocketAddr> = servers.iter().copied().filter(|s| s.is_ipv4()).collect();
+        let answers = futures_util::future::join_all(v4.iter().map(|s| self.stun(*s))).await;
+        let reports: Vec<_> = v4
+            .iter()
+            .zip(answers)
+            .filter_map(|(s, a)| a.ok().map(|m| (*s, m)))
+            .collect();
         crate::stun::classify(local, &reports)
     }
 

@@ -41,6 +41,74 @@ pub enum StunError {
     NoSocket,
 }
 
+/// When to send, and when to give up on, one STUN request over UDP: RFC 8489 §6.2.1.
+///
+/// Sans-IO: the first transmission is due at once; each retransmission waits twice as
+/// long as the one before (RTO, 2 RTO, 4 RTO, …), up to `rc` transmissions in all; after
+/// the last the client waits `rm` × RTO more and then gives up. With the RFC's defaults
+/// (RTO 500 ms, Rc 7, Rm 16) requests go out at 0, 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s
+/// and the transaction fails at 39.5 s. A response to any of the transmissions (they
+/// share the transaction id) ends it.
+#[derive(Debug, Clone)]
+pub struct Retransmit {
+    rto: std::time::Duration,
+    rc: u32,
+    rm: u32,
+    sent: u32,
+    next: std::time::Instant,
+}
+
+impl Retransmit {
+    /// RFC 8489's defaults: RTO 500 ms, Rc 7, Rm 16.
+    pub fn rfc8489(now: std::time::Instant) -> Self {
+        Self::new(now, std::time::Duration::from_millis(500), 7, 16)
+    }
+
+    /// A schedule starting at `now` with initial `rto`, `rc` transmissions at most and a
+    /// final wait of `rm` × the initial RTO.
+    pub fn new(now: std::time::Instant, rto: std::time::Duration, rc: u32, rm: u32) -> Self {
+        Self {
+            rto,
+            rc: rc.max(1),
+            rm,
+            sent: 0,
+            next: now,
+        }
+    }
+
+    /// Whether a transmission is due at `now`; if so it counts as sent.
+    pub fn poll_transmit(&mut self, now: std::time::Instant) -> bool {
+        if self.sent >= self.rc || now < self.next {
+            return false;
+        }
+        self.sent += 1;
+        self.next = if self.sent < self.rc {
+            // The wait after transmission k (1-based) is 2^(k-1) RTO.
+            now + self.rto * (1u32 << (self.sent - 1).min(16))
+        } else {
+            now + self.rto * self.rm
+        };
+        true
+    }
+
+    /// When [`poll_transmit`](Self::poll_transmit) is due next, or (after the last
+    /// transmission) when the transaction fails.
+    pub fn poll_timeout(&self) -> std::time::Instant {
+        self.next
+    }
+
+    /// Whether the transaction has failed at `now` (every transmission sent, the final
+    /// wait over).
+    pub fn failed(&self, now: std::time::Instant) -> bool {
+        self.sent >= self.rc && now >= self.next
+    }
+
+    /// Transmissions sent so far.
+    pub fn sent(&self) -> u32 {
+        self.sent
+    }
+}
+
 /// True if `data` looks like a STUN message (RFC 8489 §5: two leading zero bits and the
 /// magic cookie).
 pub fn is_stun(data: &[u8]) -> bool {
@@ -203,6 +271,28 @@ pub fn classify(local: SocketAddr, reports: &[(SocketAddr, SocketAddr)]) -> NatK
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retransmissions_follow_rfc8489() {
+        use std::time::Duration;
+        let t0 = std::time::Instant::now();
+        let mut r = Retransmit::rfc8489(t0);
+        let mut sent_at = Vec::new();
+        let mut now = t0;
+        while !r.failed(now) {
+            if r.poll_transmit(now) {
+                sent_at.push(now.duration_since(t0).as_millis());
+            }
+            assert!(!r.poll_transmit(now), "one transmission per due time");
+            now = r.poll_timeout();
+        }
+        assert_eq!(sent_at, vec![0, 500, 1500, 3500, 7500, 15500, 31500]);
+        assert_eq!(now.duration_since(t0), Duration::from_millis(39_500));
+        assert_eq!(r.sent(), 7);
+        // Nothing is sent after the last, and it stays failed.
+        assert!(!r.poll_transmit(now + Duration::from_secs(100)));
+        assert!(r.failed(now + Duration::from_secs(100)));
+    }
     use proptest::prelude::*;
 
     fn sa(s: &str) -> SocketAddr {

@@ -58,6 +58,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(25);
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline for quick replies (`probes`, `path`).
 const SHORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after its start a peer's NAT kind must be known (the bound under
+/// 20 % loss).
+const NAT_DEADLINE: Duration = Duration::from_secs(10);
 /// Slack on top of the `wait-direct` time.
 const WAIT_SLACK: Duration = Duration::from_secs(10);
 /// Most lines read from one process's stdout.
@@ -1113,7 +1116,9 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
         });
     }
     let mut broken = vec![];
+    let mut nat_ms: Vec<u64> = vec![];
     for p in &mut peers {
+        let started = std::time::Instant::now();
         let bind = SocketAddr::new(ip(&p.node)?.into(), 0);
         let log = logs.join(format!("{}.log", p.node));
         let mut args = s(&["peer", "--bind", &bind.to_string(), "--relay", &relay_addr]);
@@ -1143,11 +1148,22 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
                 }
                 p.addr = Some(a);
                 if stun_addr.is_some() {
-                    // Observers: the STUN server and the relay (its hello).
-                    match k.ask("nat", SHORT_TIMEOUT) {
-                        Ok(Ok(kind)) => p.nat = Some(kind),
-                        Ok(Err(e)) | Err(e) => p.nat = Some(format!("error: {e}")),
+                    // Observers: the STUN server and the relay (its hello). Under loss
+                    // the first answers may be lost: asked again every 250 ms until
+                    // the kind is known, at most NAT_DEADLINE after the peer started.
+                    loop {
+                        match k.ask("nat", SHORT_TIMEOUT) {
+                            Ok(Ok(kind)) => p.nat = Some(kind),
+                            Ok(Err(e)) | Err(e) => p.nat = Some(format!("error: {e}")),
+                        }
+                        let unknown = p.nat.as_deref() != Some(expected_nat(p.class))
+                            && p.nat.as_deref().is_some_and(|n| n == "unknown");
+                        if !unknown || started.elapsed() >= NAT_DEADLINE {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(250));
                     }
+                    nat_ms.push(started.elapsed().as_millis() as u64);
                 }
                 p.proc = Some(k);
             }
@@ -1206,7 +1222,15 @@ fn matrix(lab: &Lab, opts: &Options, exe: &Path, logs: &Path) -> Result<MatrixRe
         .iter()
         .map(|p| (p.label.clone(), p.class, p.note.clone(), p.nat.clone()))
         .collect();
-    Ok((pairs, summary, broken, check.figures + &switch.figures))
+    let mut figures = check.figures + &switch.figures;
+    if let Some(max) = nat_ms.iter().max() {
+        // From a peer's start until its NAT kind was known (or the deadline).
+        let _ = writeln!(figures, "figure lab.nat.classified_max_ms {max}");
+    }
+    if opts.lab.loss_pct > 0 {
+        let _ = writeln!(figures, "figure lab.loss_pct {}", opts.lab.loss_pct);
+    }
+    Ok((pairs, summary, broken, figures))
 }
 
 /// Runs the command sequence for one pair; a hung or dead process ends it early.

@@ -10,7 +10,7 @@
 //! cargo xtask lab topology status [--id ID]
 //! cargo xtask lab plan                      print the address plan
 //! cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--keep] [--no-input-drop]
-//! cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
+//! cargo xtask lab matrix [--quick] [--loss PCT] [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
 //! cargo xtask lab spoof [--quick] [--id ID] [--keep] [--no-build] [-v]
@@ -58,7 +58,7 @@ const USAGE: &str = "usage:
   cargo xtask lab plan
   cargo xtask lab check [--quick] [--id ID] [--delay-ms N] [--require-delay] [--keep]
                         [--no-input-drop] [-v]
-  cargo xtask lab matrix [--quick] [--id ID] [--keep] [--no-build] [-v]
+  cargo xtask lab matrix [--quick] [--loss PCT] [--id ID] [--keep] [--no-build] [-v]
   cargo xtask lab mdns [--id ID] [--keep] [--no-build] [-v]
 
   cargo xtask lab portmap [--quick] [--id ID] [--keep] [--no-build] [-v]
@@ -90,6 +90,7 @@ fn parse_options(args: &[String], default_id: &str) -> Result<Options, String> {
             id: default_id.into(),
             delay_ms: DEFAULT_DELAY_MS,
             require_delay: false,
+            loss_pct: 0,
             rules: RuleOptions::default(),
             verbose: false,
         },
@@ -111,6 +112,14 @@ fn parse_options(args: &[String], default_id: &str) -> Result<Options, String> {
                     return Err("--delay-ms: at most 200".into());
                 }
                 delay = Some(ms);
+            }
+            "--loss" => {
+                let v = it.next().ok_or("--loss needs a value")?;
+                let pct: u32 = v.parse().map_err(|e| format!("bad --loss {v:?}: {e}"))?;
+                if pct > 50 {
+                    return Err("--loss: at most 50 (per cent)".into());
+                }
+                o.lab.loss_pct = pct;
             }
             "--quick" => o.quick = true,
             "--keep" => o.keep = true,

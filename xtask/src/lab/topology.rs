@@ -30,6 +30,9 @@ pub(crate) struct LabConfig {
     pub(crate) delay_ms: u32,
     /// Fail instead of warning when the kernel has no netem.
     pub(crate) require_delay: bool,
+    /// Per cent of IPv4 packets the internet drops at random (each packet crossing the
+    /// internet bridge, nftables `numgen random`; 0: none).
+    pub(crate) loss_pct: u32,
     /// nftables switches.
     pub(crate) rules: RuleOptions,
     /// Print every command.
@@ -161,7 +164,16 @@ pub(crate) fn up_steps(plan: &Plan, id: &str, exe: &str, cfg: &LabConfig) -> Vec
             });
         }
     }
-    // 6. Delay on both ends of every access link.
+    // 6. Random loss on the internet: every IPv4 packet crossing its bridge (from one
+    //    access link to another) is dropped with probability `loss_pct` %.
+    if cfg.loss_pct > 0 {
+        steps.push(Step {
+            cmd: Cmd::new("ip", s(&["netns", "exec", &inet, "nft", "-f", "-"]))
+                .input(loss_ruleset(cfg.loss_pct)),
+            delay: false,
+        });
+    }
+    // 7. Delay on both ends of every access link.
     if cfg.delay_ms > 0 {
         let delay = format!("{}ms", cfg.delay_ms);
         for l in plan.links.iter().filter(|l| l.access) {
@@ -188,6 +200,14 @@ pub(crate) fn up_steps(plan: &Plan, id: &str, exe: &str, cfg: &LabConfig) -> Vec
         }
     }
     steps
+}
+
+/// The internet's loss rule: a bridge-family table, so it sees every frame the bridge
+/// forwards between access links; only IPv4 is dropped (ARP is left alone).
+pub(crate) fn loss_ruleset(pct: u32) -> String {
+    format!(
+        "table bridge kithlab_loss {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    ether type ip numgen random mod 100 < {pct} drop\n  }}\n}}\n"
+    )
 }
 
 /// A built lab. Dropping it tears the topology down unless [`Lab::keep`] was called.
@@ -614,9 +634,40 @@ mod tests {
             id: "t1".into(),
             delay_ms: 20,
             require_delay: false,
+            loss_pct: 0,
             rules: RuleOptions::default(),
             verbose: false,
         }
+    }
+
+    #[test]
+    fn loss_is_one_rule_on_the_internet_bridge_only_when_asked() {
+        let plan = Plan::standard();
+        let none = up_steps(&plan, "t1", "x", &cfg());
+        assert!(
+            !none
+                .iter()
+                .any(|s| s.cmd.stdin.as_deref().is_some_and(|t| t.contains("numgen")))
+        );
+        let lossy = LabConfig {
+            loss_pct: 20,
+            ..cfg()
+        };
+        let steps = up_steps(&plan, "t1", "x", &lossy);
+        let rules: Vec<&Step> = steps
+            .iter()
+            .filter(|s| s.cmd.stdin.as_deref().is_some_and(|t| t.contains("numgen")))
+            .collect();
+        assert_eq!(rules.len(), 1);
+        assert!(
+            rules[0]
+                .cmd
+                .display()
+                .contains(&Plan::namespace("t1", INTERNET_NODE))
+        );
+        let text = loss_ruleset(20);
+        assert!(text.contains("table bridge kithlab_loss"));
+        assert!(text.contains("ether type ip numgen random mod 100 < 20 drop"));
     }
 
     #[test]
