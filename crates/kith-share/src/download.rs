@@ -347,6 +347,7 @@ enum Msg {
         bytes: u64,
     },
     End {
+        peer: NodeId,
         id: RequestId,
         outcome: Option<RequestOutcome>,
         fatal: Option<String>,
@@ -768,13 +769,17 @@ impl Driver {
                             }
                             sched.handle_piece(now, &peer, id, piece);
                         }
-                        Msg::End { id, outcome, fatal } => {
+                        Msg::End { peer, id, outcome, fatal } => {
                             inflight.remove(&id);
                             if let Some(e) = fatal {
                                 return Err(DownloadError::Store(e));
                             }
                             if let Some(o) = outcome {
                                 sched.handle_request_end(now, id, o);
+                                if o == RequestOutcome::BadData {
+                                    // Also when the request had been cancelled meanwhile.
+                                    sched.handle_bad_data(&peer);
+                                }
                             }
                         }
                         _ => {}
@@ -961,6 +966,7 @@ impl Driver {
                 Action::Request { peer, id, pieces } => {
                     let Some(pc) = self.peers.get(&peer) else {
                         let _ = self.tx.send(Msg::End {
+                            peer,
                             id,
                             outcome: Some(RequestOutcome::Failed),
                             fatal: None,
@@ -991,7 +997,12 @@ impl Driver {
                             Err(JobError::Cancelled) => (None, None),
                             Err(JobError::Fatal(e)) => (None, Some(e)),
                         };
-                        let _ = tx.send(Msg::End { id, outcome, fatal });
+                        let _ = tx.send(Msg::End {
+                            peer,
+                            id,
+                            outcome,
+                            fatal,
+                        });
                     });
                 }
                 Action::Cancel { id, .. } => {
@@ -1385,17 +1396,23 @@ impl RequestJob {
             reader = Some(r);
             match res {
                 Ok(_) => {}
-                Err(_) if self.cancel.is_cancelled() => return Err(JobError::Cancelled),
-                // (SizeUnknown: the blob was deleted from our store meanwhile.)
+                // A cut stream (our cancel does that too), or the blob was deleted from
+                // our store meanwhile.
                 Err(
                     ImportError::Decode(DecodeError::Truncated | DecodeError::Io(_))
                     | ImportError::SizeUnknown(_),
                 ) => {
+                    if self.cancel.is_cancelled() {
+                        return Err(JobError::Cancelled);
+                    }
                     return Ok(RequestOutcome::Failed);
                 }
+                // Bytes that failed verification: reported even when the request was
+                // cancelled meanwhile, so the peer is banned all the same.
                 Err(ImportError::Decode(_) | ImportError::SizeConflict { .. }) => {
                     return Ok(RequestOutcome::BadData);
                 }
+                Err(_) if self.cancel.is_cancelled() => return Err(JobError::Cancelled),
                 Err(e) => return Err(JobError::Fatal(e.to_string())),
             }
         }

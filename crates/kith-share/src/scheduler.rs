@@ -558,6 +558,13 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
     }
 
+    /// `peer` sent data that failed verification in a request that was cancelled
+    /// meanwhile (a request still running reports it through
+    /// [`handle_request_end`](Self::handle_request_end)): it is banned all the same.
+    pub fn handle_bad_data(&mut self, peer: &P) {
+        self.ban(peer, BanReason::BadData);
+    }
+
     fn ban(&mut self, peer: &P, reason: BanReason) {
         if self.banned.insert(*peer) {
             self.drop_peer(peer, true);
