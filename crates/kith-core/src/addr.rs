@@ -111,6 +111,14 @@ impl NodeAddr {
         if bytes.len() > MAX_NODE_ADDR_LEN {
             return Err(NodeAddrError::TooLong { len: bytes.len() });
         }
+        // Counted before prost materialises them (an empty entry costs two bytes).
+        let counted = |field, max| match crate::scan::count(bytes, &[], field) {
+            Ok(n) if n <= max => Ok(()),
+            Ok(_) => Err(NodeAddrError::TooManyEntries),
+            Err(e) => Err(NodeAddrError::Decode(e.to_string())),
+        };
+        counted(2, MAX_DIRECT_ADDRS)?;
+        counted(3, MAX_RELAYS)?;
         let msg =
             wire::NodeAddrMsg::decode(bytes).map_err(|e| NodeAddrError::Decode(e.to_string()))?;
         Self::from_wire(&msg)

@@ -27,6 +27,7 @@ mod id;
 #[cfg(feature = "mem")]
 pub mod mem;
 pub mod net;
+pub mod scan;
 
 pub use addr::{NodeAddr, NodeAddrError, RelayHint};
 pub use id::{NODE_ID_TEXT_LEN, NodeId, NodeIdError, SecretKey, Signature, SignatureError};

@@ -49,3 +49,24 @@ fn an_announced_length_is_not_allocated_before_the_bytes_arrive() {
     assert_eq!(body.len(), 300_000);
     assert!(body.iter().enumerate().all(|(i, b)| *b == i as u8));
 }
+
+/// A node address packed with empty entries does not decode into more than 4× its bytes.
+#[test]
+fn node_address_decoding_is_bounded_by_its_bytes() {
+    use kith_core::NodeAddr;
+    use kith_core::addr::MAX_NODE_ADDR_LEN;
+    for field in [2u8, 3] {
+        // Field `field`, length-delimited, empty: two bytes each.
+        let frame: Vec<u8> = [field << 3 | 2, 0].repeat(MAX_NODE_ADDR_LEN / 2);
+        let info = allocation_counter::measure(|| {
+            assert!(NodeAddr::decode(&frame).is_err());
+        });
+        let bound = 4 * frame.len() as u64 + 1024;
+        assert!(
+            info.bytes_max <= bound,
+            "field {field}: {} bytes held for a {}-byte address",
+            info.bytes_max,
+            frame.len()
+        );
+    }
+}

@@ -191,6 +191,9 @@ pub enum WireError {
     /// A range set is malformed or too large.
     #[error("bad range set: {0}")]
     Ranges(#[from] RangeSetError),
+    /// Not protobuf wire data (found while counting its lists before decoding).
+    #[error("malformed message: {0}")]
+    Scan(#[from] kith_core::scan::ScanError),
 }
 
 /// The first frame of a stream, checked.
@@ -227,6 +230,28 @@ fn hash_of(b: &[u8]) -> Result<Hash, WireError> {
     Ok(Hash::from_bytes(arr))
 }
 
+/// Counts the blob entries at `path` of `frame` and the range-set values in them before
+/// anything is decoded: at most [`MAX_BLOBS_PER_FRAME`] entries and `max_ranges` ranges
+/// (two values each). An empty entry costs a peer two bytes and us a whole structure, a
+/// one-byte varint eight bytes: counted first, neither is materialised beyond the limits.
+fn precount(frame: &[u8], path: &[u32], max_ranges: usize) -> Result<(), WireError> {
+    let (blobs_at, field) = path.split_at(path.len() - 1);
+    let blobs = kith_core::scan::count(frame, blobs_at, field[0])?;
+    if blobs > MAX_BLOBS_PER_FRAME {
+        return Err(WireError::TooManyBlobs(blobs));
+    }
+    let max = max_ranges.min(crate::ranges::MAX_WIRE_RANGES);
+    let values = kith_core::scan::count_varints(frame, path, 2)?;
+    if values > 2 * max {
+        return Err(RangeSetError::TooMany {
+            count: values / 2,
+            max,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Parses a blob-ranges list, with at most `max_ranges` ranges in all.
 pub fn parse_blob_ranges(
     blobs: &[BlobRangesMsg],
@@ -248,6 +273,7 @@ pub fn parse_blob_ranges(
 impl Open {
     /// Decodes and checks an open frame, allowing at most `max_ranges` ranges in a get.
     pub fn decode(frame: &[u8], max_ranges: usize) -> Result<Self, WireError> {
+        precount(frame, &[1, 3], max_ranges)?;
         let m = OpenMsg::decode(frame)?;
         match (m.get, m.watch) {
             (Some(g), None) => {
@@ -321,6 +347,7 @@ pub enum Response {
 impl Response {
     /// Decodes and checks a provider frame, allowing at most `max_ranges` ranges.
     pub fn decode(frame: &[u8], max_ranges: usize) -> Result<Self, WireError> {
+        precount(frame, &[3, 2], max_ranges)?;
         let m = ResponseMsg::decode(frame)?;
         match (m.refused, m.blob, m.availability) {
             (Some(r), None, None) => Ok(Response::Refused(Refusal::from_msg(&r))),

@@ -576,6 +576,20 @@ impl Message {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(MessageError::TooLong(bytes.len()));
         }
+        // Lists are counted before prost materialises them: an empty entry costs a peer
+        // two bytes and us a whole value.
+        for (body, field, max, what) in [
+            (21, 1, MAX_CLOSER, "closer nodes"),
+            (22, 2, MAX_CLOSER, "closer nodes"),
+            (23, 1, MAX_PROVIDERS, "providers"),
+            (23, 2, MAX_CLOSER, "closer nodes"),
+        ] {
+            let n = kith_core::scan::count(bytes, &[body], field)
+                .map_err(|e| MessageError::Decode(e.to_string()))?;
+            if n > max {
+                return Err(MessageError::TooMany(what));
+            }
+        }
         let m = wire::DhtMessage::decode(bytes).map_err(|e| MessageError::Decode(e.to_string()))?;
         Self::from_wire(&m)
     }

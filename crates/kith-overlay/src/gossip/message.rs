@@ -614,6 +614,19 @@ impl Message {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(MessageError::TooLong(bytes.len()));
         }
+        // Lists are counted before prost materialises them: an empty entry costs a peer
+        // two bytes and us a whole value.
+        for (body, field, max, what) in [
+            (15, 3, MAX_SHUFFLE_NODES, "shuffle nodes"),
+            (16, 1, MAX_SHUFFLE_NODES, "shuffle nodes"),
+            (21, 1, MAX_IHAVE, "ihave entries"),
+        ] {
+            let n = kith_core::scan::count(bytes, &[body], field)
+                .map_err(|e| MessageError::Decode(e.to_string()))?;
+            if n > max {
+                return Err(MessageError::TooMany(what));
+            }
+        }
         let m =
             wire::GossipMessage::decode(bytes).map_err(|e| MessageError::Decode(e.to_string()))?;
         Self::from_wire(&m)

@@ -334,6 +334,18 @@ impl Message {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(MessageError::TooLong(bytes.len()));
         }
+        // Lists are counted before prost materialises them: an empty entry costs a peer
+        // two bytes and us a whole value.
+        for (body, field, max, error) in [
+            (1, 3, MAX_KEYWORDS, MessageError::BadKeywords),
+            (2, 2, MAX_HITS, MessageError::BadHits),
+        ] {
+            let n = kith_core::scan::count(bytes, &[body], field)
+                .map_err(|e| MessageError::Decode(e.to_string()))?;
+            if n > max {
+                return Err(error);
+            }
+        }
         let m =
             wire::SearchMessage::decode(bytes).map_err(|e| MessageError::Decode(e.to_string()))?;
         Self::from_wire(&m)
