@@ -75,6 +75,9 @@ pub enum ManifestError {
     /// The manifest lists more than [`MAX_ENTRIES`] entries.
     #[error("manifest lists {0} entries, more than the limit")]
     TooManyEntries(usize),
+    /// An entry's length runs past the end of the manifest.
+    #[error("manifest entry runs past the end")]
+    Truncated,
     /// The bytes are not a valid protobuf `Manifest`.
     #[error("manifest is not valid protobuf")]
     Protobuf(#[from] prost::DecodeError),
@@ -114,7 +117,39 @@ impl Manifest {
         if bytes.len() as u64 > MAX_MANIFEST_SIZE {
             return Err(ManifestError::TooLarge(bytes.len() as u64));
         }
-        let m = <Self as prost::Message>::decode(bytes)?;
+        // Entry by entry, each checked for its 32-byte hash as it is decoded: an entry
+        // thus costs at least 36 bytes of the manifest, and a peer's two-byte empty
+        // entries never pile up into whole structures (what decoding the list at once
+        // would do: 80 MB for a 2 MiB manifest).
+        use prost::encoding::{WireType, decode_key, decode_varint};
+        let mut buf = bytes;
+        let mut entries = Vec::new();
+        while !buf.is_empty() {
+            let (tag, wire_type) = decode_key(&mut buf)?;
+            if tag != 1 || wire_type != WireType::LengthDelimited {
+                prost::encoding::skip_field(
+                    wire_type,
+                    tag,
+                    &mut buf,
+                    prost::encoding::DecodeContext::default(),
+                )?;
+                continue;
+            }
+            let len = decode_varint(&mut buf)?;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= buf.len())
+                .ok_or(ManifestError::Truncated)?;
+            let (one, rest) = buf.split_at(len);
+            buf = rest;
+            let e = <Entry as prost::Message>::decode(one)?;
+            e.hash()?;
+            if entries.len() >= MAX_ENTRIES {
+                return Err(ManifestError::TooManyEntries(entries.len() + 1));
+            }
+            entries.push(e);
+        }
+        let m = Manifest { entries };
         m.validate()?;
         Ok(m)
     }

@@ -255,8 +255,7 @@ impl Installer {
         let doc = bundle
             .release
             .ok_or_else(|| MetadataError::Malformed("no release".into()))?;
-        let body = <crate::metadata::ReleaseBody as prost::Message>::decode(doc.body.as_slice())
-            .map_err(|e| MetadataError::Malformed(e.to_string()))?;
+        let body = crate::metadata::ReleaseBody::decode_bounded(doc.body.as_slice())?;
         if body.version != v {
             return Err(MetadataError::FileMismatch("metadata of another version".into()).into());
         }

@@ -263,8 +263,7 @@ pub struct Root {
 
 impl Root {
     fn parse(doc: &SignedDoc) -> Result<Self, MetadataError> {
-        let body = RootBody::decode(doc.body.as_slice())
-            .map_err(|e| MetadataError::Malformed(e.to_string()))?;
+        let body = RootBody::decode_bounded(doc.body.as_slice())?;
         let root_keys = keys_of(&body.root_keys)?;
         let release_keys = keys_of(&body.release_keys)?;
         check_threshold(body.root_threshold, root_keys.len())?;
@@ -474,6 +473,10 @@ impl Bundle {
                 bytes.len()
             )));
         }
+        // Lists counted before decoding: roots, and each signed document's signatures.
+        counted(bytes, &[], 1, MAX_ROOTS, "roots")?;
+        counted(bytes, &[1], 2, MAX_ROOTS * MAX_KEYS, "root signatures")?;
+        counted(bytes, &[2], 2, MAX_KEYS, "release signatures")?;
         let b = Self::decode(bytes).map_err(|e| MetadataError::Malformed(e.to_string()))?;
         if b.roots.len() > MAX_ROOTS {
             return Err(MetadataError::TooLarge(format!("{} roots", b.roots.len())));
@@ -518,8 +521,7 @@ impl Bundle {
                 threshold,
             });
         }
-        let body = ReleaseBody::decode(doc.body.as_slice())
-            .map_err(|e| MetadataError::Malformed(e.to_string()))?;
+        let body = ReleaseBody::decode_bounded(doc.body.as_slice())?;
         if body.channel.as_slice() != channel.root.as_bytes() {
             return Err(MetadataError::WrongChannel);
         }
@@ -550,5 +552,73 @@ impl Bundle {
                 collection: Hash::from(collection),
             },
         })
+    }
+}
+
+/// Rejects a list longer than `max` at `path`/`field` of `bytes` before prost
+/// materialises it: an empty entry costs a peer two bytes and us a whole value.
+fn counted(
+    bytes: &[u8],
+    path: &[u32],
+    field: u32,
+    max: usize,
+    what: &str,
+) -> Result<(), MetadataError> {
+    let n = kith_core::scan::count(bytes, path, field)
+        .map_err(|e| MetadataError::Malformed(e.to_string()))?;
+    if n > max {
+        return Err(MetadataError::TooLarge(format!("{n} {what}")));
+    }
+    Ok(())
+}
+
+impl RootBody {
+    /// Decodes a root body with its key lists bounded ([`MAX_KEYS`]) before decoding.
+    pub(crate) fn decode_bounded(bytes: &[u8]) -> Result<Self, MetadataError> {
+        counted(bytes, &[], 3, MAX_KEYS, "root keys")?;
+        counted(bytes, &[], 5, MAX_KEYS, "release keys")?;
+        Self::decode(bytes).map_err(|e| MetadataError::Malformed(e.to_string()))
+    }
+}
+
+impl ReleaseBody {
+    /// Decodes a release body with its file list bounded before decoding: every file
+    /// entry carries a 32-byte hash, so a body of N bytes lists at most N / 36 files.
+    pub(crate) fn decode_bounded(bytes: &[u8]) -> Result<Self, MetadataError> {
+        counted(bytes, &[], 5, bytes.len() / 36, "files")?;
+        Self::decode(bytes).map_err(|e| MetadataError::Malformed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::*;
+    use kith_core::scan::length_delimited as field;
+
+    #[test]
+    fn bodies_with_more_entries_than_their_type_allows_are_refused_before_decoding() {
+        // 65 root keys.
+        let keys = field(3, &[1; 32]).repeat(MAX_KEYS + 1);
+        assert!(matches!(
+            RootBody::decode_bounded(&keys),
+            Err(MetadataError::TooLarge(_))
+        ));
+        assert!(RootBody::decode_bounded(&field(3, &[1; 32]).repeat(MAX_KEYS)).is_ok());
+        // Empty file entries: more than the bytes can hold valid ones.
+        let files = field(5, &[]).repeat(100);
+        assert!(matches!(
+            ReleaseBody::decode_bounded(&files),
+            Err(MetadataError::TooLarge(_))
+        ));
+        // Valid-sized entries pass the count.
+        let mut entry = field(1, b"bin/app");
+        entry.extend(field(3, &[9; 32]));
+        let files = field(5, &entry).repeat(10);
+        assert_eq!(
+            ReleaseBody::decode_bounded(&files)
+                .map(|b| b.files.len())
+                .ok(),
+            Some(10)
+        );
     }
 }
