@@ -144,6 +144,16 @@ pub fn encode_frame<M: prost::Message>(msg: &M, max: usize) -> Result<Bytes, Fra
     Ok(out.freeze())
 }
 
+/// Frames a body that is not a protobuf message (a protocol with its own fixed layout,
+/// such as the relay's frames): the varint length prefix, then `body`. The reader
+/// ([`read_frame`], [`FrameDecoder`]) enforces its cap as for any frame.
+pub fn frame_raw(body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + MAX_PREFIX);
+    put_prefix(&mut out, body.len());
+    out.put_slice(body);
+    out.freeze()
+}
+
 fn put_prefix(out: &mut impl BufMut, mut len: usize) {
     while len >= 0x80 {
         out.put_u8((len as u8 & 0x7f) | 0x80);
@@ -257,6 +267,18 @@ mod tests {
             cap_before,
             "no allocation for a rejected frame"
         );
+    }
+
+    #[test]
+    fn raw_frames_decode_like_any_frame() {
+        let dec = FrameDecoder::new(1 << 20);
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut buf = BytesMut::from(&frame_raw(&body)[..]);
+            let got = dec.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(&got[..], &body[..]);
+            assert!(buf.is_empty());
+        }
     }
 
     #[test]

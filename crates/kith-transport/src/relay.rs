@@ -123,16 +123,7 @@ impl RelayFrame {
 
     /// The frame with its length prefix, ready to write on a stream.
     pub fn to_wire(&self) -> Bytes {
-        let body = self.encode();
-        let mut out = BytesMut::with_capacity(body.len() + 3);
-        let mut n = body.len();
-        while n >= 0x80 {
-            out.put_u8((n as u8 & 0x7f) | 0x80);
-            n >>= 7;
-        }
-        out.put_u8(n as u8);
-        out.put_slice(&body);
-        out.freeze()
+        kith_core::frame::frame_raw(&self.encode())
     }
 
     /// Decodes a frame body, validating every field.
