@@ -122,6 +122,8 @@ pub struct FsStore {
     config: StoreConfig,
     inner: Mutex<Inner>,
     tmp_counter: AtomicU64,
+    /// Held by the one batch of records being written ([`FsStore::persist`]).
+    persisting: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -401,6 +403,7 @@ impl FsStore {
             config,
             inner: Mutex::default(),
             tmp_counter: AtomicU64::new(0),
+            persisting: Mutex::new(()),
         };
         store.load()?;
         Ok(store)
@@ -610,52 +613,126 @@ impl FsStore {
         sync_dir(&self.dir("partial"))
     }
 
-    /// Records the present groups of partial blob `hash` on disk: syncs its data and
-    /// outboard files (`files`, or opened by path), then rewrites its bitfield file
-    /// atomically; promotes the blob into `blobs/` once that bitfield is complete.
+    /// Records on disk, in one batch, the present groups of every partial blob that has
+    /// unrecorded ones: syncs their data and outboard files, writes their new bitfield
+    /// files (synced, then renamed into place), and promotes the complete ones into
+    /// `blobs/` (outboards first, then data, then the partial files removed, the
+    /// directories synced after each step). Many blobs cost a few syncs of the
+    /// filesystem, not several per blob (see [`sync_files`](Self::sync_files)).
     ///
-    /// Every group in the snapshot was written before it was marked present, so the sync
-    /// that follows the snapshot covers it. Concurrent syncs of one blob may finish out
-    /// of order: a snapshot with no more groups than the file already records is not
-    /// written (present groups only ever grow while a blob is partial).
-    fn sync_partial(&self, hash: Hash, files: Option<(&File, &File)>) -> io::Result<()> {
-        let (snapshot, size) = {
+    /// Every group in a snapshot was written before it was marked present, so the sync
+    /// that follows the snapshot covers it. One batch runs at a time.
+    fn persist(&self) -> io::Result<()> {
+        let _one = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
+        let snaps: Vec<(Hash, Bitfield, u64)> = {
             let mut inner = self.lock();
-            inner.unsynced.remove(&hash);
-            match (inner.partial.get(&hash), inner.partial_size.get(&hash)) {
-                (Some(bf), Some(&size)) => (bf.clone(), size),
-                _ => return Ok(()),
-            }
+            let waiting: Vec<Hash> = std::mem::take(&mut inner.unsynced).into_keys().collect();
+            waiting
+                .into_iter()
+                .filter_map(|h| {
+                    let bf = inner.partial.get(&h)?;
+                    let size = *inner.partial_size.get(&h)?;
+                    let recorded = inner.recorded.get(&h).copied().unwrap_or(0);
+                    (bf.count() > recorded || bf.is_complete()).then(|| (h, bf.clone(), size))
+                })
+                .collect()
         };
-        match files {
-            Some((data, outboard)) => {
-                data.sync_data()?;
-                outboard.sync_data()?;
-            }
-            None => {
-                for ext in ["data", "obao"] {
-                    File::open(self.path("partial", hash, ext))?.sync_data()?;
+        if snaps.is_empty() {
+            return Ok(());
+        }
+        // 1. The groups' bytes and outboard entries.
+        let files: Vec<PathBuf> = snaps
+            .iter()
+            .flat_map(|(h, _, _)| {
+                [
+                    self.path("partial", *h, "data"),
+                    self.path("partial", *h, "obao"),
+                ]
+            })
+            .collect();
+        self.sync_files(&files)?;
+        // 2. The records: written and synced beside, then renamed over the old ones.
+        let tmp = |h: &Hash| {
+            let mut p = self.path("partial", *h, "bitfield").into_os_string();
+            p.push(".tmp");
+            PathBuf::from(p)
+        };
+        for (h, bf, size) in &snaps {
+            let mut f = File::create(tmp(h))?;
+            f.write_all(&encode_bitfield(*size, bf))?;
+        }
+        let tmps: Vec<PathBuf> = snaps.iter().map(|(h, _, _)| tmp(h)).collect();
+        self.sync_files(&tmps)?;
+        let partial_dir = self.dir("partial");
+        let mut complete = Vec::new();
+        {
+            let mut inner = self.lock();
+            for (h, bf, size) in &snaps {
+                if inner.complete.contains_key(h) || !inner.partial.contains_key(h) {
+                    // Deleted (or completed by another path) meanwhile.
+                    remove_if_exists(&tmp(h))?;
+                    continue;
+                }
+                fs::rename(tmp(h), self.path("partial", *h, "bitfield"))?;
+                inner.recorded.insert(*h, bf.count());
+                if bf.is_complete() {
+                    complete.push((*h, *size));
                 }
             }
         }
+        sync_dir(&partial_dir)?;
+        if complete.is_empty() {
+            return Ok(());
+        }
+        // 3. Promotion, under the lock so readers see one place or the other.
         let mut inner = self.lock();
-        if inner.complete.contains_key(&hash) || !inner.partial.contains_key(&hash) {
-            return Ok(());
+        let blobs = self.dir("blobs");
+        let complete: Vec<(Hash, u64)> = complete
+            .into_iter()
+            .filter(|(h, _)| inner.partial.contains_key(h))
+            .collect();
+        for (h, size) in &complete {
+            let p_ob = self.path("partial", *h, "obao");
+            if outboard_len(*size) > 0 && p_ob.exists() {
+                fs::rename(&p_ob, self.path("blobs", *h, "obao"))?;
+            }
         }
-        let count = snapshot.count();
-        if inner.recorded.get(&hash).is_some_and(|&n| n >= count) {
-            return Ok(());
+        sync_dir(&blobs)?;
+        for (h, _) in &complete {
+            let p_data = self.path("partial", *h, "data");
+            if p_data.exists() {
+                fs::rename(&p_data, self.path("blobs", *h, "data"))?;
+            }
         }
-        let bf_path = self.path("partial", hash, "bitfield");
-        write_atomic(&bf_path, &encode_bitfield(size, &snapshot))?;
-        inner.recorded.insert(hash, count);
-        if snapshot.is_complete() {
-            self.promote(hash, size)?;
-            inner.partial.remove(&hash);
-            inner.partial_size.remove(&hash);
-            inner.unsynced.remove(&hash);
-            inner.recorded.remove(&hash);
-            inner.complete.insert(hash, size);
+        sync_dir(&blobs)?;
+        for (h, size) in &complete {
+            for ext in ["bitfield", "data", "obao"] {
+                remove_if_exists(&self.path("partial", *h, ext))?;
+            }
+            inner.partial.remove(h);
+            inner.partial_size.remove(h);
+            inner.unsynced.remove(h);
+            inner.recorded.remove(h);
+            inner.complete.insert(*h, *size);
+        }
+        sync_dir(&partial_dir)
+    }
+
+    /// Makes `paths` (files of this store) durable: with more than a few, one `syncfs`
+    /// of the store's filesystem (Linux) costs less than a sync per file.
+    fn sync_files(&self, paths: &[PathBuf]) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if paths.len() > 8 {
+            let root = File::open(&self.root)?;
+            return rustix::fs::syncfs(&root).map_err(io::Error::from);
+        }
+        for p in paths {
+            match File::open(p) {
+                Ok(f) => f.sync_all()?,
+                // An outboard that a small blob does not have.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -1108,20 +1185,28 @@ impl PartialSink for FsPartial<'_> {
             if added == 0 {
                 return Ok(());
             }
-            let complete = bf.is_complete();
             let now = std::time::Instant::now();
             let u = inner.unsynced.entry(self.hash).or_insert(Unsynced {
                 groups: 0,
                 since: now,
             });
             u.groups += added;
-            complete
-                || u.groups >= self.store.config.sync_every_groups.max(1)
-                || now.duration_since(u.since) >= self.store.config.sync_interval
+            // A completed blob waits for the batch like any other: many small blobs
+            // completing one after another share one batch of syncs.
+            let oldest = inner
+                .unsynced
+                .values()
+                .map(|u| u.since)
+                .min()
+                .unwrap_or(now);
+            inner
+                .unsynced
+                .get(&self.hash)
+                .is_some_and(|u| u.groups >= self.store.config.sync_every_groups.max(1))
+                || now.duration_since(oldest) >= self.store.config.sync_interval
         };
         if due {
-            self.store
-                .sync_partial(self.hash, Some((&self.data, &self.outboard)))?;
+            self.store.persist()?;
         }
         Ok(())
     }
@@ -1153,11 +1238,7 @@ impl Drop for FsStore {
 
 impl Store for FsStore {
     fn flush(&self) -> Result<(), StoreError> {
-        let waiting: Vec<Hash> = self.lock().unsynced.keys().copied().collect();
-        for hash in waiting {
-            self.sync_partial(hash, None).map_err(StoreError::Io)?;
-        }
-        Ok(())
+        self.persist().map_err(StoreError::Io)
     }
 
     fn export_file_with(
@@ -1287,18 +1368,13 @@ impl Store for FsStore {
                     None => {
                         self.config.check(size, inner.used)?;
                         let bf = Bitfield::new(size);
+                        // No sync and no bitfield file yet: until a batch records
+                        // groups, the files are orphans that a reopen removes.
                         let create = |ext: &str, len: u64| -> io::Result<()> {
-                            let f = File::create(self.path("partial", hash, ext))?;
-                            f.set_len(len)?;
-                            f.sync_all()
+                            File::create(self.path("partial", hash, ext))?.set_len(len)
                         };
                         create("data", size).map_err(ImportError::Io)?;
                         create("obao", outboard_len(size)).map_err(ImportError::Io)?;
-                        write_atomic(
-                            &self.path("partial", hash, "bitfield"),
-                            &encode_bitfield(size, &bf),
-                        )
-                        .map_err(ImportError::Io)?;
                         inner.partial.insert(hash, bf);
                         inner.partial_size.insert(hash, size);
                         inner.used += size;
@@ -1438,7 +1514,8 @@ impl Store for FsStore {
             .chain(inner.partial_size.iter().map(|(h, s)| BlobInfo {
                 hash: *h,
                 size: *s,
-                complete: false,
+                // Complete but not yet moved into `blobs/` by the next batch.
+                complete: inner.partial.get(h).is_some_and(Bitfield::is_complete),
             }))
             .collect();
         out.sort_by_key(|i| i.hash);

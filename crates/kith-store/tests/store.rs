@@ -449,8 +449,14 @@ fn fs_store_records_stored_groups_in_batches_across_imports() {
     assert_eq!(recorded(), 4);
     store.flush().unwrap();
     assert_eq!(recorded(), 6);
-    // Completion is recorded at once, whatever the batch.
-    import(0..u64::MAX);
+    // Completion waits for its batch like any other group (many small blobs completing
+    // one after another share one batch): six more groups, one batch of four recorded.
+    let st = import(0..u64::MAX);
+    assert!(st.bitfield.is_complete());
+    assert!(store.list().unwrap()[0].complete);
+    assert_eq!(store.read_range(hash, 0..u64::MAX).unwrap(), data);
+    assert_eq!(recorded(), 10);
+    store.flush().unwrap();
     assert_eq!(recorded(), 12);
     drop(store);
     let reopened = FsStore::open(dir.path(), config).unwrap();
@@ -537,4 +543,64 @@ fn ranges_without_size_proof_need_a_held_size() {
             .unwrap();
         assert_eq!(out, wire, "{name}");
     }
+}
+
+/// Many small blobs completing one after another share one batch of syncs: none is
+/// recorded until the batch runs, all are (complete, in `blobs/`) after it.
+#[test]
+fn fs_store_records_many_small_blobs_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = MemStore::new(StoreConfig::default());
+    let config = StoreConfig {
+        sync_every_groups: 1000,
+        sync_interval: std::time::Duration::from_secs(3600),
+        ..StoreConfig::default()
+    };
+    let store = FsStore::open(dir.path(), config).unwrap();
+    let blobs: Vec<(Hash, Vec<u8>)> = (0..20u64)
+        .map(|i| {
+            let d = common::data(100 + i, 5000 + i as usize);
+            (src.import_bytes(&d).unwrap(), d)
+        })
+        .collect();
+    for (h, _) in &blobs {
+        let st = store
+            .import_verified(
+                *h,
+                0..u64::MAX,
+                &mut &encode(&src, *h, 0..u64::MAX)[..],
+                &mut |_| {},
+            )
+            .unwrap();
+        assert!(st.bitfield.is_complete());
+    }
+    let reopened = |path: &Path| {
+        let copy = tempfile::tempdir().unwrap();
+        for sub in ["blobs", "partial", "tmp"] {
+            std::fs::create_dir_all(copy.path().join(sub)).unwrap();
+            for e in std::fs::read_dir(path.join(sub)).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), copy.path().join(sub).join(e.file_name())).unwrap();
+            }
+        }
+        let s = FsStore::open(copy.path(), config).unwrap();
+        (copy, s)
+    };
+    // Nothing recorded yet: a crash now keeps nothing (and nothing unverified).
+    let (_c, before) = reopened(dir.path());
+    assert!(before.list().unwrap().is_empty());
+    store.flush().unwrap();
+    let (_c, after) = reopened(dir.path());
+    let list = after.list().unwrap();
+    assert_eq!(list.len(), 20);
+    assert!(list.iter().all(|b| b.complete));
+    for (h, d) in &blobs {
+        assert_eq!(&after.read_range(*h, 0..u64::MAX).unwrap(), d);
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("partial"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
