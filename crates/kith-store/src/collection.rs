@@ -339,13 +339,18 @@ pub fn export_dir_with<S: Store + ?Sized>(
 ) -> Result<(), CollectionError> {
     let m = read_manifest(store, hash)?;
     std::fs::create_dir(target).map_err(io_at(target))?;
+    let mut files = Vec::with_capacity(m.entries.len());
     for e in &m.entries {
-        let h = e.hash()?;
         let path = target.join(&e.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io_at(parent))?;
         }
-        let n = store.export_file_with(h, &path, mode)?;
+        files.push((e.hash()?, path));
+    }
+    // One batch: a store may make the whole tree durable together.
+    let batch: Vec<(Hash, &Path)> = files.iter().map(|(h, p)| (*h, p.as_path())).collect();
+    let written = store.export_files_with(&batch, mode)?;
+    for ((e, (_, path)), n) in m.entries.iter().zip(&files).zip(written) {
         if n != e.size {
             return Err(CollectionError::SizeMismatch {
                 path: e.path.clone(),
@@ -357,8 +362,8 @@ pub fn export_dir_with<S: Store + ?Sized>(
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = if e.executable { 0o755 } else { 0o644 };
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(io_at(&path))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(io_at(path))?;
         }
     }
     Ok(())

@@ -831,67 +831,116 @@ impl FsStore {
     /// renamed to `target`; while both exist the data file wins on open (the record is
     /// dropped as an orphan), so a crash leaves either the owned blob or the external one.
     fn move_out(&self, hash: Hash, target: &Path) -> io::Result<Option<u64>> {
+        Ok(self.move_out_many(&[(hash, target)])?.pop().flatten())
+    }
+
+    /// [`move_out`](Self::move_out) for many blobs at once, in phases so that the batch
+    /// costs a few syncs (one `syncfs` each when there are many files, see
+    /// [`sync_files`](Self::sync_files)) instead of four per file: every record is
+    /// written and synced, renamed into `blobs/`, the directory synced; then every data
+    /// file is renamed to its target, and the directories synced. The crash guarantee is
+    /// the single move's: each record is durable before its data file moves. `None`
+    /// for a blob that cannot be moved (the caller copies it).
+    fn move_out_many(&self, files: &[(Hash, &Path)]) -> io::Result<Vec<Option<u64>>> {
+        struct Move {
+            at: usize,
+            hash: Hash,
+            size: u64,
+            data: PathBuf,
+            abs: PathBuf,
+            parent: PathBuf,
+            tmp_rec: PathBuf,
+            rec: ExternalRecord,
+        }
         let mut inner = self.lock();
-        let Some(&size) = inner.complete.get(&hash) else {
-            return Ok(None);
-        };
-        if inner.external.contains_key(&hash) {
-            return Ok(None);
+        let mut out = vec![None; files.len()];
+        let mut moves = Vec::new();
+        let mut queued = std::collections::BTreeSet::new();
+        for (at, (hash, target)) in files.iter().enumerate() {
+            let Some(&size) = inner.complete.get(hash) else {
+                continue;
+            };
+            // A blob listed twice moves once; the caller copies the other (from the
+            // moved file, verified).
+            if !queued.insert(*hash) {
+                continue;
+            }
+            if inner.external.contains_key(hash) {
+                continue;
+            }
+            let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+                continue;
+            };
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            let abs = fs::canonicalize(parent)?.join(name);
+            if abs.as_os_str().len() > MAX_EXTERNAL_PATH {
+                continue;
+            }
+            if fs::symlink_metadata(&abs).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "export target exists",
+                ));
+            }
+            let data = self.path("blobs", *hash, "data");
+            let m = fs::metadata(&data)?;
+            // A rename keeps size, modification time, device and inode: the record made
+            // from the data file now describes the file at `abs` after the rename.
+            let rec = ExternalRecord::of(abs.clone(), &m);
+            if rec.size != size {
+                continue;
+            }
+            let tmp_rec = self.tmp_path("ext");
+            File::create(&tmp_rec)?.write_all(&rec.encode())?;
+            moves.push(Move {
+                at,
+                hash: *hash,
+                size,
+                data,
+                parent: abs.parent().map(Path::to_path_buf).unwrap_or_default(),
+                abs,
+                tmp_rec,
+                rec,
+            });
         }
-        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-            return Ok(None);
-        };
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
-        let abs = fs::canonicalize(parent)?.join(name);
-        if abs.as_os_str().len() > MAX_EXTERNAL_PATH {
-            return Ok(None);
-        }
-        if fs::symlink_metadata(&abs).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "export target exists",
-            ));
-        }
-        let data = self.path("blobs", hash, "data");
-        let m = fs::metadata(&data)?;
-        // A rename keeps size, modification time, device and inode: the record made from
-        // the data file now describes the file at `abs` after the rename.
-        let rec = ExternalRecord::of(abs.clone(), &m);
-        if rec.size != size {
-            return Ok(None);
-        }
-        let tmp_rec = self.tmp_path("ext");
-        {
-            let mut f = File::create(&tmp_rec)?;
-            f.write_all(&rec.encode())?;
-            f.sync_all()?;
+        if moves.is_empty() {
+            return Ok(out);
         }
         let blobs = self.dir("blobs");
-        let ext = self.path("blobs", hash, "ext");
-        fs::rename(&tmp_rec, &ext)?;
-        sync_dir(&blobs)?;
-        match fs::rename(&data, &abs) {
-            Ok(()) => {}
-            Err(e) => {
-                // Another filesystem (or no permission): keep the owned copy.
-                let _ = fs::remove_file(&ext);
-                let _ = sync_dir(&blobs);
-                if e.raw_os_error() == Some(18) {
-                    // EXDEV
-                    return Ok(None);
-                }
-                return Err(e);
-            }
+        let recs: Vec<PathBuf> = moves.iter().map(|m| m.tmp_rec.clone()).collect();
+        self.sync_files(&recs)?;
+        for m in &moves {
+            fs::rename(&m.tmp_rec, self.path("blobs", m.hash, "ext"))?;
         }
-        sync_dir(parent)?;
         sync_dir(&blobs)?;
-        inner.used = inner.used.saturating_sub(size);
-        inner.external.insert(hash, Arc::new(rec));
-        Ok(Some(size))
+        let mut parents = BTreeMap::new();
+        for m in moves {
+            match fs::rename(&m.data, &m.abs) {
+                Ok(()) => {}
+                Err(e) => {
+                    // Another filesystem (or no permission): keep the owned copy.
+                    let _ = fs::remove_file(self.path("blobs", m.hash, "ext"));
+                    let _ = sync_dir(&blobs);
+                    if e.raw_os_error() == Some(18) {
+                        // EXDEV
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+            parents.insert(m.parent.clone(), ());
+            inner.used = inner.used.saturating_sub(m.size);
+            inner.external.insert(m.hash, Arc::new(m.rec));
+            out[m.at] = Some(m.size);
+        }
+        let mut dirs: Vec<PathBuf> = parents.into_keys().collect();
+        dirs.push(blobs);
+        self.sync_files(&dirs)?;
+        Ok(out)
     }
 
     /// Imports the file at `path` as an external blob (see [`ImportMode::Reference`]).
@@ -1239,6 +1288,26 @@ impl Drop for FsStore {
 impl Store for FsStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.persist().map_err(StoreError::Io)
+    }
+
+    fn export_files_with(
+        &self,
+        files: &[(Hash, &Path)],
+        mode: ImportMode,
+    ) -> Result<Vec<u64>, crate::ExportError> {
+        let moved = if mode == ImportMode::Reference {
+            self.move_out_many(files).map_err(crate::ExportError::Io)?
+        } else {
+            vec![None; files.len()]
+        };
+        files
+            .iter()
+            .zip(moved)
+            .map(|((h, p), m)| match m {
+                Some(n) => Ok(n),
+                None => self.export_file(*h, p),
+            })
+            .collect()
     }
 
     fn export_file_with(

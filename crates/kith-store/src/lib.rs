@@ -264,6 +264,21 @@ pub trait Store {
         self.export_file(hash, path)
     }
 
+    /// [`export_file_with`](Self::export_file_with) for many files at once (blob, path);
+    /// returns the bytes written per file. A store may make the batch durable together
+    /// ([`FsStore`] hands its files over with a few syncs for the whole batch rather
+    /// than several per file). The default exports one file after another.
+    fn export_files_with(
+        &self,
+        files: &[(Hash, &Path)],
+        mode: ImportMode,
+    ) -> Result<Vec<u64>, ExportError> {
+        files
+            .iter()
+            .map(|(h, p)| self.export_file_with(*h, p, mode))
+            .collect()
+    }
+
     /// Every blob, complete or partial, sorted by hash.
     fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
 
