@@ -747,6 +747,13 @@ fn rss(tmp: &Path) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // RUST_LOG=kith_share=debug (say) logs to stderr, for a run that misbehaves.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     if let Ok(role) = std::env::var(ROLE_ENV) {
         return child_role(&role);
     }

@@ -622,8 +622,16 @@ impl FsStore {
     ///
     /// Every group in a snapshot was written before it was marked present, so the sync
     /// that follows the snapshot covers it. One batch runs at a time.
-    fn persist(&self) -> io::Result<()> {
-        let _one = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
+    fn persist(&self, wait: bool) -> io::Result<()> {
+        // An import that finds a batch running goes on: the next batch takes its groups.
+        let _one = match self.persisting.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if !wait => return Ok(()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.persisting.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
         let snaps: Vec<(Hash, Bitfield, u64)> = {
             let mut inner = self.lock();
             let waiting: Vec<Hash> = std::mem::take(&mut inner.unsynced).into_keys().collect();
@@ -684,36 +692,49 @@ impl FsStore {
         if complete.is_empty() {
             return Ok(());
         }
-        // 3. Promotion, under the lock so readers see one place or the other.
-        let mut inner = self.lock();
+        // 3. Promotion, outside the lock (imports go on; readers that miss a file in
+        //    `partial/` look in `blobs/`); a blob deleted meanwhile is skipped.
         let blobs = self.dir("blobs");
-        let complete: Vec<(Hash, u64)> = complete
-            .into_iter()
-            .filter(|(h, _)| inner.partial.contains_key(h))
-            .collect();
+        let moved = |r: io::Result<()>| match r {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        };
         for (h, size) in &complete {
-            let p_ob = self.path("partial", *h, "obao");
-            if outboard_len(*size) > 0 && p_ob.exists() {
-                fs::rename(&p_ob, self.path("blobs", *h, "obao"))?;
+            if outboard_len(*size) > 0 {
+                moved(fs::rename(
+                    self.path("partial", *h, "obao"),
+                    self.path("blobs", *h, "obao"),
+                ))?;
             }
         }
         sync_dir(&blobs)?;
         for (h, _) in &complete {
-            let p_data = self.path("partial", *h, "data");
-            if p_data.exists() {
-                fs::rename(&p_data, self.path("blobs", *h, "data"))?;
-            }
+            moved(fs::rename(
+                self.path("partial", *h, "data"),
+                self.path("blobs", *h, "data"),
+            ))?;
         }
         sync_dir(&blobs)?;
-        for (h, size) in &complete {
+        {
+            let mut inner = self.lock();
+            for (h, size) in &complete {
+                if inner.partial.remove(h).is_none() {
+                    // Deleted meanwhile: what was moved goes too.
+                    for ext in ["data", "obao"] {
+                        remove_if_exists(&self.path("blobs", *h, ext))?;
+                    }
+                    continue;
+                }
+                inner.partial_size.remove(h);
+                inner.unsynced.remove(h);
+                inner.recorded.remove(h);
+                inner.complete.insert(*h, *size);
+            }
+        }
+        for (h, _) in &complete {
             for ext in ["bitfield", "data", "obao"] {
                 remove_if_exists(&self.path("partial", *h, ext))?;
             }
-            inner.partial.remove(h);
-            inner.partial_size.remove(h);
-            inner.unsynced.remove(h);
-            inner.recorded.remove(h);
-            inner.complete.insert(*h, *size);
         }
         sync_dir(&partial_dir)
     }
@@ -806,9 +827,19 @@ impl FsStore {
         } else {
             return Err(ReadError::NotFound(hash));
         };
-        let data = File::open(self.path(dir, hash, "data")).map_err(ReadError::Io)?;
+        // A complete partial blob may be moving into `blobs/` right now (a batch promotes
+        // outside the lock): a file not found in `partial/` is looked for there.
+        let open = |ext: &str| -> io::Result<File> {
+            match File::open(self.path(dir, hash, ext)) {
+                Err(e) if dir == "partial" && e.kind() == io::ErrorKind::NotFound => {
+                    File::open(self.path("blobs", hash, ext))
+                }
+                r => r,
+            }
+        };
+        let data = open("data").map_err(ReadError::Io)?;
         let outboard = if outboard_len(size) > 0 {
-            Some(File::open(self.path(dir, hash, "obao")).map_err(ReadError::Io)?)
+            Some(open("obao").map_err(ReadError::Io)?)
         } else {
             None
         };
@@ -1255,7 +1286,7 @@ impl PartialSink for FsPartial<'_> {
                 || now.duration_since(oldest) >= self.store.config.sync_interval
         };
         if due {
-            self.store.persist()?;
+            self.store.persist(false)?;
         }
         Ok(())
     }
@@ -1287,7 +1318,7 @@ impl Drop for FsStore {
 
 impl Store for FsStore {
     fn flush(&self) -> Result<(), StoreError> {
-        self.persist().map_err(StoreError::Io)
+        self.persist(true).map_err(StoreError::Io)
     }
 
     fn export_files_with(
