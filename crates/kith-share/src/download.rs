@@ -393,6 +393,9 @@ struct Driver {
     growing: HashSet<NodeId>,
     /// The provider that served what proved the layout (the root's first bytes).
     probe_peer: Option<NodeId>,
+    /// Providers that sent data failing verification while the share was laid out
+    /// (before the scheduler exists): banned for this download like the scheduler's.
+    layout_banned: Vec<NodeId>,
     /// Availability heard before the layout was known.
     early_have: Vec<(NodeId, bool, Availability)>,
 }
@@ -433,6 +436,7 @@ impl Driver {
             discovering: false,
             growing: HashSet::new(),
             probe_peer: None,
+            layout_banned: Vec::new(),
             early_have: Vec::new(),
         }
     }
@@ -872,7 +876,11 @@ impl Driver {
             duplicate_bytes: duplicate,
             received_bytes: received,
             per_peer,
-            banned: sched.banned().copied().collect(),
+            banned: sched
+                .banned()
+                .copied()
+                .chain(self.layout_banned.iter().copied())
+                .collect(),
             elapsed: started.elapsed(),
         })
     }
@@ -1138,6 +1146,13 @@ impl Driver {
                 Ok(Err(JobError::Fatal(e))) => return Err(DownloadError::Store(e)),
                 other => {
                     tracing::debug!(peer = %peer.fmt_short(), "fetching the root failed: {other:?}");
+                    if matches!(other, Ok(Ok(RequestOutcome::BadData))) {
+                        self.layout_banned.push(peer);
+                        let _ = self.events.try_send(DownloadEvent::PeerBanned {
+                            peer,
+                            reason: crate::scheduler::BanReason::BadData,
+                        });
+                    }
                     self.early_have.retain(|(p, _, _)| *p != peer);
                     self.peers.remove(&peer);
                     self.failures.push(ProviderFailure {
