@@ -483,8 +483,15 @@ fn have_rsync() -> bool {
 
 async fn small_files(tmp: &Path) -> anyhow::Result<()> {
     let count = env_u64("KITH_BENCH_SMALL_FILES", 50_000).max(1);
-    // 50,000 files make 1 GiB; fewer files make proportionally less.
-    let total = (1u64 << 30) * count / 50_000;
+    // 50,000 files make 1 GiB; fewer files make proportionally less, unless
+    // `KITH_BENCH_SMALL_MIB` sets the total (a diagnostic knob).
+    let total = match std::env::var("KITH_BENCH_SMALL_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(mib) => mib * MIB,
+        None => (1u64 << 30) * count / 50_000,
+    };
     let base = tempfile::tempdir_in(tmp)?;
     let src = base.path().join("src");
     let t = Instant::now();

@@ -1329,9 +1329,12 @@ impl RequestJob {
                 .map(|((i, _, g, _), held)| (*i, RangeSet::from_range(g.clone()), *held))
                 .collect(),
         });
+        let rid = self.report.as_ref().map(|r| r.2);
+        tracing::trace!(?rid, blobs = self.blobs.len(), "request: opening a stream");
         let Ok((mut send, recv)) = self.conn.open_bi(&PROTOCOL).await else {
             return Ok(RequestOutcome::Failed);
         };
+        tracing::trace!(?rid, "request: stream open");
         let Ok(frame) = encode_frame(&req.to_msg(), MAX_FRAME) else {
             return Ok(RequestOutcome::Failed);
         };
@@ -1352,6 +1355,7 @@ impl RequestJob {
                 Ok(Some(f)) => f,
                 _ => return Ok(RequestOutcome::Failed),
             };
+            tracing::trace!(?rid, index, "request: blob header");
             match Response::decode(&frame, 16) {
                 Ok(Response::Refused(r)) => {
                     return Ok(match r {
@@ -1408,6 +1412,7 @@ impl RequestJob {
             })
             .await;
             let (r, res) = joined.map_err(|e| JobError::Fatal(e.to_string()))?;
+            tracing::trace!(?rid, index, ok = res.is_ok(), "request: blob imported");
             reader = Some(r);
             match res {
                 Ok(_) => {}

@@ -709,19 +709,21 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         }
         if let Some(req) = self.requests.get(&id) {
             if req.got.iter().all(|g| *g) {
-                self.finish_request(id);
+                self.finish_request(now, id);
             }
         }
         self.check_done();
         self.fill(now);
     }
 
-    /// Cancels requests whose every undelivered piece is now held.
+    /// Cancels requests whose every undelivered piece is now held (from other peers). A
+    /// request whose pieces all came from its own peer is not useless but finished.
     fn cancel_useless(&mut self, piece: u64) {
         let useless: Vec<RequestId> = self
             .requests
             .iter()
             .filter(|(_, r)| r.pieces.contains(&piece))
+            .filter(|(_, r)| r.got.iter().any(|g| !*g))
             .filter(|(_, r)| {
                 r.pieces
                     .clone()
@@ -756,10 +758,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
     /// A request delivered in full: it also takes back one strike of its peer, so an
     /// honest peer that stalled now and then in a congested swarm is not banned over a
     /// long download (a peer that never delivers a whole request keeps its strikes).
-    fn finish_request(&mut self, id: RequestId) {
+    /// One delivered after its pause has ended also starts its pauses over: hiccups far
+    /// apart each cost a short pause, instead of doubling up to the cap.
+    fn finish_request(&mut self, now: Instant, id: RequestId) {
         if let Some(req) = self.remove_request(id) {
             if let Some(p) = self.peers.get_mut(&req.peer) {
                 p.strikes = p.strikes.saturating_sub(1);
+                if p.paused_until.is_none_or(|t| t <= now) {
+                    p.reprieves = 0;
+                }
             }
         }
     }

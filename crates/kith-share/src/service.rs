@@ -600,6 +600,7 @@ async fn serve_get(
         );
     }
     inner.gets_served.fetch_add(1, Ordering::Relaxed);
+    tracing::trace!(peer = %peer.fmt_short(), blobs = req.blobs.len(), "get: serving");
     let rt = tokio::runtime::Handle::current();
     let store = inner.store.clone();
     let buffer = inner.config.limits.send_buffer.max(4096);
@@ -622,6 +623,7 @@ async fn serve_get(
             }
             _ => send.reset(codes::PROTOCOL_ERROR),
         }
+        tracing::trace!(ok = r.is_ok() && flushed.is_ok(), "get: served");
         r.and(flushed)
     })
     .await;

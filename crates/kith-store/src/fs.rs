@@ -107,8 +107,10 @@ pub enum OpenError {
 ///   as soon as it is written; the groups of a partial blob are synced and recorded
 ///   together once [`StoreConfig::sync_every_groups`] of them wait or the oldest has
 ///   waited [`StoreConfig::sync_interval`], when the blob completes, on
-///   [`Store::flush`], and when the store is dropped. A crash loses at most the
-///   unrecorded batch, which is simply fetched again.
+///   [`Store::flush`], and when the store is dropped. Batches are written by the store's
+///   own flusher thread, so an import never waits for one (an error of a background
+///   batch is returned by the next import that commits groups). A crash loses at most
+///   the unrecorded batch, which is simply fetched again.
 /// - *Nothing flushed is lost.* Everything stored before [`Store::flush`] returned
 ///   survives a crash.
 /// - *Partial blobs resume.* On open the store reads each bitfield file and continues from
@@ -118,12 +120,95 @@ pub enum OpenError {
 /// Only one process may use a store directory at a time.
 #[derive(Debug)]
 pub struct FsStore {
+    core: Arc<Core>,
+    /// The thread that writes batches of records (see [`Flusher`]).
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The store itself; [`FsStore`] adds the background thread that records batches.
+#[derive(Debug)]
+struct Core {
     root: PathBuf,
     config: StoreConfig,
     inner: Mutex<Inner>,
     tmp_counter: AtomicU64,
-    /// Held by the one batch of records being written ([`FsStore::persist`]).
+    /// Held by the one batch of records being written ([`Core::persist`]).
     persisting: Mutex<()>,
+    /// Wakes the background flusher.
+    flusher: Flusher,
+}
+
+/// What the background flusher is asked to do.
+#[derive(Debug, Default)]
+struct FlushState {
+    /// A batch is due (enough groups wait, or the oldest has waited long enough).
+    due: bool,
+    /// The store is being dropped: the thread ends.
+    stop: bool,
+    /// The last background batch failed: the next import that commits returns it (the
+    /// groups stay present in memory and are recorded by a later batch or `flush`).
+    error: Option<io::Error>,
+}
+
+/// Records batches in the background, so that no import waits for a batch of syncs (a
+/// sync of the filesystem can take seconds when other programs left much unwritten, and
+/// a request that stops for that long looks stalled to the peer-facing scheduler).
+#[derive(Debug, Default)]
+struct Flusher {
+    state: Mutex<FlushState>,
+    wake: std::sync::Condvar,
+}
+
+impl Flusher {
+    fn lock(&self) -> MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a batch now.
+    fn request(&self) {
+        self.lock().due = true;
+        self.wake.notify_one();
+    }
+
+    /// Takes the error of the last background batch, if it failed.
+    fn take_error(&self) -> Option<io::Error> {
+        self.lock().error.take()
+    }
+}
+
+/// The flusher thread: runs a batch when one is asked for, and every
+/// [`StoreConfig::sync_interval`] while groups wait, until the store is dropped.
+fn flusher_loop(core: Arc<Core>) {
+    let interval = core
+        .config
+        .sync_interval
+        .max(std::time::Duration::from_millis(10));
+    loop {
+        {
+            let mut st = core.flusher.lock();
+            while !st.due && !st.stop {
+                let (g, timeout) = core
+                    .flusher
+                    .wake
+                    .wait_timeout(st, interval)
+                    .unwrap_or_else(|e| e.into_inner());
+                st = g;
+                if timeout.timed_out() {
+                    break;
+                }
+            }
+            if st.stop {
+                return;
+            }
+            st.due = false;
+        }
+        let waiting = !core.lock().unsynced.is_empty();
+        if waiting {
+            if let Err(e) = core.persist() {
+                core.flusher.lock().error = Some(e);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -395,25 +480,43 @@ impl BlobSource for FileSource {
 impl FsStore {
     /// Opens (creating if needed) the store in directory `root` with the given limits,
     /// clears unfinished imports, finishes interrupted completions of partial blobs, and
-    /// loads tags and bitfields.
+    /// loads tags and bitfields. Starts the store's flusher thread (it records batches of
+    /// received groups; it ends when the store is dropped).
     pub fn open(root: impl AsRef<Path>, config: StoreConfig) -> Result<Self, OpenError> {
         let root = root.as_ref().to_owned();
-        let store = Self {
-            root,
+        let core = Arc::new(Core {
+            root: root.clone(),
             config,
             inner: Mutex::default(),
             tmp_counter: AtomicU64::new(0),
             persisting: Mutex::new(()),
-        };
-        store.load()?;
-        Ok(store)
+            flusher: Flusher::default(),
+        });
+        core.load()?;
+        let bg = core.clone();
+        let flusher = std::thread::Builder::new()
+            .name("kith-store-flush".into())
+            .spawn(move || flusher_loop(bg))
+            .map_err(|e| OpenError::Io(e, root))?;
+        Ok(Self {
+            core,
+            flusher: Some(flusher),
+        })
     }
 
     /// The store's directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.core.root
     }
 
+    /// The file that external blob `hash` references, or `None` if the store holds no
+    /// such external blob (see [`ImportMode::Reference`]).
+    pub fn external_path(&self, hash: Hash) -> Option<PathBuf> {
+        self.core.external_path(hash)
+    }
+}
+
+impl Core {
     fn dir(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
@@ -622,16 +725,8 @@ impl FsStore {
     ///
     /// Every group in a snapshot was written before it was marked present, so the sync
     /// that follows the snapshot covers it. One batch runs at a time.
-    fn persist(&self, wait: bool) -> io::Result<()> {
-        // An import that finds a batch running goes on: the next batch takes its groups.
-        let _one = match self.persisting.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) if !wait => return Ok(()),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                self.persisting.lock().unwrap_or_else(|e| e.into_inner())
-            }
-        };
+    fn persist(&self) -> io::Result<()> {
+        let _one = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
         let snaps: Vec<(Hash, Bitfield, u64)> = {
             let mut inner = self.lock();
             let waiting: Vec<Hash> = std::mem::take(&mut inner.unsynced).into_keys().collect();
@@ -780,9 +875,7 @@ impl FsStore {
         self.remove_partial_files(hash)
     }
 
-    /// The file that external blob `hash` references, or `None` if the store holds no
-    /// such external blob (see [`ImportMode::Reference`]).
-    pub fn external_path(&self, hash: Hash) -> Option<PathBuf> {
+    fn external_path(&self, hash: Hash) -> Option<PathBuf> {
         self.lock().external.get(&hash).map(|r| r.path.clone())
     }
 
@@ -1227,7 +1320,7 @@ fn hash_stream(
 
 /// The writer side of a partial blob during [`Store::import_verified`].
 struct FsPartial<'a> {
-    store: &'a FsStore,
+    store: &'a Core,
     hash: Hash,
     size: u64,
     data: File,
@@ -1285,8 +1378,11 @@ impl PartialSink for FsPartial<'_> {
                 .is_some_and(|u| u.groups >= self.store.config.sync_every_groups.max(1))
                 || now.duration_since(oldest) >= self.store.config.sync_interval
         };
+        if let Some(e) = self.store.flusher.take_error() {
+            return Err(e);
+        }
         if due {
-            self.store.persist(false)?;
+            self.store.flusher.request();
         }
         Ok(())
     }
@@ -1311,14 +1407,108 @@ impl PartialSink for FsPartial<'_> {
 
 impl Drop for FsStore {
     fn drop(&mut self) {
+        self.core.flusher.lock().stop = true;
+        self.core.flusher.wake.notify_one();
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
         // Best effort: what is not recorded is fetched again after the next open.
-        let _ = Store::flush(self);
+        let _ = self.core.persist();
     }
 }
 
 impl Store for FsStore {
     fn flush(&self) -> Result<(), StoreError> {
-        self.persist(true).map_err(StoreError::Io)
+        self.core.flush()
+    }
+
+    fn export_files_with(
+        &self,
+        files: &[(Hash, &Path)],
+        mode: ImportMode,
+    ) -> Result<Vec<u64>, crate::ExportError> {
+        self.core.export_files_with(files, mode)
+    }
+
+    fn export_file_with(
+        &self,
+        hash: Hash,
+        path: &Path,
+        mode: ImportMode,
+    ) -> Result<u64, crate::ExportError> {
+        self.core.export_file_with(hash, path, mode)
+    }
+
+    fn import_bytes(&self, data: &[u8]) -> Result<Hash, ImportError> {
+        self.core.import_bytes(data)
+    }
+
+    fn import_reader(&self, reader: &mut dyn Read) -> Result<Hash, ImportError> {
+        self.core.import_reader(reader)
+    }
+
+    fn import_verified_with(
+        &self,
+        hash: Hash,
+        range: Range<u64>,
+        proof: SizeProof,
+        encoded: &mut dyn Read,
+        on_stored: &mut dyn FnMut(u64),
+    ) -> Result<BlobStatus, ImportError> {
+        self.core
+            .import_verified_with(hash, range, proof, encoded, on_stored)
+    }
+
+    fn status(&self, hash: Hash) -> Result<Option<BlobStatus>, StoreError> {
+        self.core.status(hash)
+    }
+
+    fn import_file_with(&self, path: &Path, mode: ImportMode) -> Result<Hash, ImportError> {
+        self.core.import_file_with(path, mode)
+    }
+
+    fn read_range(&self, hash: Hash, range: Range<u64>) -> Result<Vec<u8>, ReadError> {
+        self.core.read_range(hash, range)
+    }
+
+    fn encode_range_with(
+        &self,
+        hash: Hash,
+        range: Range<u64>,
+        proof: SizeProof,
+        out: &mut dyn Write,
+    ) -> Result<u64, ReadError> {
+        self.core.encode_range_with(hash, range, proof, out)
+    }
+
+    fn export_writer(&self, hash: Hash, out: &mut dyn Write) -> Result<u64, ReadError> {
+        self.core.export_writer(hash, out)
+    }
+
+    fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
+        self.core.list()
+    }
+
+    fn delete(&self, hash: Hash) -> Result<bool, StoreError> {
+        self.core.delete(hash)
+    }
+
+    fn set_tag(&self, name: &str, tag: Tag) -> Result<(), TagError> {
+        self.core.set_tag(name, tag)
+    }
+
+    fn remove_tag(&self, name: &str) -> Result<Option<Tag>, TagError> {
+        self.core.remove_tag(name)
+    }
+
+    fn tags(&self) -> Result<Vec<(String, Tag)>, StoreError> {
+        self.core.tags()
+    }
+}
+
+impl Store for Core {
+    fn flush(&self) -> Result<(), StoreError> {
+        self.persist().map_err(StoreError::Io)
     }
 
     fn export_files_with(

@@ -407,22 +407,28 @@ fn fs_store_records_stored_groups_in_batches_across_imports() {
         ..StoreConfig::default()
     };
     let store = FsStore::open(dir.path(), config).unwrap();
-    // What a crash right now would keep: the files as another opener reads them.
-    let recorded = || {
+    // What a crash right now would keep: the files as another opener reads them. A copy
+    // taken while the flusher moves files may be torn (a file gone between listing and
+    // copying): `None` then, and the caller looks again.
+    let try_recorded = || -> Option<u64> {
         let copy = tempfile::tempdir().unwrap();
         for sub in ["blobs", "partial", "tmp"] {
             std::fs::create_dir_all(copy.path().join(sub)).unwrap();
             for e in std::fs::read_dir(dir.path().join(sub)).unwrap() {
                 let e = e.unwrap();
-                std::fs::copy(e.path(), copy.path().join(sub).join(e.file_name())).unwrap();
+                std::fs::copy(e.path(), copy.path().join(sub).join(e.file_name())).ok()?;
             }
         }
-        let reopened = FsStore::open(copy.path(), config).unwrap();
-        reopened
-            .status(hash)
-            .unwrap()
-            .map_or(0, |s| s.bitfield.count())
+        let reopened = FsStore::open(copy.path(), config).ok()?;
+        Some(
+            reopened
+                .status(hash)
+                .unwrap()
+                .map_or(0, |s| s.bitfield.count()),
+        )
     };
+    // While nothing is due (no batch can be running), the copy is exact.
+    let recorded = || try_recorded().expect("no batch is running");
     let import = |r: std::ops::Range<u64>| {
         store
             .import_verified(
@@ -441,26 +447,42 @@ fn fs_store_records_stored_groups_in_batches_across_imports() {
         &data[..2 * g as usize]
     );
     assert_eq!(recorded(), 0);
-    // One more group fills the batch: all four are recorded together.
+    // One more group fills the batch: the store's flusher records all four together,
+    // while the import goes on (it does not wait for the batch).
     import(2 * g..3 * g);
-    assert_eq!(recorded(), 4);
+    assert_eq!(wait_recorded(&try_recorded, 4), 4);
     // Two more wait; flush records them.
     import(3 * g..5 * g);
-    assert_eq!(recorded(), 4);
+    assert_eq!(wait_recorded(&try_recorded, 4), 4);
     store.flush().unwrap();
     assert_eq!(recorded(), 6);
     // Completion waits for its batch like any other group (many small blobs completing
-    // one after another share one batch): six more groups, one batch of four recorded.
+    // one after another share one batch): six more groups fill a batch; the flusher
+    // records what is present when it runs (four groups, or all six if the import has
+    // gone on meanwhile).
     let st = import(0..u64::MAX);
     assert!(st.bitfield.is_complete());
     assert!(store.list().unwrap()[0].complete);
     assert_eq!(store.read_range(hash, 0..u64::MAX).unwrap(), data);
-    assert_eq!(recorded(), 10);
+    assert!(wait_recorded(&try_recorded, 10) >= 10);
     store.flush().unwrap();
     assert_eq!(recorded(), 12);
     drop(store);
     let reopened = FsStore::open(dir.path(), config).unwrap();
     assert_eq!(reopened.read_range(hash, 0..u64::MAX).unwrap(), data);
+}
+
+/// Waits (bounded: 30 s) until `recorded()` reaches `want` (the flusher thread writes
+/// batches in the background), and returns what it last saw.
+fn wait_recorded(recorded: &dyn Fn() -> Option<u64>, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let n = recorded().unwrap_or(0);
+        if n >= want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// A store that holds a blob's verified size takes ranges without the size proof; one

@@ -19,6 +19,9 @@ enum Behaviour {
     /// After this many pieces, ignores the next requests until its stalls add up to a
     /// ban, then serves again (a provider whose disk or link hiccups).
     Hiccup(u32),
+    /// Like `Hiccup`, again and again: after every this many pieces, ignores the next
+    /// six requests.
+    Hiccups(u32),
 }
 
 struct FakePeer {
@@ -82,11 +85,17 @@ impl Harness {
                             // Silent for a while: its requests time out.
                             fp.sent += 1;
                         }
+                        Behaviour::Hiccups(n) if fp.sent >= n && (fp.sent - n) % (n + 6) < 6 => {
+                            fp.sent += 1;
+                        }
                         Behaviour::BadData => {
                             self.pending
                                 .push((t, peer, id, None, RequestOutcome::BadData));
                         }
-                        Behaviour::Honest | Behaviour::Vanish(_) | Behaviour::Hiccup(_) => {
+                        Behaviour::Honest
+                        | Behaviour::Vanish(_)
+                        | Behaviour::Hiccup(_)
+                        | Behaviour::Hiccups(_) => {
                             for p in pieces {
                                 t += Duration::from_secs_f64(
                                     self.s.layout().piece_bytes(p) as f64 / fp.rate,
@@ -298,6 +307,21 @@ fn the_last_source_is_paused_not_banned_for_stalls() {
     h.add(4, 20e6, Behaviour::Silent);
     h.run(Duration::from_secs(60));
     assert!(h.s.is_banned(&4));
+}
+
+#[test]
+fn hiccups_of_the_last_source_far_apart_do_not_lengthen_its_pauses() {
+    // The only provider hiccups again and again over a long download (a disk or link
+    // that stops now and then), each time long enough to be paused. Each pause is
+    // short: one that delivered whole requests since its last pause starts over, so the
+    // pauses do not double up to the 60 s cap over the download.
+    let mut h = Harness::new(32 * MIB, &RangeSet::new(), SchedulerConfig::default());
+    h.add(1, 20e6, Behaviour::Hiccups(200));
+    let start = h.now;
+    assert!(h.run(Duration::from_secs(3600)));
+    assert!(!h.s.is_banned(&1));
+    let took = h.now - start;
+    assert!(took < Duration::from_secs(60), "took {took:?}");
 }
 
 #[test]
