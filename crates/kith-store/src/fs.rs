@@ -561,8 +561,9 @@ impl Core {
                     let ob_ok = outboard_len(size) == 0
                         || fs::metadata(&ob).is_ok_and(|m| m.len() == outboard_len(size));
                     if !ob_ok {
-                        // The outboard is renamed before the data, so this cannot follow
-                        // from a crash; rebuild it from the (synced, hashed) data.
+                        // A promotion moves the data first, so a crash can leave complete
+                        // data without its outboard: rebuild it from the (synced) data,
+                        // checked against the hash.
                         self.rebuild_outboard(hash, &p, &ob)?;
                     }
                     inner.complete.insert(hash, size);
@@ -760,49 +761,56 @@ impl Core {
             p.push(".tmp");
             PathBuf::from(p)
         };
+        //    A blob complete in the snapshot gets none: its promotion is its record
+        //    (a small blob fetched whole then costs no bitfield file at all).
+        let mut tmps = Vec::new();
         for (h, bf, size) in &snaps {
+            if bf.is_complete() {
+                continue;
+            }
             let mut f = File::create(tmp(h))?;
             f.write_all(&encode_bitfield(*size, bf))?;
+            tmps.push(tmp(h));
         }
-        let tmps: Vec<PathBuf> = snaps.iter().map(|(h, _, _)| tmp(h)).collect();
         self.sync_files(&tmps)?;
         let partial_dir = self.dir("partial");
         let mut complete = Vec::new();
         {
             let mut inner = self.lock();
             for (h, bf, size) in &snaps {
-                if inner.complete.contains_key(h) || !inner.partial.contains_key(h) {
+                let gone = inner.complete.contains_key(h) || !inner.partial.contains_key(h);
+                if bf.is_complete() {
+                    if !gone {
+                        complete.push((*h, *size));
+                    }
+                    continue;
+                }
+                if gone {
                     // Deleted (or completed by another path) meanwhile.
                     remove_if_exists(&tmp(h))?;
                     continue;
                 }
                 fs::rename(tmp(h), self.path("partial", *h, "bitfield"))?;
                 inner.recorded.insert(*h, bf.count());
-                if bf.is_complete() {
-                    complete.push((*h, *size));
-                }
             }
         }
-        sync_dir(&partial_dir)?;
+        if !tmps.is_empty() {
+            sync_dir(&partial_dir)?;
+        }
         if complete.is_empty() {
             return Ok(());
         }
         // 3. Promotion, outside the lock (imports go on; readers that miss a file in
-        //    `partial/` look in `blobs/`); a blob deleted meanwhile is skipped.
+        //    `partial/` look in `blobs/`); a blob deleted meanwhile is skipped. The data
+        //    (synced above, complete) moves first: a crash before its outboard follows
+        //    leaves `blobs/HASH.data` without one, which opening rebuilds from the data
+        //    and checks against the hash; an outboard never reaches `blobs/` before its
+        //    data, so no partial blob loses its outboard to a crash.
         let blobs = self.dir("blobs");
         let moved = |r: io::Result<()>| match r {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
         };
-        for (h, size) in &complete {
-            if outboard_len(*size) > 0 {
-                moved(fs::rename(
-                    self.path("partial", *h, "obao"),
-                    self.path("blobs", *h, "obao"),
-                ))?;
-            }
-        }
-        sync_dir(&blobs)?;
         for (h, _) in &complete {
             moved(fs::rename(
                 self.path("partial", *h, "data"),
@@ -810,6 +818,19 @@ impl Core {
             ))?;
         }
         sync_dir(&blobs)?;
+        let mut outboards = false;
+        for (h, size) in &complete {
+            if outboard_len(*size) > 0 {
+                outboards = true;
+                moved(fs::rename(
+                    self.path("partial", *h, "obao"),
+                    self.path("blobs", *h, "obao"),
+                ))?;
+            }
+        }
+        if outboards {
+            sync_dir(&blobs)?;
+        }
         {
             let mut inner = self.lock();
             for (h, size) in &complete {
@@ -826,9 +847,12 @@ impl Core {
                 inner.complete.insert(*h, *size);
             }
         }
-        for (h, _) in &complete {
-            for ext in ["bitfield", "data", "obao"] {
-                remove_if_exists(&self.path("partial", *h, ext))?;
+        // The data and outboard have moved: what may be left is a bitfield of an earlier
+        // batch (and an empty outboard file of a one-group blob).
+        for (h, size) in &complete {
+            remove_if_exists(&self.path("partial", *h, "bitfield"))?;
+            if outboard_len(*size) == 0 {
+                remove_if_exists(&self.path("partial", *h, "obao"))?;
             }
         }
         sync_dir(&partial_dir)
@@ -1324,13 +1348,18 @@ struct FsPartial<'a> {
     hash: Hash,
     size: u64,
     data: File,
-    outboard: File,
+    /// None for a blob of one group (it has no outboard).
+    outboard: Option<File>,
 }
 
 impl PartialSink for FsPartial<'_> {
     fn put_pair(&mut self, split: u64, pair: &[u8; PAIR_LEN]) -> io::Result<()> {
-        self.outboard
-            .write_all_at(pair, (split - 1) * PAIR_LEN as u64)
+        match &self.outboard {
+            Some(f) => f.write_all_at(pair, (split - 1) * PAIR_LEN as u64),
+            None => Err(io::Error::other(
+                "an outboard entry for a blob of one group",
+            )),
+        }
     }
 
     fn put_group(&mut self, _index: u64, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -1657,17 +1686,29 @@ impl Store for Core {
                     Some(_) => {}
                     None => {
                         self.config.check(size, inner.used)?;
-                        let bf = Bitfield::new(size);
                         // No sync and no bitfield file yet: until a batch records
-                        // groups, the files are orphans that a reopen removes.
-                        let create = |ext: &str, len: u64| -> io::Result<()> {
-                            File::create(self.path("partial", hash, ext))?.set_len(len)
+                        // groups, the files are orphans that a reopen removes. A blob
+                        // of one group has no outboard file.
+                        let create = |ext: &str, len: u64| -> io::Result<File> {
+                            let f = File::create(self.path("partial", hash, ext))?;
+                            f.set_len(len)?;
+                            Ok(f)
                         };
-                        create("data", size).map_err(ImportError::Io)?;
-                        create("obao", outboard_len(size)).map_err(ImportError::Io)?;
-                        inner.partial.insert(hash, bf);
+                        let data = create("data", size).map_err(ImportError::Io)?;
+                        let outboard = match outboard_len(size) {
+                            0 => None,
+                            n => Some(create("obao", n).map_err(ImportError::Io)?),
+                        };
+                        inner.partial.insert(hash, Bitfield::new(size));
                         inner.partial_size.insert(hash, size);
                         inner.used += size;
+                        return Ok(FsPartial {
+                            store: self,
+                            hash,
+                            size,
+                            data,
+                            outboard,
+                        });
                     }
                 }
                 let dir = if inner.complete.contains_key(&hash) {
@@ -1687,12 +1728,16 @@ impl Store for Core {
                         }
                     }
                 };
+                let outboard = match outboard_len(size) {
+                    0 => None,
+                    _ => Some(open("obao").map_err(ImportError::Io)?),
+                };
                 Ok(FsPartial {
                     store: self,
                     hash,
                     size,
                     data: open("data").map_err(ImportError::Io)?,
-                    outboard: open("obao").map_err(ImportError::Io)?,
+                    outboard,
                 })
             },
         )
