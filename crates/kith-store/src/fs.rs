@@ -1004,6 +1004,7 @@ impl Core {
         let mut out = vec![None; files.len()];
         let mut moves = Vec::new();
         let mut queued = std::collections::BTreeSet::new();
+        let mut canonical: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
         for (at, (hash, target)) in files.iter().enumerate() {
             let Some(&size) = inner.complete.get(hash) else {
                 continue;
@@ -1024,7 +1025,14 @@ impl Core {
             } else {
                 parent
             };
-            let abs = fs::canonicalize(parent)?.join(name);
+            // Many files share a directory: each is resolved once per batch.
+            let dir = match canonical.get(parent) {
+                Some(d) => d,
+                None => canonical
+                    .entry(parent.to_path_buf())
+                    .or_insert(fs::canonicalize(parent)?),
+            };
+            let abs = dir.join(name);
             if abs.as_os_str().len() > MAX_EXTERNAL_PATH {
                 continue;
             }
