@@ -127,6 +127,12 @@ pub struct HolePunchConfig {
     /// 1 s. `None` disables the check, for an application that reports changes itself
     /// from the operating system's callbacks. Default 5 s.
     pub network_poll: Option<Duration>,
+    /// Offer the bound socket addresses to connected peers as hole-punching candidates
+    /// (unspecified ones never are). Off keeps them out of the candidate exchange: peers
+    /// then punch only towards addresses seen from outside (STUN, agreeing observers, a
+    /// port mapping). [`Endpoint::node_addr`](crate::Endpoint::node_addr) still lists
+    /// them. Default on.
+    pub advertise_bound: bool,
 }
 
 impl Default for HolePunchConfig {
@@ -140,6 +146,7 @@ impl Default for HolePunchConfig {
             birthday_attempts: 3,
             stun_refresh: Duration::from_secs(300),
             network_poll: Some(Duration::from_secs(5)),
+            advertise_bound: true,
         }
     }
 }

@@ -262,7 +262,9 @@ impl Inner {
 
     /// Addresses to offer a peer for hole punching, reflexive ones (what a trusted
     /// observer or agreeing independent peers observe for us) first, then bound
-    /// addresses; and how many are reflexive.
+    /// addresses (unless
+    /// [`HolePunchConfig::advertise_bound`](crate::HolePunchConfig::advertise_bound) is off); and how many are
+    /// reflexive.
     pub(crate) fn candidates(&self) -> (Vec<SocketAddr>, usize) {
         // A port mapping on the gateway is the most reliable public address.
         let mut out: Vec<SocketAddr> = self.mapped_addr().into_iter().collect();
@@ -272,10 +274,11 @@ impl Inner {
             }
         }
         let reflexive = out.len();
+        let bound = self.config.hole_punch.advertise_bound;
         for a in self
             .socks()
             .filter_map(|s| s.ep.local_addr().ok())
-            .filter(|a| !a.ip().is_unspecified())
+            .filter(|a| bound && !a.ip().is_unspecified())
         {
             if !out.contains(&a) {
                 out.push(a);

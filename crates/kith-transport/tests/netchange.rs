@@ -4,10 +4,10 @@
 //!
 //! The NATs are played on loopback by a [`Wire`]: each peer has a public address (a
 //! socket of the wire) and is reached only there; a fake STUN server tells each peer its
-//! current public address. The peers bind `0.0.0.0` (bound addresses that are
-//! unspecified are not advertised) and reach the relay over TCP (so no QUIC hello
-//! reveals their real address), so the only direct path between them goes through the
-//! wire.
+//! current public address. The peers bind loopback but do not advertise their bound
+//! addresses (`HolePunchConfig::advertise_bound` off) and reach the relay over TCP (so
+//! no QUIC hello reveals their real address), so the only direct path between them goes
+//! through the wire.
 
 mod common;
 
@@ -125,7 +125,7 @@ impl Lab {
         let stun = stun_server(answers.clone()).await;
         let peer = |seed| {
             let cfg = EndpointConfig {
-                bind_v4: Some("0.0.0.0:0".parse().unwrap()),
+                bind_v4: Some("127.0.0.1:0".parse().unwrap()),
                 bind_v6: None,
                 relay: Some(relay.node_addr()),
                 relay_over_tcp_only: true,
@@ -133,6 +133,7 @@ impl Lab {
                 hole_punch: HolePunchConfig {
                     stun_refresh,
                     network_poll: None,
+                    advertise_bound: false,
                     ..HolePunchConfig::default()
                 },
                 ..EndpointConfig::loopback()
