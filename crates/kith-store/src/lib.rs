@@ -64,6 +64,9 @@ pub use store::{
 };
 pub use tree::{GROUP_SIZE, MAX_BLOB_SIZE, group_count, outboard, outboard_len};
 
+/// Bytes [`Store::read_range_to`] reads at a time: 64 groups (1 MiB).
+pub const READ_WINDOW: u64 = 64 * GROUP_SIZE;
+
 /// A content id: the BLAKE3 hash of a blob's bytes. Displays as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hash([u8; 32]);
@@ -201,6 +204,39 @@ pub trait Store {
     /// Reads bytes `range` of blob `hash` (clamped to its size). Every group the range
     /// touches must be present.
     fn read_range(&self, hash: Hash, range: Range<u64>) -> Result<Vec<u8>, ReadError>;
+
+    /// Writes bytes `range` of blob `hash` (clamped to its size) to `out`, a window of at
+    /// most [`READ_WINDOW`] bytes at a time, and returns how many it wrote: the streaming
+    /// form of [`read_range`](Self::read_range) for large ranges (memory stays bounded
+    /// whatever the range). Every group the range touches must be present; they are
+    /// checked before anything is written. Windows start on group boundaries, so an
+    /// external blob's groups are each verified once.
+    fn read_range_to(
+        &self,
+        hash: Hash,
+        range: Range<u64>,
+        out: &mut dyn Write,
+    ) -> Result<u64, ReadError> {
+        let status = self
+            .status(hash)
+            .map_err(|StoreError::Io(e)| ReadError::Io(e))?
+            .ok_or(ReadError::NotFound(hash))?;
+        let size = status.size;
+        let start = range.start.min(size);
+        let end = range.end.min(size).max(start);
+        let (first, last) = tree::groups_overlapping(size, start, end);
+        if let Some(index) = (first..last).find(|&g| !status.bitfield.get(g)) {
+            return Err(ReadError::Missing { hash, index });
+        }
+        let mut at = start;
+        while at < end {
+            let next = ((at / READ_WINDOW + 1) * READ_WINDOW).min(end);
+            let bytes = self.read_range(hash, at..next)?;
+            out.write_all(&bytes).map_err(ReadError::Io)?;
+            at = next;
+        }
+        Ok(end - start)
+    }
 
     /// Writes the encoding of bytes `range` of blob `hash` with its proof (see [`range`])
     /// to `out`; returns the bytes written. Every group the encoding holds must be present.

@@ -660,3 +660,36 @@ fn a_promotion_cut_after_the_data_moved_reopens_whole() {
         .import_verified(hash, range, &mut &enc[..], &mut |_| {})
         .unwrap();
 }
+
+/// A streaming read of a range with a missing group fails before writing anything.
+#[test]
+fn streaming_reads_check_every_group_first() {
+    let src = MemStore::new(StoreConfig::default());
+    let data = common::data(31, 8 * GROUP_SIZE as usize);
+    let hash = src.import_bytes(&data).unwrap();
+    let store = MemStore::new(StoreConfig::default());
+    let range = 0..2 * GROUP_SIZE;
+    store
+        .import_verified(
+            hash,
+            range.clone(),
+            &mut &encode(&src, hash, range)[..],
+            &mut |_| {},
+        )
+        .unwrap();
+    let mut out = Vec::new();
+    match store.read_range_to(hash, 0..4 * GROUP_SIZE, &mut out) {
+        Err(kith_store::ReadError::Missing { index: 2, .. }) => {}
+        other => panic!("expected group 2 missing, got {other:?}"),
+    }
+    assert!(out.is_empty());
+    store
+        .read_range_to(hash, 0..2 * GROUP_SIZE, &mut out)
+        .unwrap();
+    assert_eq!(out, &data[..2 * GROUP_SIZE as usize]);
+    let unknown = Hash::of(b"nothing");
+    assert!(matches!(
+        store.read_range_to(unknown, 0..1, &mut out),
+        Err(kith_store::ReadError::NotFound(_))
+    ));
+}
