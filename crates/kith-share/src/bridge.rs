@@ -85,10 +85,20 @@ impl<R: AsyncRead + Unpin> Read for BlockingReader<R> {
         let inner = &mut self.inner;
         let cancel = &self.cancel;
         let n = self.rt.block_on(async {
-            tokio::select! {
+            let first = tokio::select! {
                 r = inner.read(buf) => r,
                 _ = cancel.cancelled() => Err(cancelled_err()),
+            }?;
+            // Whatever else has arrived already is taken without waiting: one hand-off
+            // between threads per burst of packets, not per packet.
+            let mut filled = first;
+            while first > 0 && filled < buf.len() {
+                match crate::bridge::now_or_never(inner.read(&mut buf[filled..])) {
+                    Some(Ok(k)) if k > 0 => filled += k,
+                    _ => break,
+                }
             }
+            Ok::<_, io::Error>(filled)
         })?;
         self.read += n as u64;
         if self.read >= self.next_report {
@@ -98,6 +108,16 @@ impl<R: AsyncRead + Unpin> Read for BlockingReader<R> {
             }
         }
         Ok(n)
+    }
+}
+
+/// Polls a future once, with a waker that does nothing: its value if it is ready now.
+pub(crate) fn now_or_never<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 

@@ -1172,24 +1172,7 @@ trait ConnExt {
 
 impl ConnExt for Conn {
     fn closed_now(&self) -> bool {
-        use futures_poll::now_or_never;
-        now_or_never(self.closed()).is_some()
-    }
-}
-
-mod futures_poll {
-    use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
-
-    /// Polls a future once.
-    pub(super) fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
-        let mut f = pin!(f);
-        let mut cx = Context::from_waker(Waker::noop());
-        match f.as_mut().poll(&mut cx) {
-            Poll::Ready(v) => Some(v),
-            Poll::Pending => None,
-        }
+        crate::bridge::now_or_never(self.closed()).is_some()
     }
 }
 
@@ -1341,64 +1324,63 @@ impl RequestJob {
         if send.write_all(&frame).await.is_err() || send.finish().is_err() {
             return Ok(RequestOutcome::Failed);
         }
-        let mut reader = Some(BufReader::with_capacity(256 * 1024, recv));
+        // The whole answer is read on one blocking thread, through one buffer: headers
+        // and encodings alike (a hop per request, not per blob, and large reads from
+        // the stream).
         let rt = tokio::runtime::Handle::current();
-        for ((index, hash, groups, size), held) in self.blobs.into_iter().zip(held) {
-            let Some(mut r) = reader.take() else {
-                return Ok(RequestOutcome::Failed);
-            };
-            let frame = tokio::select! {
-                f = read_frame(&mut r, MAX_FRAME) => f,
-                _ = wait_cancel(&self.cancel) => return Err(JobError::Cancelled),
-            };
-            let frame = match frame {
-                Ok(Some(f)) => f,
-                _ => return Ok(RequestOutcome::Failed),
-            };
-            tracing::trace!(?rid, index, "request: blob header");
-            match Response::decode(&frame, 16) {
-                Ok(Response::Refused(r)) => {
-                    return Ok(match r {
-                        Refusal::NotFound => RequestOutcome::NotFound,
-                        Refusal::Busy { retry_after_ms } => RequestOutcome::Busy {
-                            retry_after: Duration::from_millis(u64::from(retry_after_ms)),
-                        },
-                        Refusal::TooManyRequests => RequestOutcome::Busy {
-                            retry_after: Duration::from_millis(200),
-                        },
-                        Refusal::TooLarge | Refusal::BadRequest => RequestOutcome::Failed,
-                    });
-                }
-                Ok(Response::Blob { index: i, missing }) if i == index => {
-                    if missing {
-                        return Ok(RequestOutcome::Missing);
-                    }
-                }
-                // A header for another blob, an availability frame, garbage: the peer
-                // breaks the protocol.
-                _ => return Ok(RequestOutcome::BadData),
+        let cancel = self.cancel.clone();
+        let store = self.store.clone();
+        let report = self.report;
+        let blobs = self.blobs;
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut br = BlockingReader::new(recv, rt, cancel.clone());
+            if let Some((tx, _, id)) = report.clone() {
+                let mut last = 0u64;
+                br = br.with_activity(Box::new(move |total| {
+                    let bytes = total.saturating_sub(last);
+                    last = total;
+                    let _ = tx.send(Msg::Activity { id, bytes });
+                }));
             }
-            let bytes = groups.start * GROUP_SIZE..groups.end.saturating_mul(GROUP_SIZE).min(size);
-            let store = self.store.clone();
-            let cancel = self.cancel.clone();
-            let report = self.report.clone();
-            let rt2 = rt.clone();
-            let joined = tokio::task::spawn_blocking(move || {
-                let mut br = BlockingReader::new(r, rt2, cancel);
-                if let Some((tx, _, id)) = report.clone() {
-                    let mut last = 0u64;
-                    br = br.with_activity(Box::new(move |total| {
-                        let bytes = total.saturating_sub(last);
-                        last = total;
-                        let _ = tx.send(Msg::Activity { id, bytes });
-                    }));
+            let mut r = std::io::BufReader::with_capacity(256 * 1024, br);
+            let cancelled = || cancel.is_cancelled();
+            for ((index, hash, groups, size), held) in blobs.into_iter().zip(held) {
+                let frame = match read_header(&mut r) {
+                    Ok(Some(f)) => f,
+                    _ if cancelled() => return Err(JobError::Cancelled),
+                    _ => return Ok(RequestOutcome::Failed),
+                };
+                tracing::trace!(?rid, index, "request: blob header");
+                match Response::decode(&frame, 16) {
+                    Ok(Response::Refused(r)) => {
+                        return Ok(match r {
+                            Refusal::NotFound => RequestOutcome::NotFound,
+                            Refusal::Busy { retry_after_ms } => RequestOutcome::Busy {
+                                retry_after: Duration::from_millis(u64::from(retry_after_ms)),
+                            },
+                            Refusal::TooManyRequests => RequestOutcome::Busy {
+                                retry_after: Duration::from_millis(200),
+                            },
+                            Refusal::TooLarge | Refusal::BadRequest => RequestOutcome::Failed,
+                        });
+                    }
+                    Ok(Response::Blob { index: i, missing }) if i == index => {
+                        if missing {
+                            return Ok(RequestOutcome::Missing);
+                        }
+                    }
+                    // A header for another blob, an availability frame, garbage: the
+                    // peer breaks the protocol.
+                    _ => return Ok(RequestOutcome::BadData),
                 }
+                let bytes =
+                    groups.start * GROUP_SIZE..groups.end.saturating_mul(GROUP_SIZE).min(size);
                 let proof = if held == 0 {
                     SizeProof::Included
                 } else {
                     SizeProof::Omitted
                 };
-                let res = store.import_verified_with(hash, bytes, proof, &mut br, &mut |g| {
+                let res = store.import_verified_with(hash, bytes, proof, &mut r, &mut |g| {
                     if let Some((tx, peer, id)) = &report {
                         let _ = tx.send(Msg::Piece {
                             peer: *peer,
@@ -1408,38 +1390,65 @@ impl RequestJob {
                         });
                     }
                 });
-                (br.inner, res)
-            })
-            .await;
-            let (r, res) = joined.map_err(|e| JobError::Fatal(e.to_string()))?;
-            tracing::trace!(?rid, index, ok = res.is_ok(), "request: blob imported");
-            reader = Some(r);
-            match res {
-                Ok(_) => {}
-                // A cut stream (our cancel does that too), or the blob was deleted from
-                // our store meanwhile.
-                Err(
-                    ImportError::Decode(DecodeError::Truncated | DecodeError::Io(_))
-                    | ImportError::SizeUnknown(_),
-                ) => {
-                    if self.cancel.is_cancelled() {
-                        return Err(JobError::Cancelled);
+                tracing::trace!(?rid, index, ok = res.is_ok(), "request: blob imported");
+                match res {
+                    Ok(_) => {}
+                    // A cut stream (our cancel does that too), or the blob was deleted
+                    // from our store meanwhile.
+                    Err(
+                        ImportError::Decode(DecodeError::Truncated | DecodeError::Io(_))
+                        | ImportError::SizeUnknown(_),
+                    ) => {
+                        if cancelled() {
+                            return Err(JobError::Cancelled);
+                        }
+                        return Ok(RequestOutcome::Failed);
                     }
-                    return Ok(RequestOutcome::Failed);
+                    // Bytes that failed verification: reported even when the request was
+                    // cancelled meanwhile, so the peer is banned all the same.
+                    Err(ImportError::Decode(_) | ImportError::SizeConflict { .. }) => {
+                        return Ok(RequestOutcome::BadData);
+                    }
+                    Err(_) if cancelled() => return Err(JobError::Cancelled),
+                    Err(e) => return Err(JobError::Fatal(e.to_string())),
                 }
-                // Bytes that failed verification: reported even when the request was
-                // cancelled meanwhile, so the peer is banned all the same.
-                Err(ImportError::Decode(_) | ImportError::SizeConflict { .. }) => {
-                    return Ok(RequestOutcome::BadData);
-                }
-                Err(_) if self.cancel.is_cancelled() => return Err(JobError::Cancelled),
-                Err(e) => return Err(JobError::Fatal(e.to_string())),
             }
-        }
-        Ok(RequestOutcome::Finished)
+            Ok(RequestOutcome::Finished)
+        })
+        .await;
+        joined.map_err(|e| JobError::Fatal(e.to_string()))?
     }
 }
 
-async fn wait_cancel(c: &Cancel) {
-    c.cancelled().await
+/// The longest header frame a get answer holds (a blob header or a refusal: a few
+/// bytes); anything longer breaks the protocol.
+const MAX_HEADER: usize = 64;
+
+/// Reads one header frame of a get answer from a blocking reader. `Ok(None)` on a clean
+/// end of stream; an error for a cut stream or a frame over [`MAX_HEADER`].
+fn read_header(r: &mut impl std::io::Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = 0usize;
+    let mut shift = 0;
+    let mut first = true;
+    loop {
+        let mut b = [0u8; 1];
+        if r.read(&mut b)? == 0 {
+            if first {
+                return Ok(None);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        first = false;
+        len |= usize::from(b[0] & 0x7f) << shift;
+        if len > MAX_HEADER || shift > 14 {
+            return Err(std::io::Error::other("header frame too long"));
+        }
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Some(body))
 }
