@@ -1452,3 +1452,55 @@ fn read_header(r: &mut impl std::io::Read) -> std::io::Result<Option<Vec<u8>>> {
     r.read_exact(&mut body)?;
     Ok(Some(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> proptest::test_runner::Config {
+        proptest::test_runner::Config {
+            cases: 512,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6864_7231),
+            failure_persistence: None,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn headers_read_back_and_long_ones_are_refused() {
+        for r in [
+            Response::Blob {
+                index: u32::MAX,
+                missing: true,
+            },
+            Response::Refused(Refusal::Busy {
+                retry_after_ms: u32::MAX,
+            }),
+        ] {
+            let frame = encode_frame(&r.to_msg(), MAX_FRAME).unwrap();
+            let mut rd = &frame[..];
+            let body = read_header(&mut rd).unwrap().unwrap();
+            assert_eq!(Response::decode(&body, 16).unwrap(), r);
+            assert!(rd.is_empty());
+        }
+        assert!(read_header(&mut &[][..]).unwrap().is_none());
+        // 65 bytes announced: refused before reading (or allocating) them.
+        assert!(read_header(&mut &[65u8, 0, 0][..]).is_err());
+        assert!(read_header(&mut &[0x80u8, 0x80, 0x80, 0x01][..]).is_err());
+        assert!(read_header(&mut &[3u8, 1][..]).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn garbage_headers_never_panic_or_exceed_the_cap(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96)
+        ) {
+            if let Ok(Some(body)) = read_header(&mut &bytes[..]) {
+                proptest::prop_assert!(body.len() <= MAX_HEADER);
+            }
+        }
+    }
+}
