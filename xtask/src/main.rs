@@ -1,8 +1,11 @@
 //! kith's automation: `cargo xtask <command>`.
 //!
 //! ```text
-//! cargo xtask ci                  fmt --check, clippy -D warnings, tests, rustdoc -D warnings,
-//!                                 fuzz targets compile, cargo deny (licenses, bans, sources)
+//! cargo xtask ci                  codegen --check, fmt --check, clippy -D warnings, tests,
+//!                                 rustdoc -D warnings, fuzz targets compile, cargo deny
+//!                                 (licenses, bans, sources)
+//! cargo xtask codegen [--check]   prost structs from docs/proto/*.proto into each crate's
+//!                                 src/gen/ (--check: fail if the committed ones differ)
 //! cargo xtask test                the whole test suite (cargo test --workspace)
 //! cargo xtask demo                the out-of-the-box demo
 //! cargo xtask bench <transport|store|share|site|update|all>
@@ -10,6 +13,7 @@
 //! cargo xtask fuzz [SECONDS] [TARGET…]           run fuzz targets briefly (default 30 s each)
 //! ```
 
+mod codegen;
 mod lab;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +25,7 @@ fn main() -> ExitCode {
     let root = workspace_root();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
+        Some("codegen") => codegen::run(&root, &args[1..]),
         Some("test") => test(&root),
         Some("demo") => cargo(
             &root,
@@ -44,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <ci|test|demo|bench <transport|store|share|site|update|all>|sim <dht|gossip|search|share|update|site> [args]|fuzz [secs] [targets]>";
+const USAGE: &str = "usage: cargo xtask <ci|codegen [--check]|test|demo|bench <transport|store|share|site|update|all>|sim <dht|gossip|search|share|update|site> [args]|fuzz [secs] [targets]>";
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -79,6 +84,9 @@ fn test(root: &Path) -> Result {
 }
 
 fn ci(root: &Path) -> Result {
+    // The committed prost structs are what docs/proto/*.proto generates.
+    eprintln!("$ cargo xtask codegen --check");
+    codegen::run(root, &["--check".to_owned()])?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     cargo(
         root,

@@ -24,33 +24,7 @@ use crate::metadata::{
 /// The salt of a channel's announcement record.
 pub const SALT: &[u8] = b"kith/update/1";
 
-/// Where the newest bundle is: the value of the announcement record.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct Announcement {
-    /// BLAKE3 of the bundle blob (32 bytes).
-    #[prost(bytes = "vec", tag = "1")]
-    pub bundle: Vec<u8>,
-    /// The bundle's size in bytes (a follower refuses to fetch more).
-    #[prost(uint64, tag = "2")]
-    pub bundle_size: u64,
-    /// Peers serving it (NodeAddr wire form), hints.
-    #[prost(bytes = "vec", repeated, tag = "3")]
-    pub providers: Vec<Vec<u8>>,
-}
-
-/// The announcement record on the channel's gossip topic.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct AnnounceMsg {
-    /// Sequence (the release version).
-    #[prost(uint64, tag = "1")]
-    pub seq: u64,
-    /// An encoded [`Announcement`].
-    #[prost(bytes = "vec", tag = "2")]
-    pub value: Vec<u8>,
-    /// The announce key's signature of the DHT mutable-record bytes.
-    #[prost(bytes = "vec", tag = "3")]
-    pub signature: Vec<u8>,
-}
+pub use crate::wire::{AnnounceMsg, Announcement};
 
 /// Settings of [`Updates`].
 #[derive(Debug, Clone)]

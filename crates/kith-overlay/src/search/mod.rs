@@ -23,7 +23,7 @@
 //!
 //! The core is sans-IO like [`crate::gossip::TopicCore`]: `query`/`handle_message`/
 //! `handle_timeout` in, `poll_transmit`/`poll_event`/`poll_timeout` out. Its messages
-//! ([`message`]) are specified in `docs/proto/gossip.proto` (messages `SearchMessage`,
+//! ([`message`]) are specified in `docs/proto/search.proto` (messages `SearchMessage`,
 //! `QueryMsg`, `HitsMsg`, `ItemMsg`) for the protocol name [`PROTOCOL`]. The tokio
 //! driver ([`driver`]: [`Search::spawn`] gives a [`SearchHandle`]) runs a core over any
 //! [`kith_core::Transport`]; the application feeds it neighbours from whatever

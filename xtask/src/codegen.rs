@@ -1,0 +1,232 @@
+//! `cargo xtask codegen [--check]`: the prost structs of every wire format, generated
+//! from `docs/proto/*.proto`.
+//!
+//! protox parses the schemas in pure Rust (no system `protoc`) into a file descriptor
+//! set; prost-build, the generator of the prost release the crates use, turns it into
+//! Rust (formatted by prettyplease, so the output depends only on Cargo.lock). Each proto
+//! package becomes one committed file, `<crate>/src/gen/<package>.rs`, in the crate that
+//! owns the package; the crates include it with `#[path]` and re-export its types.
+//!
+//! `--check` generates into a temporary directory and fails, naming the file, when the
+//! committed output differs (part of `cargo xtask ci`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::Result;
+
+/// Where the schemas live, relative to the workspace root.
+const PROTO_DIR: &str = "docs/proto";
+
+/// Each proto package and the crate that owns its generated code.
+const PACKAGES: &[(&str, &str)] = &[
+    ("kith.core", "crates/kith-core"),
+    ("kith.dht", "crates/kith-overlay"),
+    ("kith.gossip", "crates/kith-overlay"),
+    ("kith.search", "crates/kith-overlay"),
+    ("kith.share.v1", "crates/kith-share"),
+    ("kith.site.v1", "crates/kith-site"),
+    ("kith.store.v1", "crates/kith-store"),
+    ("kith.update.v1", "crates/kith-update"),
+];
+
+/// Packages whose `bytes` fields are `bytes::Bytes` (zero-copy slices of the received
+/// frame); in the others they are `Vec<u8>`.
+const BYTES_PACKAGES: &[&str] = &[
+    ".kith.core",
+    ".kith.dht",
+    ".kith.gossip",
+    ".kith.search",
+    ".kith.share.v1",
+];
+
+/// Messages that derive `Eq` although prost-build does not derive it for them (it skips
+/// messages with repeated message fields); their public API has always had it.
+const EXTRA_EQ: &[&str] = &[
+    ".kith.update.v1.ReleaseBody",
+    ".kith.update.v1.SignedDoc",
+    ".kith.update.v1.Bundle",
+];
+
+/// Where a package's generated code goes, relative to the workspace root.
+fn target(crate_dir: &str, package: &str) -> PathBuf {
+    Path::new(crate_dir)
+        .join("src")
+        .join("gen")
+        .join(format!("{package}.rs"))
+}
+
+pub(crate) fn run(root: &Path, args: &[String]) -> Result {
+    let check = match args {
+        [] => false,
+        [a] if a == "--check" => true,
+        _ => return Err("usage: cargo xtask codegen [--check]".into()),
+    };
+    let generated = generate(root)?;
+    if check {
+        compare(root, &generated)
+    } else {
+        write(root, &generated)
+    }
+}
+
+/// The generated files: path relative to the root → content.
+fn generate(root: &Path) -> Result<BTreeMap<PathBuf, String>> {
+    let proto_dir = root.join(PROTO_DIR);
+    let mut protos: Vec<String> = std::fs::read_dir(&proto_dir)
+        .map_err(|e| format!("{}: {e}", proto_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".proto"))
+        .collect();
+    protos.sort();
+    if protos.is_empty() {
+        return Err(format!("no .proto file in {}", proto_dir.display()));
+    }
+    let fds = protox::compile(&protos, [&proto_dir]).map_err(|e| format!("protox: {e:?}"))?;
+
+    // Every package has an owner, and every owner a package.
+    let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for file in &fds.file {
+        sources
+            .entry(file.package().to_owned())
+            .or_default()
+            .push(file.name().to_owned());
+    }
+    for package in sources.keys() {
+        if !PACKAGES.iter().any(|(p, _)| p == package) {
+            return Err(format!(
+                "proto package {package:?} has no owning crate: add it to PACKAGES in \
+                 xtask/src/codegen.rs"
+            ));
+        }
+    }
+    for (package, _) in PACKAGES {
+        if !sources.contains_key(*package) {
+            return Err(format!(
+                "no file in {PROTO_DIR} declares package {package:?} (PACKAGES in \
+                 xtask/src/codegen.rs)"
+            ));
+        }
+    }
+
+    let out = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let mut config = prost_build::Config::new();
+    config.bytes(BYTES_PACKAGES);
+    for message in EXTRA_EQ {
+        config.message_attribute(message, "#[derive(Eq)]");
+    }
+    config
+        .out_dir(out.path())
+        .compile_fds(fds)
+        .map_err(|e| format!("prost-build: {e}"))?;
+
+    let mut generated = BTreeMap::new();
+    for (package, crate_dir) in PACKAGES {
+        let path = out.path().join(format!("{package}.rs"));
+        let code = std::fs::read_to_string(&path)
+            .map_err(|e| format!("prost-build output {}: {e}", path.display()))?;
+        let from = sources[*package]
+            .iter()
+            .map(|f| format!("{PROTO_DIR}/{f}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let header = format!(
+            "// @generated by `cargo xtask codegen` from {from} (package {package}).\n\
+             // Do not edit: change the schema and run `cargo xtask codegen`.\n"
+        );
+        generated.insert(target(crate_dir, package), header + &code);
+    }
+    Ok(generated)
+}
+
+/// Generated files present in the crates' `src/gen` directories but no longer generated.
+fn stale(root: &Path, generated: &BTreeMap<PathBuf, String>) -> Vec<PathBuf> {
+    let dirs: BTreeSet<PathBuf> = generated
+        .keys()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    let mut stale = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(root.join(&dir)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = dir.join(e.file_name());
+            if path.extension().is_some_and(|x| x == "rs") && !generated.contains_key(&path) {
+                stale.push(path);
+            }
+        }
+    }
+    stale.sort();
+    stale
+}
+
+fn write(root: &Path, generated: &BTreeMap<PathBuf, String>) -> Result {
+    for (path, code) in generated {
+        let full = root.join(path);
+        if std::fs::read_to_string(&full).is_ok_and(|old| old == *code) {
+            eprintln!("unchanged {}", path.display());
+            continue;
+        }
+        if let Some(dir) = full.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(&full, code).map_err(|e| format!("{}: {e}", full.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    for path in stale(root, generated) {
+        std::fs::remove_file(root.join(&path)).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("removed {} (no proto package generates it)", path.display());
+    }
+    Ok(())
+}
+
+fn compare(root: &Path, generated: &BTreeMap<PathBuf, String>) -> Result {
+    let mut drifted = Vec::new();
+    for (path, code) in generated {
+        match std::fs::read_to_string(root.join(path)) {
+            Ok(old) if old == *code => {}
+            Ok(old) => {
+                let line = old
+                    .lines()
+                    .zip(code.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or_else(|| old.lines().count().min(code.lines().count()))
+                    + 1;
+                drifted.push(format!(
+                    "{}: differs from what {PROTO_DIR} generates (first at line {line})",
+                    path.display()
+                ));
+            }
+            Err(e) => drifted.push(format!("{}: {e}", path.display())),
+        }
+    }
+    for path in stale(root, generated) {
+        drifted.push(format!(
+            "{}: generated from no proto package (stale)",
+            path.display()
+        ));
+    }
+    if drifted.is_empty() {
+        eprintln!(
+            "codegen: {} generated files match {PROTO_DIR}",
+            generated.len()
+        );
+        Ok(())
+    } else {
+        for d in &drifted {
+            eprintln!("codegen drift: {d}");
+        }
+        Err(format!(
+            "{} generated file(s) out of date with {PROTO_DIR}: {}; run `cargo xtask codegen` \
+             and commit the result",
+            drifted.len(),
+            drifted
+                .iter()
+                .map(|d| d.split(':').next().unwrap_or(d))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
