@@ -80,7 +80,17 @@ fn cargo(root: &Path, args: &[&str]) -> Result {
 }
 
 fn test(root: &Path) -> Result {
-    cargo(root, &["test", "--workspace", "--locked"])
+    // `kith-cli/lab`: kith-lab with kith-transport's test hooks, for the tests that use them.
+    cargo(
+        root,
+        &[
+            "test",
+            "--workspace",
+            "--locked",
+            "--features",
+            "kith-cli/lab",
+        ],
+    )
 }
 
 fn ci(root: &Path) -> Result {
@@ -95,6 +105,8 @@ fn ci(root: &Path) -> Result {
             "--workspace",
             "--all-targets",
             "--locked",
+            "--features",
+            "kith-cli/lab",
             "--",
             "-D",
             "warnings",

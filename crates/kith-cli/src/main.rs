@@ -270,10 +270,8 @@ pub(crate) async fn start(
             peers.push(p.clone());
         }
     }
-    let mut config = EndpointConfig {
-        relay: net.relay.clone(),
-        ..EndpointConfig::default()
-    };
+    let mut config = EndpointConfig::default();
+    config.relay = net.relay.clone();
     if layers.relay_server {
         config.relay_server = Some(kith::layers::transport::relay::RelayConfig::default());
     }
@@ -294,10 +292,9 @@ pub(crate) async fn start(
         b = b.store(dir.join("store")).share(sc);
     }
     if let Some(wait) = layers.search {
-        b = b.search(kith::search::Config {
-            query_timeout: wait,
-            ..Default::default()
-        });
+        let mut search = kith::search::Config::default();
+        search.query_timeout = wait;
+        b = b.search(search);
     }
     let node = b.spawn().await.context("starting the node")?;
     if layers.dht && !peers.is_empty() {

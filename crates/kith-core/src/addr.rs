@@ -39,6 +39,7 @@ pub struct NodeAddr {
 
 /// Error decoding a [`NodeAddr`] from bytes or text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeAddrError {
     /// The encoded form is longer than [`MAX_NODE_ADDR_LEN`].
     #[error("node address of {len} bytes exceeds {MAX_NODE_ADDR_LEN}")]

@@ -18,6 +18,7 @@ const MAX_PREFIX: usize = 5;
 
 /// Error reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The announced (or, when writing, actual) length exceeds the cap.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]

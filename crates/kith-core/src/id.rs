@@ -25,6 +25,7 @@ pub const NODE_ID_TEXT_LEN: usize = 52;
 
 /// Error parsing a [`NodeId`] from text or bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeIdError {
     /// The text or byte string has the wrong length.
     #[error("node id has length {len}, expected {expected}")]

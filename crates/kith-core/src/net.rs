@@ -178,6 +178,7 @@ pub async fn read_protocol_header<R: AsyncRead + Unpin + ?Sized>(
 
 /// Why a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectionError {
     /// This side closed the connection.
     #[error("connection closed locally")]
@@ -203,6 +204,7 @@ pub enum ConnectionError {
 
 /// Error on a stream (also carried inside the `io::Error`s of the stream traits).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamError {
     /// The peer has no handler mounted for the protocol this stream asked for.
     #[error("peer does not support this protocol")]
@@ -258,6 +260,7 @@ impl StreamError {
 
 /// Error sending a datagram.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DatagramError {
     /// The datagram (with its protocol prefix) exceeds what the path can carry.
     #[error("datagram of {size} bytes exceeds the limit of {max} bytes")]
@@ -313,6 +316,7 @@ pub enum ConnectError {
 
 /// Error mounting a protocol handler.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MountError {
     /// A handler is already mounted under this protocol name.
     #[error("protocol {0} is already mounted")]

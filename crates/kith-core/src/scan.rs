@@ -5,6 +5,7 @@
 
 /// Errors of [`count`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScanError {
     /// The bytes are not protobuf wire data (bad varint, unknown wire type, a length past
     /// the end).

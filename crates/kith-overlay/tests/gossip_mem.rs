@@ -107,10 +107,8 @@ async fn neighbor_scope_reaches_exactly_the_direct_neighbors() {
 async fn oversize_broadcast_is_refused_with_an_error() {
     let net = MemNetwork::new();
     let key = SecretKey::from_bytes(&[1; 32]);
-    let config = Config {
-        max_message_size: 1000,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.max_message_size = 1000;
     let g = Gossip::spawn(Arc::new(net.node(key.node_id())), key, config).expect("spawn");
     let topic = g
         .join(TopicId::from_name("big"), vec![])
@@ -146,13 +144,11 @@ async fn oversize_broadcast_is_refused_with_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queues_refuse_try_broadcast_and_lose_nothing() {
     let net = MemNetwork::new();
-    let config = Config {
-        max_message_size: 32 * 1024,
-        peer_queue: 4,
-        command_queue: 2,
-        event_queue: 2,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.max_message_size = 32 * 1024;
+    config.peer_queue = 4;
+    config.command_queue = 2;
+    config.event_queue = 2;
     let (ka, kb) = (
         SecretKey::from_bytes(&[1; 32]),
         SecretKey::from_bytes(&[2; 32]),

@@ -166,10 +166,8 @@ async fn client_mode_nodes_query_but_are_not_stored() {
     let secret = SecretKey::generate(&mut rng);
     let client_id = secret.node_id();
     let t: Arc<dyn Transport> = Arc::new(net.node(client_id));
-    let cfg = Config {
-        client_mode: true,
-        ..Config::default()
-    };
+    let mut cfg = Config::default();
+    cfg.client_mode = true;
     let client =
         Dht::spawn(t, secret, cfg, first.into_iter().collect()).unwrap_or_else(|e| panic!("{e}"));
     assert!(client.bootstrap().await.unwrap_or(0) > 0);

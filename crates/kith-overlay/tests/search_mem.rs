@@ -25,10 +25,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const BOUND: Duration = Duration::from_secs(30);
 
 fn config() -> Config {
-    Config {
-        query_timeout: QUERY_TIMEOUT,
-        ..Config::default()
-    }
+    let mut c = Config::default();
+    c.query_timeout = QUERY_TIMEOUT;
+    c
 }
 
 async fn bounded<F: Future>(what: &str, f: F) -> F::Output {

@@ -16,6 +16,7 @@ pub const MAX_WIRE_RANGES: usize = 16 * 1024;
 
 /// Why a wire range set was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RangeSetError {
     /// An odd number of varints: a gap without its length.
     #[error("range set has an odd number of values")]

@@ -40,6 +40,7 @@ fn base32() -> Encoding {
 
 /// Why a ticket string was rejected. Each variant says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TicketError {
     /// The text does not start with `kith`.
     #[error("not a kith ticket: it must start with \"kith\"")]

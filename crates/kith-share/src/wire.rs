@@ -87,6 +87,7 @@ impl Refusal {
 
 /// Why a frame was rejected.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// Not a valid protobuf message of the expected type.
     #[error("malformed message: {0}")]

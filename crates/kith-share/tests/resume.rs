@@ -54,10 +54,8 @@ fn child_download_process() {
             .await
             .unwrap();
         // Batches far smaller than the blob, so most kills land after some were recorded.
-        let config = StoreConfig {
-            sync_every_groups: 16,
-            ..StoreConfig::default()
-        };
+        let mut config = StoreConfig::default();
+        config.sync_every_groups = 16;
         let store: SharedStore = Arc::new(FsStore::open(&dir, config).unwrap());
         let t: Arc<dyn Transport> = Arc::new(ep.clone());
         let share = Share::spawn(t, store, None, ShareConfig::default()).unwrap();

@@ -64,6 +64,7 @@ impl Actor for Member {
 
 /// Parameters of a gossip run.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GossipParams {
     /// Members.
     pub nodes: usize,

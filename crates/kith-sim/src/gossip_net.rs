@@ -41,6 +41,7 @@ pub trait Actor {
 
 /// Network parameters.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NetConfig {
     /// Seed of every random choice.
     pub seed: u64,

@@ -19,7 +19,9 @@
 //! use kith_sim::{Sim, SimConfig};
 //! use kith_overlay::dht::Config;
 //!
-//! let mut sim = Sim::new(SimConfig { seed: 7, ..SimConfig::default() });
+//! let mut config = SimConfig::default();
+//! config.seed = 7;
+//! let mut sim = Sim::new(config);
 //! let first = sim.add_node(Config::default(), None);
 //! for _ in 0..20 {
 //!     sim.add_node(Config::default(), Some(first));
@@ -57,6 +59,7 @@ use crate::engine::{Clock, EventQueue, Place, nanos};
 
 /// Simulator parameters.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SimConfig {
     /// Seed of every random choice.
     pub seed: u64,

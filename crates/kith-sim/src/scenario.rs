@@ -14,6 +14,7 @@ use crate::{Role, Sim, SimConfig};
 
 /// How to build the network.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NetParams {
     /// Honest nodes.
     pub nodes: usize,

@@ -63,6 +63,7 @@ impl Actor for Searcher {
 
 /// Parameters of a search run.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SearchParams {
     /// Members.
     pub nodes: usize,

@@ -81,6 +81,7 @@ pub enum Malice {
 
 /// Parameters of a swarm run.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ShareParams {
     /// Seed of every random choice.
     pub seed: u64,

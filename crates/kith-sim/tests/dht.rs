@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kith_core::SecretKey;
 use kith_overlay::dht::message::{Body, Request};
-use kith_overlay::dht::{Config, Message, MutableRecord, QueryResult, Record, RecordKind};
+use kith_overlay::dht::{Message, MutableRecord, QueryResult, Record, RecordKind};
 use kith_sim::scenario::{self, ChurnParams, NetParams, Stored, SybilParams};
 
 fn lean(nodes: usize, seed: u64) -> NetParams {
@@ -44,10 +44,8 @@ fn records_survive_churn_through_republish() {
     p.dht.record_ttl = Duration::from_secs(600);
     p.dht.republish_interval = Some(Duration::from_secs(180));
     let mut sim = scenario::build(&p);
-    let lazy_cfg = Config {
-        republish_interval: None,
-        ..p.dht.clone()
-    };
+    let mut lazy_cfg = p.dht.clone();
+    lazy_cfg.republish_interval = None;
     let mut publishers = Vec::new();
     for i in 0..20 {
         let cfg = if i % 2 == 0 {

@@ -66,6 +66,7 @@ impl Default for GatewayConfig {
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GatewayError {
     /// Binding the listening socket failed.
     #[error("binding the gateway to {addr}: {source}")]

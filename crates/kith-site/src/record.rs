@@ -98,6 +98,7 @@ impl SiteUpdate {
 
 /// Why a site record was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SiteRecordError {
     /// The record is not under the site salt.
     #[error("record is not a site record (wrong salt)")]

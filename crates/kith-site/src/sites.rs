@@ -53,6 +53,7 @@ impl Default for SitesConfig {
 
 /// Why a site could not be opened, pinned or resolved.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// No record of the site was found in the DHT.
     #[error("no record of site {0} was found")]
@@ -76,6 +77,7 @@ pub enum OpenError {
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// Importing the folder failed.
     #[error("importing the site: {0}")]

@@ -42,6 +42,7 @@ use crate::tree::{
 
 /// Errors of [`RangeDecoder`] and [`decode_range`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The stream ended before the encoding did.
     #[error("encoded range is truncated")]

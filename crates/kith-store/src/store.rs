@@ -11,6 +11,7 @@ use crate::{Bitfield, Hash};
 
 /// Limits of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreConfig {
     /// Largest blob the store accepts, in bytes (at most [`MAX_BLOB_SIZE`]). A partial
     /// blob counts with its full size. Default: 1 TiB.
@@ -209,6 +210,7 @@ pub enum ExternalFault {
 
 /// Errors of the import operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImportError {
     /// The blob is larger than [`StoreConfig::max_blob_size`].
     #[error("blob of {size} bytes exceeds the store's blob size limit of {limit} bytes")]
@@ -258,6 +260,7 @@ pub enum ImportError {
 
 /// Errors of reading from a store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     /// The store has no part of the blob.
     #[error("blob {0} not found")]
@@ -290,6 +293,7 @@ pub enum ReadError {
 
 /// Errors of [`Store::export_file`](crate::Store::export_file).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExportError {
     /// Reading the blob failed.
     #[error(transparent)]
@@ -301,6 +305,7 @@ pub enum ExportError {
 
 /// Errors of the tag operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TagError {
     /// Tag names are 1 to 255 bytes of ASCII letters, digits, `-`, `_` and `.`, not
     /// starting with `.`.
@@ -313,6 +318,7 @@ pub enum TagError {
 
 /// Errors of listing, deleting and garbage collection.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// An I/O error on the store's files.
     #[error("store I/O error")]

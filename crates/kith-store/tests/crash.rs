@@ -76,15 +76,10 @@ fn child_writer_process() {
     }
     // Automatic syncs every few groups, by time in some runs; acknowledgements come
     // from explicit flushes.
-    let config = StoreConfig {
-        sync_every_groups: 1 + rng.below(8),
-        sync_interval: std::time::Duration::from_millis(if rng.below(2) == 0 {
-            1
-        } else {
-            3_600_000
-        }),
-        ..StoreConfig::default()
-    };
+    let mut config = StoreConfig::default();
+    config.sync_every_groups = 1 + rng.below(8);
+    config.sync_interval =
+        std::time::Duration::from_millis(if rng.below(2) == 0 { 1 } else { 3_600_000 });
     let store = FsStore::open(&dir, config).unwrap();
     let blobs = blobs();
     let src = MemStore::default();

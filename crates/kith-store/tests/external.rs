@@ -261,10 +261,8 @@ fn external_blobs_survive_reopen_and_do_not_count_as_held() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("s");
     // A store too small to hold any copy can still reference.
-    let config = StoreConfig {
-        max_total_size: 1000,
-        ..StoreConfig::default()
-    };
+    let mut config = StoreConfig::default();
+    config.max_total_size = 1000;
     let data = common::data(8, 3 * G as usize + 17);
     let path = write(&dir.path().join("in"), &data);
     let hash = {
@@ -486,10 +484,8 @@ fn damaged_records_are_rejected_on_open() {
     assert!(corrupt(&vec![0u8; 1 << 20]));
     // A blob larger than the store's limit.
     std::fs::write(&rec_path, &rec).unwrap();
-    let small = StoreConfig {
-        max_blob_size: G,
-        ..StoreConfig::default()
-    };
+    let mut small = StoreConfig::default();
+    small.max_blob_size = G;
     assert!(matches!(
         FsStore::open(&root, small),
         Err(OpenError::Corrupt(_))

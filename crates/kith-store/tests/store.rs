@@ -191,11 +191,9 @@ fn the_empty_blob_works_everywhere() {
 #[test]
 fn size_limits_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
-        max_blob_size: 100_000,
-        max_total_size: 150_000,
-        ..StoreConfig::default()
-    };
+    let mut config = StoreConfig::default();
+    config.max_blob_size = 100_000;
+    config.max_total_size = 150_000;
     let mem = MemStore::new(config);
     let fs = FsStore::open(dir.path().join("fs"), config).unwrap();
     for store in [&mem as &dyn Store, &fs] {
@@ -401,11 +399,9 @@ fn fs_store_records_stored_groups_in_batches_across_imports() {
     let data = common::data(23, 12 * GROUP_SIZE as usize);
     let hash = src.import_bytes(&data).unwrap();
     let g = GROUP_SIZE;
-    let config = StoreConfig {
-        sync_every_groups: 4,
-        sync_interval: std::time::Duration::from_secs(3600),
-        ..StoreConfig::default()
-    };
+    let mut config = StoreConfig::default();
+    config.sync_every_groups = 4;
+    config.sync_interval = std::time::Duration::from_secs(3600);
     let store = FsStore::open(dir.path(), config).unwrap();
     // What a crash right now would keep: the files as another opener reads them. A copy
     // taken while the flusher moves files may be torn (a file gone between listing and
@@ -573,11 +569,9 @@ fn ranges_without_size_proof_need_a_held_size() {
 fn fs_store_records_many_small_blobs_in_one_batch() {
     let dir = tempfile::tempdir().unwrap();
     let src = MemStore::new(StoreConfig::default());
-    let config = StoreConfig {
-        sync_every_groups: 1000,
-        sync_interval: std::time::Duration::from_secs(3600),
-        ..StoreConfig::default()
-    };
+    let mut config = StoreConfig::default();
+    config.sync_every_groups = 1000;
+    config.sync_interval = std::time::Duration::from_secs(3600);
     let store = FsStore::open(dir.path(), config).unwrap();
     let blobs: Vec<(Hash, Vec<u8>)> = (0..20u64)
         .map(|i| {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// How an [`Endpoint`](crate::Endpoint) binds and behaves.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EndpointConfig {
     /// IPv4 UDP socket address to bind (`None`: no IPv4). Default `0.0.0.0:0`.
     pub bind_v4: Option<SocketAddr>,
@@ -50,12 +51,15 @@ pub struct EndpointConfig {
     /// `--port-map`.
     pub port_mapping: Option<crate::portmap::Config>,
     /// Wait this long after a relayed connection starts before probing for a direct
-    /// path. Default zero; tests use it to hold a connection on the relay.
-    #[doc(hidden)]
+    /// path. Default zero (what a build without `test-util` always does); tests use it
+    /// to hold a connection on the relay. Test hook: only with the `test-util` feature.
+    #[cfg(feature = "test-util")]
     pub path_probe_delay: Duration,
     /// Reach relays over TLS/TCP only, as a host whose UDP is blocked must. Default off
-    /// (QUIC first, TCP when QUIC fails); tests use it to model a UDP-blocked host.
-    #[doc(hidden)]
+    /// (QUIC first, TCP when QUIC fails; what a build without `test-util` always does);
+    /// tests use it to model a UDP-blocked host. Test hook: only with the `test-util`
+    /// feature.
+    #[cfg(feature = "test-util")]
     pub relay_over_tcp_only: bool,
 }
 
@@ -74,7 +78,9 @@ impl Default for EndpointConfig {
             stun_servers: Vec::new(),
             hole_punch: HolePunchConfig::default(),
             port_mapping: None,
+            #[cfg(feature = "test-util")]
             path_probe_delay: Duration::ZERO,
+            #[cfg(feature = "test-util")]
             relay_over_tcp_only: false,
         }
     }
@@ -89,6 +95,24 @@ impl EndpointConfig {
             ..Self::default()
         }
     }
+
+    /// How long a relayed connection waits before probing for a direct path: zero unless
+    /// a test set `path_probe_delay`.
+    pub(crate) fn path_probe_delay(&self) -> Duration {
+        #[cfg(feature = "test-util")]
+        return self.path_probe_delay;
+        #[cfg(not(feature = "test-util"))]
+        Duration::ZERO
+    }
+
+    /// Whether relays are reached over TLS/TCP only: never unless a test set
+    /// `relay_over_tcp_only`.
+    pub(crate) fn relay_over_tcp_only(&self) -> bool {
+        #[cfg(feature = "test-util")]
+        return self.relay_over_tcp_only;
+        #[cfg(not(feature = "test-util"))]
+        false
+    }
 }
 
 /// Hole punching: how hard a relayed connection tries to find a direct path.
@@ -102,6 +126,7 @@ impl EndpointConfig {
 /// about e^-8 on a NAT that picks ports from 1024–65535). Both sides behind
 /// endpoint-dependent NATs cannot be predicted: those connections stay relayed.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HolePunchConfig {
     /// Try birthday-paradox probing where it applies. Default on.
     pub birthday: bool,
@@ -153,6 +178,7 @@ impl Default for HolePunchConfig {
 
 /// Limits that bound what peers can make the endpoint do.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Limits {
     /// Most simultaneous connections (incoming and outgoing, handshakes included).
     /// Incoming connections over the limit are refused; dials fail with

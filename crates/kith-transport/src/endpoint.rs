@@ -50,6 +50,7 @@ const ALERT_NO_APPLICATION_PROTOCOL: u8 = 0x78;
 
 /// Error binding an endpoint.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BindError {
     /// The TLS configuration could not be built from the key.
     #[error("tls configuration: {0}")]
@@ -806,7 +807,7 @@ impl Endpoint {
             }
             let relay_id = relay.node_id;
             // QUIC first; where UDP is blocked, TLS over TCP to the same address.
-            let quic = if inner.config.relay_over_tcp_only {
+            let quic = if inner.config.relay_over_tcp_only() {
                 None
             } else {
                 let limit = inner

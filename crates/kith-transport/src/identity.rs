@@ -8,6 +8,7 @@ use kith_core::SecretKey;
 
 /// Error loading or creating a key file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdentityError {
     /// The file could not be read, created or written.
     #[error("key file {path}: {source}")]

@@ -83,6 +83,7 @@ pub struct Mapping {
 
 /// How a [`PortMapper`] finds the gateway and what it asks for.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// The gateway to ask. `None` (default): the IPv4 default gateway of the host (read
     /// from `/proc/net/route` on Linux; elsewhere a gateway must be given).
@@ -106,12 +107,41 @@ pub struct Config {
     pub retry_interval: Duration,
     /// Bound on removing the mapping at shutdown. Default 2 s.
     pub delete_timeout: Duration,
-    /// UDP port of the PCP/NAT-PMP server. Default 5351; tests use another.
-    #[doc(hidden)]
+    /// UDP port of the PCP/NAT-PMP server. Default 5351 (what a build without
+    /// `test-util` always uses); tests use another. Test hook: only with the `test-util`
+    /// feature.
+    #[cfg(feature = "test-util")]
     pub pcp_port: u16,
-    /// Where SSDP searches go. Default `239.255.255.250:1900`; tests use loopback.
-    #[doc(hidden)]
+    /// Where SSDP searches go. Default `239.255.255.250:1900` (what a build without
+    /// `test-util` always uses); tests use loopback. Test hook: only with the
+    /// `test-util` feature.
+    #[cfg(feature = "test-util")]
     pub ssdp_target: SocketAddr,
+}
+
+/// The PCP/NAT-PMP server port (RFC 6887, RFC 6886).
+const PCP_PORT: u16 = wire::SERVER_PORT;
+
+/// The SSDP multicast group and port (UPnP Device Architecture).
+const SSDP_TARGET: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 255, 250)), 1900);
+
+impl Config {
+    /// The PCP/NAT-PMP server port: 5351 unless a test set `pcp_port`.
+    fn pcp_port(&self) -> u16 {
+        #[cfg(feature = "test-util")]
+        return self.pcp_port;
+        #[cfg(not(feature = "test-util"))]
+        PCP_PORT
+    }
+
+    /// Where SSDP searches go: the multicast group unless a test set `ssdp_target`.
+    fn ssdp_target(&self) -> SocketAddr {
+        #[cfg(feature = "test-util")]
+        return self.ssdp_target;
+        #[cfg(not(feature = "test-util"))]
+        SSDP_TARGET
+    }
 }
 
 impl Default for Config {
@@ -126,8 +156,10 @@ impl Default for Config {
             attempts: 2,
             retry_interval: Duration::from_secs(60),
             delete_timeout: Duration::from_secs(2),
-            pcp_port: wire::SERVER_PORT,
-            ssdp_target: SocketAddr::new(Ipv4Addr::new(239, 255, 255, 250).into(), 1900),
+            #[cfg(feature = "test-util")]
+            pcp_port: PCP_PORT,
+            #[cfg(feature = "test-util")]
+            ssdp_target: SSDP_TARGET,
         }
     }
 }
@@ -367,7 +399,7 @@ async fn context(config: &Config, local: SocketAddr) -> Result<Ctx, PortMapError
     let ip = if local.ip().is_unspecified() {
         // The source address the kernel picks towards the gateway (no packet is sent).
         let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
-        probe.connect((gateway, config.pcp_port)).await?;
+        probe.connect((gateway, config.pcp_port())).await?;
         match probe.local_addr()?.ip() {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(_) => return Err(PortMapError::NoGateway),
@@ -478,7 +510,7 @@ async fn delete(config: &Config, local: SocketAddr, held: &Held) -> Result<(), P
 /// trying `attempts` times with `request_timeout` each.
 async fn exchange(ctx: &Ctx, req: &[u8]) -> Result<Vec<u8>, PortMapError> {
     let sock = UdpSocket::bind(SocketAddr::new((*ctx.local.ip()).into(), 0)).await?;
-    let server = SocketAddr::new(ctx.gateway.into(), ctx.config.pcp_port);
+    let server = SocketAddr::new(ctx.gateway.into(), ctx.config.pcp_port());
     sock.connect(server).await?;
     let mut buf = [0u8; wire::MAX_PCP_MESSAGE + 1];
     for _ in 0..ctx.config.attempts.max(1) {
@@ -563,7 +595,7 @@ async fn upnp_map(
     let (igd, first) = match known {
         Some((igd, port)) => (igd, port),
         None => {
-            let location = upnp::discover(*ctx.local.ip(), ctx.config.ssdp_target, t).await?;
+            let location = upnp::discover(*ctx.local.ip(), ctx.config.ssdp_target(), t).await?;
             if location.addr.ip() != IpAddr::V4(ctx.gateway) {
                 tracing::debug!(location = ?location.addr, gateway = %ctx.gateway,
                     "UPnP device is not the gateway; using it anyway");

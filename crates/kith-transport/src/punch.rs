@@ -254,7 +254,7 @@ pub(crate) fn start_paths(inner: &Arc<Inner>, conn: &Arc<QuicConnection>) {
         let my_key: [u8; 32] = rand::random();
         table.set_my_key(node, my_key);
         send_paths(&inner, &conn, my_key).await;
-        let delay = inner.config.path_probe_delay;
+        let delay = inner.config.path_probe_delay();
         if !delay.is_zero() {
             tokio::select! {
                 _ = conn.inner.closed() => {}

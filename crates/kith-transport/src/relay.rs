@@ -77,6 +77,7 @@ pub enum RelayStatus {
 
 /// Error decoding a [`RelayFrame`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayFrameError {
     /// The frame is empty or shorter than its type requires.
     #[error("relay frame truncated")]
@@ -162,6 +163,7 @@ impl RelayFrame {
 
 /// Limits of a [`RelayServer`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RelayConfig {
     /// Most simultaneous reservations. Default 512.
     pub max_clients: usize,
@@ -213,6 +215,8 @@ pub struct RelayServer {
 }
 
 struct ServerInner {
+    /// Where [`RelayServer::tap`] copies forwarded packets (test hook).
+    #[cfg(feature = "test-util")]
     tap: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     config: RelayConfig,
     clients: Mutex<HashMap<NodeId, Client>>,
@@ -260,6 +264,7 @@ impl RelayServer {
     pub fn new(config: RelayConfig) -> Self {
         Self {
             inner: Arc::new(ServerInner {
+                #[cfg(feature = "test-util")]
                 tap: Mutex::new(None),
                 config,
                 clients: Mutex::new(HashMap::new()),
@@ -279,9 +284,9 @@ impl RelayServer {
         lock(&self.inner.clients).len()
     }
 
-    /// Copies every forwarded packet to the returned channel: what an observer on the
-    /// relay sees. For tests; not part of the stable API.
-    #[doc(hidden)]
+    /// Copies every forwarded packet to the returned channel (unbounded): what an
+    /// observer on the relay sees. Test hook: only with the `test-util` feature.
+    #[cfg(feature = "test-util")]
     pub fn tap(&self) -> mpsc::UnboundedReceiver<Bytes> {
         let (tx, rx) = mpsc::unbounded_channel();
         *lock(&self.inner.tap) = Some(tx);
@@ -355,6 +360,7 @@ impl ServerInner {
                 self.stats.dropped_rate.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            #[cfg(feature = "test-util")]
             if let Some(tap) = lock(&self.tap).as_ref() {
                 let _ = tap.send(packet.clone());
             }
@@ -454,6 +460,7 @@ const TCP_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// Error reserving a relay or sending through it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RelayError {
     /// The relay could not be reached.
     #[error("cannot reach relay: {0}")]

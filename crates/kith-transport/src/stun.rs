@@ -20,6 +20,7 @@ pub const MAX_STUN_MESSAGE: usize = 1024;
 
 /// Error decoding a STUN response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StunError {
     /// Shorter than a STUN header, not 4-byte aligned, or longer than its header says.
     #[error("malformed STUN message")]

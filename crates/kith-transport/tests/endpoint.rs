@@ -398,11 +398,9 @@ async fn ipv6_and_dual_stack() {
         return;
     }
     // IPv6 only, on ::1.
-    let v6 = EndpointConfig {
-        bind_v4: None,
-        bind_v6: Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0)),
-        ..EndpointConfig::loopback()
-    };
+    let mut v6 = EndpointConfig::loopback();
+    v6.bind_v4 = None;
+    v6.bind_v6 = Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0));
     let a = bind_with(1, v6.clone()).await;
     let b = bind_with(2, v6).await;
     assert!(b.node_addr().direct.iter().all(|s| s.is_ipv6()));
@@ -410,11 +408,9 @@ async fn ipv6_and_dual_stack() {
     assert_eq!(echo(&*conn, b"v6").await.unwrap(), b"v6");
     // Both families bound (on loopback: tests send nothing elsewhere); a dial over the
     // IPv6 address alone works, and node_addr() lists one address per family.
-    let dual = EndpointConfig {
-        bind_v4: Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0)),
-        bind_v6: Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0)),
-        ..EndpointConfig::loopback()
-    };
+    let mut dual = EndpointConfig::loopback();
+    dual.bind_v4 = Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0));
+    dual.bind_v6 = Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0));
     let c = bind_with(3, dual.clone()).await;
     let d = bind_with(4, dual).await;
     let families: Vec<bool> = d.node_addr().direct.iter().map(|s| s.is_ipv6()).collect();

@@ -20,7 +20,7 @@ use kith_core::NodeAddr;
 use kith_core::net::{BoxRecvStream, BoxSendStream};
 use kith_transport::relay::RelayConfig;
 use kith_transport::stun::{binding_response, is_stun, transaction_id};
-use kith_transport::{Endpoint, EndpointConfig, HolePunchConfig, PathKind, QuicConnection};
+use kith_transport::{Endpoint, EndpointConfig, PathKind, QuicConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -109,35 +109,24 @@ fn real(ep: &Endpoint) -> SocketAddr {
 impl Lab {
     /// Relay, fake STUN server, two peers and the wire; `stun_refresh` for the peers.
     async fn new(stun_refresh: Duration) -> Lab {
-        let relay = bind_with(
-            1,
-            EndpointConfig {
-                relay_server: Some(RelayConfig {
-                    rate_bytes_per_sec: 64 << 20,
-                    burst_bytes: 8 << 20,
-                    ..RelayConfig::default()
-                }),
-                ..EndpointConfig::loopback()
-            },
-        )
-        .await;
+        let mut relay_config = RelayConfig::default();
+        relay_config.rate_bytes_per_sec = 64 << 20;
+        relay_config.burst_bytes = 8 << 20;
+        let mut relay_cfg = EndpointConfig::loopback();
+        relay_cfg.relay_server = Some(relay_config);
+        let relay = bind_with(1, relay_cfg).await;
         let answers = Arc::new(Mutex::new(Vec::new()));
         let stun = stun_server(answers.clone()).await;
         let peer = |seed| {
-            let cfg = EndpointConfig {
-                bind_v4: Some("127.0.0.1:0".parse().unwrap()),
-                bind_v6: None,
-                relay: Some(relay.node_addr()),
-                relay_over_tcp_only: true,
-                stun_servers: vec![stun],
-                hole_punch: HolePunchConfig {
-                    stun_refresh,
-                    network_poll: None,
-                    advertise_bound: false,
-                    ..HolePunchConfig::default()
-                },
-                ..EndpointConfig::loopback()
-            };
+            let mut cfg = EndpointConfig::loopback();
+            cfg.bind_v4 = Some("127.0.0.1:0".parse().unwrap());
+            cfg.bind_v6 = None;
+            cfg.relay = Some(relay.node_addr());
+            cfg.relay_over_tcp_only = true;
+            cfg.stun_servers = vec![stun];
+            cfg.hole_punch.stun_refresh = stun_refresh;
+            cfg.hole_punch.network_poll = None;
+            cfg.hole_punch.advertise_bound = false;
             async move {
                 let ep = bind_with(seed, cfg).await;
                 ep.mount(HASH, Arc::new(Hasher)).unwrap();

@@ -20,11 +20,10 @@ struct Net {
 }
 
 async fn relay() -> Net {
-    let server = RelayServer::new(RelayConfig {
-        rate_bytes_per_sec: 64 << 20,
-        burst_bytes: 8 << 20,
-        ..RelayConfig::default()
-    });
+    let mut config = RelayConfig::default();
+    config.rate_bytes_per_sec = 64 << 20;
+    config.burst_bytes = 8 << 20;
+    let server = RelayServer::new(config);
     let relay = bind(1).await;
     relay
         .mount(
@@ -39,11 +38,9 @@ async fn relay() -> Net {
 }
 
 async fn peer(seed: u64, net: &Net, probe_delay: Duration) -> Endpoint {
-    let cfg = EndpointConfig {
-        relay: Some(net.relay.node_addr()),
-        path_probe_delay: probe_delay,
-        ..EndpointConfig::loopback()
-    };
+    let mut cfg = EndpointConfig::loopback();
+    cfg.relay = Some(net.relay.node_addr());
+    cfg.path_probe_delay = probe_delay;
     let ep = bind_with(seed, cfg).await;
     ep.mount(HASH, Arc::new(Hasher)).unwrap();
     assert_eq!(
@@ -173,34 +170,19 @@ async fn forged_and_replayed_probes_do_not_move_a_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_udp_blocked_host_connects_through_the_relay_over_tcp() {
     // The relay offers relaying over QUIC and over TLS/TCP on the same address.
-    let relay = bind_with(
-        1,
-        EndpointConfig {
-            relay_server: Some(RelayConfig::default()),
-            ..EndpointConfig::loopback()
-        },
-    )
-    .await;
+    let mut relay_cfg = EndpointConfig::loopback();
+    relay_cfg.relay_server = Some(RelayConfig::default());
+    let relay = bind_with(1, relay_cfg).await;
     // c reaches the relay over TCP only (as a host behind a UDP-blocking firewall would)
     // and holds off direct probing; b is an ordinary peer on the same relay.
-    let c = bind_with(
-        2,
-        EndpointConfig {
-            relay: Some(relay.node_addr()),
-            relay_over_tcp_only: true,
-            path_probe_delay: Duration::from_secs(60),
-            ..EndpointConfig::loopback()
-        },
-    )
-    .await;
-    let b = bind_with(
-        3,
-        EndpointConfig {
-            relay: Some(relay.node_addr()),
-            ..EndpointConfig::loopback()
-        },
-    )
-    .await;
+    let mut c_cfg = EndpointConfig::loopback();
+    c_cfg.relay = Some(relay.node_addr());
+    c_cfg.relay_over_tcp_only = true;
+    c_cfg.path_probe_delay = Duration::from_secs(60);
+    let c = bind_with(2, c_cfg).await;
+    let mut b_cfg = EndpointConfig::loopback();
+    b_cfg.relay = Some(relay.node_addr());
+    let b = bind_with(3, b_cfg).await;
     b.mount(HASH, Arc::new(Hasher)).unwrap();
     assert_eq!(c.node_addr().relays.len(), 1, "reserved over TCP");
     assert!(
@@ -263,10 +245,8 @@ async fn the_home_relay_is_reserved_again_after_it_restarts() {
     net.relay.close().await;
     drop(net);
     let server = RelayServer::new(RelayConfig::default());
-    let cfg = EndpointConfig {
-        bind_v4: Some(bound),
-        ..EndpointConfig::loopback()
-    };
+    let mut cfg = EndpointConfig::loopback();
+    cfg.bind_v4 = Some(bound);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let relay2 = loop {
         // The old socket is released once the old endpoint's tasks end.

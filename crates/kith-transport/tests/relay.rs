@@ -61,14 +61,9 @@ async fn packets_are_forwarded_by_node_id_with_authenticated_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservation_limit_refuses() {
-    let (relay, server) = relay_node(
-        1,
-        RelayConfig {
-            max_clients: 1,
-            ..RelayConfig::default()
-        },
-    )
-    .await;
+    let mut config = RelayConfig::default();
+    config.max_clients = 1;
+    let (relay, server) = relay_node(1, config).await;
     let a = bind(2).await;
     let b = bind(3).await;
     let _keep = RelayClient::connect(&a, relay.node_addr()).await.unwrap();
@@ -81,11 +76,9 @@ async fn reservation_limit_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_peer_is_limited_and_others_keep_flowing() {
-    let config = RelayConfig {
-        rate_bytes_per_sec: 64 << 10,
-        burst_bytes: 64 << 10,
-        ..RelayConfig::default()
-    };
+    let mut config = RelayConfig::default();
+    config.rate_bytes_per_sec = 64 << 10;
+    config.burst_bytes = 64 << 10;
     let (relay, server) = relay_node(1, config).await;
     let flooder = bind(2).await;
     let polite = bind(3).await;

@@ -146,14 +146,9 @@ async fn an_unknown_kind_is_asked_again_soon() {
             }
         });
     }
-    let ep = bind_with(
-        1,
-        kith_transport::EndpointConfig {
-            stun_servers: servers,
-            ..kith_transport::EndpointConfig::loopback()
-        },
-    )
-    .await;
+    let mut cfg = kith_transport::EndpointConfig::loopback();
+    cfg.stun_servers = servers;
+    let ep = bind_with(1, cfg).await;
     assert_eq!(ep.nat(), NatKind::Unknown, "every answer at bind was lost");
     // Known well before the refresh (300 s): polled, bounded at 30 s.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

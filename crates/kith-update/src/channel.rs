@@ -54,6 +54,7 @@ impl Default for UpdateConfig {
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// Importing the release failed.
     #[error("importing the release: {0}")]
@@ -68,6 +69,7 @@ pub enum PublishError {
 
 /// Why an update check failed. Nothing installed changed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpdateError {
     /// No announcement of the channel was found.
     #[error("no release of the channel was found")]

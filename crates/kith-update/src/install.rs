@@ -26,6 +26,7 @@ use crate::metadata::{Bundle, MetadataError, Release};
 /// Why an install or rollback failed. Whatever happened, `current` still names a
 /// complete release (or none, before the first install).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InstallError {
     /// The filesystem failed.
     #[error("{what} {path}: {source}")]

@@ -16,6 +16,7 @@ use crate::metadata::{Bundle, ChannelId, MetadataError, Root, RootBody, SignedDo
 
 /// Why keys could not be made, loaded or rotated.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeysError {
     /// The filesystem failed.
     #[error("{path}: {source}")]

@@ -37,6 +37,7 @@ pub use crate::wire::{Bundle, FileEntry, KeySignature, ReleaseBody, RootBody, Si
 
 /// Why metadata was refused. Nothing is installed on any of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MetadataError {
     /// Bytes that do not decode, or a field of the wrong size.
     #[error("malformed metadata: {0}")]

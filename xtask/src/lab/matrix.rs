@@ -1,7 +1,8 @@
 //! `cargo xtask lab matrix`: runs the real `kith` binary in the lab and writes the
 //! connectivity matrix (issue 3).
 //!
-//! 1. builds `kith` (`cargo build --release -p kith-cli`) unless `--no-build`;
+//! 1. builds `kith` and `kith-lab` (`cargo build --release -p kith-cli --features lab`)
+//!    unless `--no-build`;
 //! 2. brings the standard lab up (the [`Lab`] guard and its cleanup helper tear it down
 //!    on every path);
 //! 3. starts `kith relay --bind <pub1>:7000` in `pub1` and one `kith-lab peer --bind
@@ -998,7 +999,7 @@ pub(crate) fn kith_ready(root: &Path, build: bool) -> Result<PathBuf, String> {
     }
     if !exe.is_file() {
         return Err(format!(
-            "{} does not exist; run `cargo build --release -p kith-cli`",
+            "{} does not exist; run `cargo build --release -p kith-cli --features lab`",
             exe.display()
         ));
     }
@@ -1014,7 +1015,8 @@ fn kith_binary(root: &Path) -> PathBuf {
 }
 
 pub(crate) fn build_kith(root: &Path) -> Result<(), String> {
-    let args = ["build", "--release", "-p", "kith-cli"];
+    // `lab`: kith-lab's `--probe-delay-ms` (kith-transport's test hooks).
+    let args = ["build", "--release", "-p", "kith-cli", "--features", "lab"];
     eprintln!("$ cargo {}", args.join(" "));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(cargo)

@@ -47,7 +47,8 @@ struct Args {
     relay: Option<NodeAddr>,
     stun: Vec<SocketAddr>,
     /// Hidden `--probe-delay-ms`: hold relayed connections on the relay this long before
-    /// probing (tests that must see a connection start relayed).
+    /// probing (tests that must see a connection start relayed). Only with the `lab`
+    /// feature (kith-transport's `test-util` hooks).
     probe_delay_ms: u64,
     /// `--mdns`: announce on the LAN and resolve bare node ids there (`peer`).
     mdns: bool,
@@ -117,7 +118,17 @@ async fn start_node(args: &Args) -> anyhow::Result<(Node, SecretKey)> {
     }
     config.relay = args.relay.clone();
     config.stun_servers = args.stun.clone();
-    config.path_probe_delay = std::time::Duration::from_millis(args.probe_delay_ms);
+    // A test hook of kith-transport (`test-util`), there only with the `lab` feature.
+    #[cfg(feature = "lab")]
+    {
+        config.path_probe_delay = std::time::Duration::from_millis(args.probe_delay_ms);
+    }
+    #[cfg(not(feature = "lab"))]
+    if args.probe_delay_ms != 0 {
+        bail!(
+            "--probe-delay-ms needs kith-lab built with `--features lab` (`cargo xtask lab` does)"
+        );
+    }
     if args.port_map {
         let mut pm = kith::layers::transport::portmap::Config::default();
         if let Some(list) = &args.port_map_protocols {

@@ -7,6 +7,7 @@ use super::record::Limits;
 /// Configuration of a [`DhtCore`](super::DhtCore). `Config::default()` is what a
 /// public node on the internet should use.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Bucket size and replication factor (k, default 20; at most
     /// [`MAX_CLOSER`](super::message::MAX_CLOSER)).

@@ -54,6 +54,7 @@ pub struct QueryStats {
 
 /// Why a get found nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GetError {
     /// The lookup converged without finding a valid record.
     #[error("record not found")]
@@ -62,6 +63,7 @@ pub enum GetError {
 
 /// Why a put (or provider announcement) stored nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PutError {
     /// The record itself is invalid (bad signature, too large).
     #[error("invalid record: {0}")]

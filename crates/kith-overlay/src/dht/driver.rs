@@ -40,6 +40,7 @@ pub use kith_core::net::Discovery as Resolve;
 
 /// Error of a DHT operation through the driver.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DhtError {
     /// The secret key given to [`Dht::spawn`] is not the transport's identity.
     #[error("secret key does not match the transport's node id")]

@@ -20,6 +20,7 @@ pub const MAX_SALT_LEN: usize = 64;
 
 /// Size limits applied to records, configurable with safe defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Longest value accepted (default 1000 bytes, as in BEP 44; at most [`MAX_VALUE_LEN`]).
     pub max_value_len: usize,
@@ -38,6 +39,7 @@ impl Default for Limits {
 
 /// Why a record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// The value is longer than the limit.
     #[error("value of {len} bytes exceeds the limit of {max}")]

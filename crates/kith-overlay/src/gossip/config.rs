@@ -7,6 +7,7 @@ use super::message::{MAX_PAYLOAD_LEN, MAX_SHUFFLE_NODES, MAX_WALK_TTL};
 /// Configuration of a [`TopicCore`](super::TopicCore) (and of the driver's queues).
 /// `Config::default()` suits a chat room or a game lobby on the internet.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Largest payload [`broadcast`](super::TopicCore::broadcast) accepts (default
     /// 64 KiB, at most [`MAX_PAYLOAD_LEN`]). Larger payloads are refused with

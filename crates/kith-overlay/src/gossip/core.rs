@@ -49,6 +49,7 @@ pub enum Event {
 
 /// Error starting a broadcast.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BroadcastError {
     /// The payload is larger than [`Config::max_message_size`].
     #[error("message of {size} bytes exceeds the limit of {max} bytes")]

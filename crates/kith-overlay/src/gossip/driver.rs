@@ -87,6 +87,7 @@ const INBOUND_QUEUE: usize = 1024;
 
 /// Error starting the driver.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpawnError {
     /// The secret key is not the transport's identity.
     #[error("secret key does not match the transport's node id")]
@@ -98,6 +99,7 @@ pub enum SpawnError {
 
 /// Error joining a topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JoinError {
     /// This node already has a live [`Topic`] handle for the topic.
     #[error("topic already joined")]
@@ -109,6 +111,7 @@ pub enum JoinError {
 
 /// Error sending through a [`Topic`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The payload is larger than [`Config::max_message_size`]; nothing was sent.
     #[error("message of {size} bytes exceeds the limit of {max} bytes")]

@@ -248,6 +248,7 @@ pub struct IHaveEntry {
 
 /// Error converting wire bytes into a [`Message`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MessageError {
     /// The encoded message is longer than [`MAX_MESSAGE_LEN`].
     #[error("message of {0} bytes exceeds {MAX_MESSAGE_LEN}")]

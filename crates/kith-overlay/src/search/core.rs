@@ -17,6 +17,7 @@ use super::message::{
 
 /// Configuration of a [`SearchCore`], with safe defaults.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// TTL of a flooded query: hops from the querier (default 7, as in Gnutella).
     pub flood_ttl: u8,
@@ -102,6 +103,7 @@ pub enum Event {
 
 /// Error starting a query.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum QueryError {
     /// No keyword, more than [`MAX_KEYWORDS`], or one longer than [`MAX_KEYWORD_LEN`].
     #[error("1 to {MAX_KEYWORDS} keywords of at most {MAX_KEYWORD_LEN} bytes required")]

@@ -47,7 +47,8 @@
 //!
 //! let net = MemNetwork::new();
 //! let (ka, kb) = (SecretKey::from_bytes(&[1; 32]), SecretKey::from_bytes(&[2; 32]));
-//! let config = Config { query_timeout: Duration::from_millis(500), ..Config::default() };
+//! let mut config = Config::default();
+//! config.query_timeout = Duration::from_millis(500);
 //! let a = Search::spawn(Arc::new(net.node(ka.node_id())), config.clone(), Some(1))?;
 //! let b = Search::spawn(Arc::new(net.node(kb.node_id())), config, Some(2))?;
 //! a.add_neighbor(b.local_addr()).await?;
@@ -97,6 +98,7 @@ pub const MAX_RESULTS: usize = 10_000;
 
 /// Error from the search driver.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SearchError {
     /// `kith/search/1` is already mounted on this transport.
     #[error("protocol kith/search/1 is already mounted")]
