@@ -292,9 +292,7 @@ pub(crate) async fn start(
         b = b.store(dir.join("store")).share(sc);
     }
     if let Some(wait) = layers.search {
-        let mut search = kith::search::Config::default();
-        search.query_timeout = wait;
-        b = b.search(search);
+        b = b.search(search_config(wait));
     }
     let node = b.spawn().await.context("starting the node")?;
     if layers.dht && !peers.is_empty() {
@@ -788,4 +786,11 @@ async fn chat(dir: &Path, a: ChatArgs) -> anyhow::Result<()> {
     .await;
     node.close().await;
     Ok(())
+}
+
+/// The search layer's configuration with `wait` as the query timeout.
+fn search_config(wait: Duration) -> kith::search::Config {
+    let mut c = kith::search::Config::default();
+    c.query_timeout = wait;
+    c
 }

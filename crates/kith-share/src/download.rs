@@ -149,6 +149,7 @@ impl std::fmt::Display for ProviderFailure {
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DownloadError {
     /// The ticket names no provider and discovery found none.
     #[error("no provider known for {0}: the ticket names none and discovery found none")]

@@ -115,6 +115,7 @@ impl Default for ShareConfig {
 
 /// Errors of the share operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShareError {
     /// `kith/share/1` is already mounted on the transport.
     #[error("the share protocol is already mounted on this transport")]

@@ -52,6 +52,7 @@ impl Entry {
 
 /// Errors of decoding and validating a manifest.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// The encoded manifest exceeds [`MAX_MANIFEST_SIZE`].
     #[error("manifest of {0} bytes exceeds the limit")]
@@ -170,6 +171,7 @@ impl Manifest {
 
 /// Errors of importing and exporting collections.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CollectionError {
     /// The manifest is invalid.
     #[error(transparent)]

@@ -38,6 +38,7 @@ const IO_BUF: usize = 1 << 20;
 
 /// Errors of [`FsStore::open`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// Creating, reading or repairing the store's files failed.
     #[error("I/O error on {1}")]
