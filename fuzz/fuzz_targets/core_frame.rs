@@ -1,8 +1,9 @@
-//! Feeds arbitrary bytes, in arbitrary splits, to the capped frame decoder.
+//! Feeds arbitrary bytes, in arbitrary splits, to the capped frame decoder, and the same
+//! bytes to the blocking frame reader.
 #![no_main]
 
 use bytes::BytesMut;
-use kith_core::frame::FrameDecoder;
+use kith_core::frame::{FrameDecoder, read_frame_blocking};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,4 +21,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = dec.finish(&buf);
+    let mut reader = rest;
+    while let Ok(Some(frame)) = read_frame_blocking(&mut reader, max) {
+        assert!(frame.len() <= max);
+    }
 });

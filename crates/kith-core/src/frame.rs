@@ -205,12 +205,58 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
                 expected: width + len,
             });
         }
-        if body.capacity() < body.len() + got {
-            // Double, but never past the announced length.
-            let target = (body.capacity() * 2).max(body.len() + got).min(len);
-            body.reserve_exact(target - body.len());
+        append_grown(&mut body, &step[..got], len);
+    }
+    Ok(Some(Bytes::from(body)))
+}
+
+/// Appends `got` to a frame body of announced length `len`, doubling the buffer as bytes
+/// arrive but never past `len`.
+fn append_grown(body: &mut Vec<u8>, got: &[u8], len: usize) {
+    if body.capacity() < body.len() + got.len() {
+        let target = (body.capacity() * 2).max(body.len() + got.len()).min(len);
+        body.reserve_exact(target - body.len());
+    }
+    body.extend_from_slice(got);
+}
+
+/// [`read_frame`] from a blocking reader (a buffered one: the prefix is read a byte at a
+/// time), with the same checks: the length is checked against `max` before anything is
+/// allocated, and the body grows with the bytes that arrive.
+pub fn read_frame_blocking<R: std::io::Read + ?Sized>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut prefix = [0u8; MAX_PREFIX];
+    let mut n = 0;
+    let (width, len) = loop {
+        if reader.read(&mut prefix[n..n + 1])? == 0 {
+            if n == 0 {
+                return Ok(None);
+            }
+            return Err(FrameError::Truncated {
+                got: n,
+                expected: n + 1,
+            });
         }
-        body.extend_from_slice(&step[..got]);
+        n += 1;
+        if let Prefix::Complete { width, len } = parse_prefix(&prefix[..n])? {
+            break (width, len);
+        }
+    };
+    let len = check_len(len, max)?;
+    let mut body: Vec<u8> = Vec::new();
+    let mut step = vec![0u8; len.min(READ_STEP)];
+    while body.len() < len {
+        let want = (len - body.len()).min(step.len());
+        let got = reader.read(&mut step[..want])?;
+        if got == 0 {
+            return Err(FrameError::Truncated {
+                got: width + body.len(),
+                expected: width + len,
+            });
+        }
+        append_grown(&mut body, &step[..got], len);
     }
     Ok(Some(Bytes::from(body)))
 }
@@ -268,6 +314,29 @@ mod tests {
             cap_before,
             "no allocation for a rejected frame"
         );
+    }
+
+    #[test]
+    fn the_blocking_reader_reads_what_the_async_one_does() {
+        let mut bytes = frame_bytes(b"hello");
+        bytes.extend(frame_bytes(b""));
+        let mut r = &bytes[..];
+        assert_eq!(
+            &read_frame_blocking(&mut r, 16).unwrap().unwrap()[..],
+            b"hello"
+        );
+        assert!(read_frame_blocking(&mut r, 16).unwrap().unwrap().is_empty());
+        assert!(read_frame_blocking(&mut r, 16).unwrap().is_none());
+        // Over the cap: refused on the prefix alone; cut short: truncated.
+        assert!(matches!(
+            read_frame_blocking(&mut &frame_bytes(&[0; 17])[..], 16),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let cut = frame_bytes(b"hello");
+        assert!(matches!(
+            read_frame_blocking(&mut &cut[..3], 16),
+            Err(FrameError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -1427,31 +1427,10 @@ const MAX_HEADER: usize = 64;
 
 /// Reads one header frame of a get answer from a blocking reader. `Ok(None)` on a clean
 /// end of stream; an error for a cut stream or a frame over [`MAX_HEADER`].
-fn read_header(r: &mut impl std::io::Read) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = 0usize;
-    let mut shift = 0;
-    let mut first = true;
-    loop {
-        let mut b = [0u8; 1];
-        if r.read(&mut b)? == 0 {
-            if first {
-                return Ok(None);
-            }
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        first = false;
-        len |= usize::from(b[0] & 0x7f) << shift;
-        if len > MAX_HEADER || shift > 14 {
-            return Err(std::io::Error::other("header frame too long"));
-        }
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    Ok(Some(body))
+fn read_header(
+    r: &mut impl std::io::Read,
+) -> Result<Option<bytes::Bytes>, kith_core::frame::FrameError> {
+    kith_core::frame::read_frame_blocking(r, MAX_HEADER)
 }
 
 #[cfg(test)]

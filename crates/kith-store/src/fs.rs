@@ -222,19 +222,12 @@ struct Inner {
     /// for their batch to be synced (see `unsynced`).
     partial: BTreeMap<Hash, Bitfield>,
     partial_size: BTreeMap<Hash, u64>,
-    /// Partial blobs with present groups not yet recorded on disk.
-    unsynced: BTreeMap<Hash, Unsynced>,
+    /// Partial blobs with present groups not yet recorded on disk: how many each.
+    unsynced: BTreeMap<Hash, u64>,
     /// Groups recorded in each partial blob's bitfield file.
     recorded: BTreeMap<Hash, u64>,
     tags: BTreeMap<String, Tag>,
     used: u64,
-}
-
-/// Present groups of one partial blob that wait for a sync.
-#[derive(Debug)]
-struct Unsynced {
-    groups: u64,
-    since: std::time::Instant,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -1396,25 +1389,12 @@ impl PartialSink for FsPartial<'_> {
             if added == 0 {
                 return Ok(());
             }
-            let now = std::time::Instant::now();
-            let u = inner.unsynced.entry(self.hash).or_insert(Unsynced {
-                groups: 0,
-                since: now,
-            });
-            u.groups += added;
+            let waiting = inner.unsynced.entry(self.hash).or_insert(0);
+            *waiting += added;
             // A completed blob waits for the batch like any other: many small blobs
-            // completing one after another share one batch of syncs.
-            let oldest = inner
-                .unsynced
-                .values()
-                .map(|u| u.since)
-                .min()
-                .unwrap_or(now);
-            inner
-                .unsynced
-                .get(&self.hash)
-                .is_some_and(|u| u.groups >= self.store.config.sync_every_groups.max(1))
-                || now.duration_since(oldest) >= self.store.config.sync_interval
+            // completing one after another share one batch of syncs. Groups that wait
+            // `sync_interval` are recorded by the flusher's timed wake.
+            *waiting >= self.store.config.sync_every_groups.max(1)
         };
         if let Some(e) = self.store.flusher.take_error() {
             return Err(e);

@@ -27,9 +27,10 @@ pub struct StoreConfig {
     ///
     /// [`Store::import_verified`]: crate::Store::import_verified
     pub sync_every_groups: u64,
-    /// For the filesystem store: the longest a stored group of a partial blob waits
-    /// before it is synced and recorded (checked whenever a group of that blob is
-    /// stored; [`Store::flush`] and dropping the store sync at once). Default: 1 s.
+    /// For the filesystem store: how often its flusher thread records the groups that
+    /// wait, whatever their number (so a stored group waits about this long, plus the
+    /// batch's own time; [`Store::flush`] and dropping the store sync at once).
+    /// Default: 1 s.
     ///
     /// [`Store::flush`]: crate::Store::flush
     pub sync_interval: std::time::Duration,
