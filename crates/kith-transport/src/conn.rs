@@ -66,7 +66,7 @@ pub struct QuicConnection {
     /// Wakes the path prober (new candidates arrived).
     pub(crate) path_kick: tokio::sync::Notify,
     /// Hole-punching state of a relayed connection.
-    pub(crate) punch: crate::punch::PunchState,
+    pub(crate) punch: crate::punch_state::PunchState,
     /// The path table, for a relayed (mapped) connection.
     pub(crate) table: Option<std::sync::Arc<crate::paths::PathTable>>,
 }
@@ -165,7 +165,7 @@ impl QuicConnection {
 
     /// What hole punching does for this connection, or why it stays relayed (for
     /// example [`HolePunch::BothEndpointDependent`](crate::HolePunch)).
-    pub fn hole_punch(&self) -> crate::HolePunch {
+    pub fn hole_punch(&self) -> crate::punch_state::HolePunch {
         *self.punch.status.borrow()
     }
 

@@ -67,8 +67,10 @@ mod observe;
 mod paths;
 pub mod portmap;
 mod punch;
+mod punch_state;
 pub mod relay;
 pub mod stun;
+mod sync;
 mod tls;
 
 pub use config::{EndpointConfig, HolePunchConfig, Limits};
@@ -76,7 +78,7 @@ pub use conn::{ConnectionStats, QuicConnection, ZeroRtt};
 pub use endpoint::{BindError, Endpoint};
 pub use identity::{IdentityError, load_or_create_secret_key};
 pub use paths::PathKind;
-pub use punch::HolePunch;
+pub use punch_state::HolePunch;
 pub use tls::KITH_ALPN;
 
 /// quinn configurations identical to the ones an [`Endpoint`] uses (same TLS, same
@@ -123,6 +125,6 @@ pub mod fuzzing {
 
     /// Parses a path-candidate message; never panics.
     pub fn paths_message(data: &[u8]) {
-        let _ = crate::punch::parse_paths(data);
+        let _ = crate::punch_state::parse_paths(data);
     }
 }

@@ -34,6 +34,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::watch;
 
 use crate::relay::RelayClient;
+use crate::sync::lock;
 
 /// Size of a probe datagram.
 pub(crate) const PROBE_LEN: usize = 1 + 4 + 1 + 12 + 32 + 16;
@@ -313,10 +314,6 @@ impl fmt::Debug for PathTable {
             .field("local", &self.local)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// True if `addr` lies in the synthetic block mapped addresses come from.
@@ -911,7 +908,37 @@ impl PathSocket {
         self.inner.try_send(&t).is_ok()
     }
 
-    /// Sends a probe from the socket it names.
+    /// Sends a raw datagram like [`send_raw`](Self::send_raw), but when the socket says
+    /// it would block, waits until it is writable and tries again (three tries in all).
+    /// A socket just bound refuses sends until the reactor has once seen it writable:
+    /// without the wait, the first STUN request after bind was dropped on the floor.
+    pub(crate) async fn send_raw_waiting(&self, to: SocketAddr, data: &[u8]) -> bool {
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        };
+        let mut poller = None;
+        for _ in 0..3 {
+            match self.inner.try_send(&t) {
+                Ok(()) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let p = poller.get_or_insert_with(|| self.inner.clone().create_io_poller());
+                    if std::future::poll_fn(|cx| p.as_mut().poll_writable(cx))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Sends a probe from the socket it names; false if the socket refused it.
     pub(crate) fn send_probe(&self, (via, to, probe): &Outgoing) -> bool {
         match via {

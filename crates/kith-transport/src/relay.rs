@@ -38,6 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::sync::lock;
+
 /// The relay protocol.
 pub const RELAY_PROTOCOL: Protocol = Protocol::from_static("kith/relay/1");
 
@@ -231,10 +233,6 @@ impl fmt::Debug for RelayServer {
             .field("clients", &lock(&self.inner.clients).len())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Bucket {

@@ -357,7 +357,7 @@ async fn endpoint_offers_mapping_and_removes_it_on_close() {
     assert_eq!(mapping.external, external);
     assert_eq!(ep.port_mapping(), Some(mapping));
     assert!(ep.node_addr().direct.contains(&external));
-    assert!(ep.inner().candidates().0.contains(&external));
+    assert!(ep.candidates().0.contains(&external));
     ep.close().await;
     assert_eq!(next(&mut seen).await, (Protocol::Pcp, local.port(), 0));
     assert_eq!(ep.port_mapping(), None);
