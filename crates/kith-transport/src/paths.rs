@@ -890,6 +890,17 @@ impl fmt::Debug for PathSocket {
     }
 }
 
+/// A plain datagram to `to`, for sending on the real socket.
+fn raw_transmit(to: SocketAddr, data: &[u8]) -> Transmit<'_> {
+    Transmit {
+        destination: to,
+        ecn: None,
+        contents: data,
+        segment_size: None,
+        src_ip: None,
+    }
+}
+
 impl PathSocket {
     pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, table: Arc<PathTable>) -> Self {
         Self { inner, table }
@@ -898,13 +909,7 @@ impl PathSocket {
     /// Sends a probe (or any raw datagram) on the real socket, best effort; false if the
     /// socket refused it (for example a full send buffer).
     pub(crate) fn send_raw(&self, to: SocketAddr, data: &[u8]) -> bool {
-        let t = Transmit {
-            destination: to,
-            ecn: None,
-            contents: data,
-            segment_size: None,
-            src_ip: None,
-        };
+        let t = raw_transmit(to, data);
         self.inner.try_send(&t).is_ok()
     }
 
@@ -913,13 +918,7 @@ impl PathSocket {
     /// A socket just bound refuses sends until the reactor has once seen it writable:
     /// without the wait, the first STUN request after bind was dropped on the floor.
     pub(crate) async fn send_raw_waiting(&self, to: SocketAddr, data: &[u8]) -> bool {
-        let t = Transmit {
-            destination: to,
-            ecn: None,
-            contents: data,
-            segment_size: None,
-            src_ip: None,
-        };
+        let t = raw_transmit(to, data);
         let mut poller = None;
         for _ in 0..3 {
             match self.inner.try_send(&t) {
