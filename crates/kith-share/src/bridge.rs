@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use kith_core::net::BoxSendStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Handle;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 /// A cancellation flag a blocking reader checks while it waits for bytes.
 #[derive(Debug, Clone, Default)]
@@ -45,25 +47,53 @@ fn cancelled_err() -> io::Error {
 /// Called with the bytes read so far, every [`ACTIVITY_EVERY`] bytes.
 pub(crate) type OnActivity = Box<dyn FnMut(u64) + Send>;
 
-/// How often a [`BlockingReader`] reports activity.
+/// How often a [`ChunkReader`] reports activity.
 pub(crate) const ACTIVITY_EVERY: u64 = 64 * 1024;
 
+/// The most a receiving pump gathers before it hands bytes over.
+const RECV_CHUNK: usize = 256 * 1024;
+
+/// Fewer bytes than this wait up to [`HOLD`] for more before a pump hands them over.
+const MIN_HANDOFF: usize = 64 * 1024;
+
+/// How long a few bytes wait for more.
+const HOLD: Duration = Duration::from_millis(2);
+
+/// Chunks queued between a pump and its blocking side (each way).
+const QUEUE: usize = 2;
+
 /// Reads an async stream from a blocking thread; fails once cancelled.
-pub(crate) struct BlockingReader<R> {
-    pub(crate) inner: R,
-    rt: Handle,
+///
+/// A task on the runtime (the pump) reads the stream into chunks of up to
+/// [`RECV_CHUNK`] bytes and queues them; the blocking side takes whole chunks. The stream
+/// is read where the connection lives, and the threads meet once per chunk, not once per
+/// read: reading a QUIC stream straight from a blocking thread contends with the
+/// connection's driver for its lock and parks the thread for every packet.
+/// At most `(QUEUE + 1) × RECV_CHUNK` bytes wait between the two.
+pub(crate) struct ChunkReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    cur: Bytes,
     cancel: Cancel,
+    ended: bool,
     read: u64,
     next_report: u64,
     on_activity: Option<OnActivity>,
 }
 
-impl<R: AsyncRead + Unpin> BlockingReader<R> {
-    pub(crate) fn new(inner: R, rt: Handle, cancel: Cancel) -> Self {
+impl ChunkReader {
+    /// Starts the pump on `rt`; it ends when the stream ends, fails or is cancelled, or
+    /// when the reader is dropped (which drops the stream: QUIC tells the peer to stop).
+    pub(crate) fn spawn<R>(rt: &Handle, inner: R, cancel: Cancel) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        rt.spawn(pump_in(inner, tx, cancel.clone()));
         Self {
-            inner,
-            rt,
+            rx,
+            cur: Bytes::new(),
             cancel,
+            ended: false,
             read: 0,
             next_report: ACTIVITY_EVERY,
             on_activity: None,
@@ -75,31 +105,8 @@ impl<R: AsyncRead + Unpin> BlockingReader<R> {
         self.on_activity = Some(f);
         self
     }
-}
 
-impl<R: AsyncRead + Unpin> Read for BlockingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.cancel.is_cancelled() {
-            return Err(cancelled_err());
-        }
-        let inner = &mut self.inner;
-        let cancel = &self.cancel;
-        let n = self.rt.block_on(async {
-            let first = tokio::select! {
-                r = inner.read(buf) => r,
-                _ = cancel.cancelled() => Err(cancelled_err()),
-            }?;
-            // Whatever else has arrived already is taken without waiting: one hand-off
-            // between threads per burst of packets, not per packet.
-            let mut filled = first;
-            while first > 0 && filled < buf.len() {
-                match crate::bridge::now_or_never(inner.read(&mut buf[filled..])) {
-                    Some(Ok(k)) if k > 0 => filled += k,
-                    _ => break,
-                }
-            }
-            Ok::<_, io::Error>(filled)
-        })?;
+    fn count(&mut self, n: usize) {
         self.read += n as u64;
         if self.read >= self.next_report {
             self.next_report = self.read + ACTIVITY_EVERY;
@@ -107,7 +114,100 @@ impl<R: AsyncRead + Unpin> Read for BlockingReader<R> {
                 f(self.read);
             }
         }
+    }
+}
+
+impl io::BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.cancel.is_cancelled() {
+            return Err(cancelled_err());
+        }
+        while self.cur.is_empty() && !self.ended {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Err(e);
+                }
+                // The pump ends without a word only at the end of the stream, or when
+                // it was cancelled (and could not queue the error).
+                None if self.cancel.is_cancelled() => return Err(cancelled_err()),
+                None => self.ended = true,
+            }
+        }
+        Ok(&self.cur)
+    }
+
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.cur.len());
+        self.cur.advance(n);
+        self.count(n);
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let have = io::BufRead::fill_buf(self)?;
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
+        io::BufRead::consume(self, n);
         Ok(n)
+    }
+}
+
+/// Reads `inner` into chunks for a [`ChunkReader`]: whatever is ready is gathered (up to
+/// [`RECV_CHUNK`]) while the queue is full, and handed over as soon as there is room.
+async fn pump_in<R: AsyncRead + Unpin>(
+    mut inner: R,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    cancel: Cancel,
+) {
+    let mut buf = BytesMut::new();
+    let mut eof = false;
+    // When the bytes waiting now started to wait.
+    let mut since: Option<tokio::time::Instant> = None;
+    loop {
+        if eof && buf.is_empty() {
+            return; // dropping the sender is the end of the stream
+        }
+        if !eof && buf.capacity() == buf.len() {
+            // Takes the previous allocation back once the reader has let go of it.
+            buf.reserve(RECV_CHUNK);
+        }
+        // A few bytes are held back a moment for more to join them: a hand-over per
+        // packet would wake the reader per packet.
+        let held = since.is_some_and(|t| t.elapsed() >= HOLD);
+        let ready = eof || held || buf.len() >= MIN_HANDOFF;
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                let _ = tx.try_send(Err(cancelled_err()));
+                return;
+            }
+            r = inner.read_buf(&mut buf), if !eof && buf.len() < RECV_CHUNK => match r {
+                Ok(0) => eof = true,
+                Ok(_) => {
+                    since.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Err(e) => {
+                    if !buf.is_empty() && tx.send(Ok(buf.split().freeze())).await.is_err() {
+                        return;
+                    }
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            },
+            permit = tx.reserve(), if ready && !buf.is_empty() => match permit {
+                Ok(p) => {
+                    p.send(Ok(buf.split().freeze()));
+                    since = None;
+                }
+                Err(_) => return, // the reader is gone
+            },
+            _ = tokio::time::sleep_until(since.unwrap_or_else(tokio::time::Instant::now) + HOLD),
+                if !ready && since.is_some() => {}
+            _ = tx.closed() => return,
+        }
     }
 }
 
@@ -146,48 +246,265 @@ impl Pacer {
     }
 }
 
-/// Writes to an async stream from a blocking thread, paced by every pacer given (one
-/// per peer, one for the whole node), and counts what it wrote.
-pub(crate) struct BlockingWriter<W> {
-    pub(crate) inner: W,
-    rt: Handle,
-    pacers: Vec<Arc<Pacer>>,
-    written: Arc<AtomicU64>,
+/// What a [`ChunkWriter`] hands its pump.
+enum Out {
+    Data(Bytes),
+    Finish,
+    Reset(u32),
 }
 
-impl<W: AsyncWrite + Unpin> BlockingWriter<W> {
-    pub(crate) fn new(
-        inner: W,
-        rt: Handle,
+/// Writes to an async stream from a blocking thread, paced by every pacer given (one
+/// per peer, one for the whole node), and counts what it wrote.
+///
+/// Bytes are gathered into chunks of `chunk` bytes that a task on the runtime (the
+/// pump) writes to the stream, so the blocking thread never waits on the connection
+/// itself and the threads meet once per chunk. At most `(QUEUE + 2) × chunk` bytes wait
+/// between the writer and the stream. A writer dropped without
+/// [`finish`](Self::finish) resets the stream: an answer cut short never looks whole.
+pub(crate) struct ChunkWriter {
+    tx: mpsc::Sender<Out>,
+    buf: BytesMut,
+    chunk: usize,
+    pacers: Vec<Arc<Pacer>>,
+}
+
+impl ChunkWriter {
+    /// Starts the pump on `rt`; the handle yields how the stream ended.
+    pub(crate) fn spawn(
+        rt: &Handle,
+        inner: BoxSendStream,
+        chunk: usize,
         pacers: Vec<Arc<Pacer>>,
         written: Arc<AtomicU64>,
-    ) -> Self {
-        Self {
-            inner,
-            rt,
+        abandon_code: u32,
+    ) -> (Self, tokio::task::JoinHandle<io::Result<()>>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let pump = rt.spawn(pump_out(inner, rx, written, abandon_code));
+        let chunk = chunk.max(1);
+        let w = Self {
+            tx,
+            buf: BytesMut::with_capacity(chunk),
+            chunk,
             pacers,
-            written,
+        };
+        (w, pump)
+    }
+
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        let data = self.buf.split().freeze();
+        // Pacing sleeps this blocking thread itself: a tokio timer here
+        // would panic if the runtime shuts down mid-upload.
+        if let Some(at) = self.pacers.iter().map(|p| p.reserve(data.len())).max() {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        }
+        self.tx
+            .blocking_send(Out::Data(data))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream is closed"))?;
+        // Takes the previous allocation back once the pump has let go of it.
+        self.buf.reserve(self.chunk);
+        Ok(())
+    }
+
+    /// Hands over what is buffered and ends the stream cleanly once it is written.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        self.hand_over()?;
+        self.tx
+            .blocking_send(Out::Finish)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream is closed"))
+    }
+
+    /// Abandons the stream with `code` (what is still buffered is dropped).
+    pub(crate) fn reset(self, code: u32) {
+        let _ = self.tx.blocking_send(Out::Reset(code));
     }
 }
 
-impl<W: AsyncWrite + Unpin> Write for BlockingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // Pacing sleeps this blocking thread itself: a tokio timer here
-        // would panic if the runtime shuts down mid-upload.
-        if let Some(at) = self.pacers.iter().map(|p| p.reserve(buf.len())).max() {
-            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = (self.chunk - self.buf.len().min(self.chunk)).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= self.chunk {
+            self.hand_over()?;
         }
-        let inner = &mut self.inner;
-        let n = self
-            .rt
-            .block_on(async { inner.write_all(buf).await.map(|()| buf.len()) })?;
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let inner = &mut self.inner;
-        self.rt.block_on(inner.flush())
+        self.hand_over()
+    }
+}
+
+/// Writes what a [`ChunkWriter`] hands over; resets the stream with `abandon_code` if the
+/// writer goes away without finishing. A failed write ends the pump, and the writer's
+/// next hand-over fails.
+async fn pump_out(
+    mut send: BoxSendStream,
+    mut rx: mpsc::Receiver<Out>,
+    written: Arc<AtomicU64>,
+    abandon_code: u32,
+) -> io::Result<()> {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Data(b) => {
+                send.write_all(&b).await?;
+                written.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+            Out::Finish => return send.finish().map_err(io::Error::other),
+            Out::Reset(code) => {
+                send.reset(code);
+                return Ok(());
+            }
+        }
+    }
+    send.reset(abandon_code);
+    Err(io::Error::other("the answer was abandoned"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    /// A send stream that records what it got and how it ended.
+    #[derive(Debug, Default)]
+    struct Recorded {
+        bytes: Vec<u8>,
+        finished: bool,
+        reset: Option<u32>,
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct FakeSend(Arc<Mutex<Recorded>>);
+
+    impl tokio::io::AsyncWrite for FakeSend {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            // Small writes, so a chunk takes several.
+            let n = buf.len().min(1000);
+            self.0.lock().unwrap().bytes.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl kith_core::net::SendStream for FakeSend {
+        fn finish(&mut self) -> Result<(), kith_core::net::StreamError> {
+            self.0.lock().unwrap().finished = true;
+            Ok(())
+        }
+        fn reset(&mut self, code: u32) {
+            self.0.lock().unwrap().reset = Some(code);
+        }
+    }
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_reader_yields_every_byte_in_order_then_the_end() {
+        let want = data(3 * RECV_CHUNK + 12345);
+        let (mut a, b) = tokio::io::duplex(8 * 1024);
+        let r = ChunkReader::spawn(&Handle::current(), b, Cancel::default());
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut r = r;
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).map(|_| got)
+        });
+        for piece in want.chunks(4099) {
+            a.write_all(piece).await.unwrap();
+        }
+        drop(a);
+        assert_eq!(reader.await.unwrap().unwrap(), want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_chunk_reader_fails_instead_of_ending() {
+        // The writing half stays open and silent: only the cancel can end the read.
+        let (_a, b) = tokio::io::duplex(1024);
+        let cancel = Cancel::default();
+        let r = ChunkReader::spawn(&Handle::current(), b, cancel.clone());
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut r = r;
+            let mut buf = [0u8; 16];
+            r.read(&mut buf)
+        });
+        cancel.cancel();
+        let err = reader
+            .await
+            .unwrap()
+            .expect_err("a cancelled read must fail");
+        assert_eq!(err.to_string(), "request cancelled");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_writer_delivers_everything_then_finishes() {
+        let want = data(5 * 4096 + 17);
+        let send = FakeSend::default();
+        let rec = send.0.clone();
+        let written = Arc::new(AtomicU64::new(0));
+        let (w, pump) = ChunkWriter::spawn(
+            &Handle::current(),
+            Box::new(send),
+            4096,
+            Vec::new(),
+            written.clone(),
+            9,
+        );
+        let body = want.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut w = w;
+            for piece in body.chunks(1500) {
+                w.write_all(piece)?;
+            }
+            w.finish()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        pump.await.unwrap().unwrap();
+        let rec = rec.lock().unwrap();
+        assert_eq!(rec.bytes, want);
+        assert!(rec.finished && rec.reset.is_none());
+        assert_eq!(written.load(Ordering::Relaxed), want.len() as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_writer_dropped_unfinished_resets_the_stream() {
+        let send = FakeSend::default();
+        let rec = send.0.clone();
+        let (w, pump) = ChunkWriter::spawn(
+            &Handle::current(),
+            Box::new(send),
+            4096,
+            Vec::new(),
+            Arc::new(AtomicU64::new(0)),
+            9,
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut w = w;
+            w.write_all(&data(10_000)).unwrap();
+            // Dropped here: an error in the middle of an answer.
+        })
+        .await
+        .unwrap();
+        assert!(pump.await.unwrap().is_err());
+        let rec = rec.lock().unwrap();
+        assert!(!rec.finished, "a cut answer must not look whole");
+        assert_eq!(rec.reset, Some(9));
     }
 }

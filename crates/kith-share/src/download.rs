@@ -17,7 +17,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::bridge::{BlockingReader, Cancel};
+use crate::bridge::{Cancel, ChunkReader};
 use crate::layout::Layout;
 use crate::ranges::RangeSet;
 use crate::scheduler::{Action, BanReason, Event, Mode, RequestId, RequestOutcome, Scheduler};
@@ -336,11 +336,13 @@ enum Msg {
     /// Time to ask a provider that did not have the share again.
     Retry(NodeAddr),
     DiscoveryDone,
-    Piece {
+    /// Groups of blob `index` verified and stored (in batches of up to
+    /// [`PIECE_BATCH`]: one message per group woke the download per 16 KiB).
+    Pieces {
         peer: NodeId,
         id: RequestId,
         index: u32,
-        group: u64,
+        groups: Vec<u64>,
     },
     /// `bytes` more bytes of request `id` arrived.
     Activity {
@@ -767,12 +769,15 @@ impl Driver {
                             received += bytes;
                             sched.handle_activity(now, id, bytes);
                         }
-                        Msg::Piece { peer, id, index, group } => {
-                            let piece = layout.blob_pieces(index as usize).start + group;
-                            if sched.has_piece(piece) {
-                                duplicate += layout.piece_bytes(piece);
+                        Msg::Pieces { peer, id, index, groups } => {
+                            let first = layout.blob_pieces(index as usize).start;
+                            for group in groups {
+                                let piece = first + group;
+                                if sched.has_piece(piece) {
+                                    duplicate += layout.piece_bytes(piece);
+                                }
+                                sched.handle_piece(now, &peer, id, piece);
                             }
-                            sched.handle_piece(now, &peer, id, piece);
                         }
                         Msg::End { peer, id, outcome, fatal } => {
                             inflight.remove(&id);
@@ -1325,25 +1330,24 @@ impl RequestJob {
         if send.write_all(&frame).await.is_err() || send.finish().is_err() {
             return Ok(RequestOutcome::Failed);
         }
-        // The whole answer is read on one blocking thread, through one buffer: headers
-        // and encodings alike (a hop per request, not per blob, and large reads from
-        // the stream).
+        // The whole answer is read on one blocking thread, headers and encodings alike
+        // (a hop per request, not per blob), from chunks a pump task reads off the
+        // stream (the threads meet once per chunk, not once per packet).
         let rt = tokio::runtime::Handle::current();
         let cancel = self.cancel.clone();
         let store = self.store.clone();
         let report = self.report;
         let blobs = self.blobs;
+        let mut r = ChunkReader::spawn(&rt, recv, cancel.clone());
+        if let Some((tx, _, id)) = report.clone() {
+            let mut last = 0u64;
+            r = r.with_activity(Box::new(move |total| {
+                let bytes = total.saturating_sub(last);
+                last = total;
+                let _ = tx.send(Msg::Activity { id, bytes });
+            }));
+        }
         let joined = tokio::task::spawn_blocking(move || {
-            let mut br = BlockingReader::new(recv, rt, cancel.clone());
-            if let Some((tx, _, id)) = report.clone() {
-                let mut last = 0u64;
-                br = br.with_activity(Box::new(move |total| {
-                    let bytes = total.saturating_sub(last);
-                    last = total;
-                    let _ = tx.send(Msg::Activity { id, bytes });
-                }));
-            }
-            let mut r = std::io::BufReader::with_capacity(256 * 1024, br);
             let cancelled = || cancel.is_cancelled();
             for ((index, hash, groups, size), held) in blobs.into_iter().zip(held) {
                 let frame = match read_header(&mut r) {
@@ -1381,16 +1385,25 @@ impl RequestJob {
                 } else {
                     SizeProof::Omitted
                 };
-                let res = store.import_verified_with(hash, bytes, proof, &mut r, &mut |g| {
-                    if let Some((tx, peer, id)) = &report {
-                        let _ = tx.send(Msg::Piece {
+                let mut stored = Vec::new();
+                let report_pieces = |groups: &mut Vec<u64>| {
+                    if let (Some((tx, peer, id)), false) = (&report, groups.is_empty()) {
+                        let _ = tx.send(Msg::Pieces {
                             peer: *peer,
                             id: *id,
                             index,
-                            group: g,
+                            groups: std::mem::take(groups),
                         });
                     }
+                };
+                let res = store.import_verified_with(hash, bytes, proof, &mut r, &mut |g| {
+                    stored.push(g);
+                    if stored.len() >= PIECE_BATCH {
+                        report_pieces(&mut stored);
+                    }
                 });
+                // What verified before an error counts all the same.
+                report_pieces(&mut stored);
                 tracing::trace!(?rid, index, ok = res.is_ok(), "request: blob imported");
                 match res {
                     Ok(_) => {}
@@ -1420,6 +1433,11 @@ impl RequestJob {
         joined.map_err(|e| JobError::Fatal(e.to_string()))?
     }
 }
+
+/// Groups reported to the download at once by a request (128 KiB): few enough that
+/// the scheduler sees progress well within any request, many enough that the download
+/// task is not woken per group.
+const PIECE_BATCH: usize = 8;
 
 /// The longest header frame a get answer holds (a blob header or a refusal: a few
 /// bytes); anything longer breaks the protocol.

@@ -972,40 +972,60 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 }
                 Mode::RarestFirst => {
                     let offset = if n > 0 { self.rng.gen_range(0..n) } else { 0 };
-                    let mut best: Option<u64> = None;
-                    let mut best_avail = u32::MAX;
-                    let mut ties = 0u64;
-                    // Pieces from the offset on, wrapping round; only candidates (held
-                    // by the peer, missing, not in flight) are looked at, a word at a
-                    // time, so a peer with nothing useful costs n / 64 steps, not n.
+                    // Candidates (held by the peer, missing, not in flight) from the
+                    // offset on, wrapping round, a word at a time, so a peer with nothing
+                    // useful costs n / 64 steps, not n. The first pass finds the lowest
+                    // availability and how many candidates share it, the second takes one
+                    // of those at random: one draw per pick, not one per tie.
                     let words = n.div_ceil(64) as usize;
                     let first = (offset / 64) as usize;
                     let low = u64::MAX << (offset % 64);
-                    for step in 0..=words {
+                    let candidates = |step: usize| -> Option<(usize, u64)> {
                         let w = (first + step) % words.max(1);
-                        let (Some(h), Some(f)) = (p.has.words.get(w), self.free.words.get(w))
-                        else {
-                            break;
-                        };
+                        let (h, f) = (p.has.words.get(w)?, self.free.words.get(w)?);
                         let mut bits = h & f;
                         if step == 0 {
                             bits &= low;
                         } else if step == words {
                             bits &= !low;
                         }
+                        Some((w, bits))
+                    };
+                    let (mut best_avail, mut ties) = (u32::MAX, 0u64);
+                    for step in 0..=words {
+                        let Some((w, mut bits)) = candidates(step) else {
+                            break;
+                        };
                         while bits != 0 {
-                            let i = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                            let i = w * 64 + bits.trailing_zeros() as usize;
                             bits &= bits - 1;
-                            let a = self.avail[i as usize];
+                            let a = self.avail[i];
                             if a < best_avail {
-                                best_avail = a;
-                                best = Some(i);
-                                ties = 1;
+                                (best_avail, ties) = (a, 1);
                             } else if a == best_avail {
                                 ties += 1;
-                                if self.rng.gen_range(0..ties) == 0 {
-                                    best = Some(i);
+                            }
+                        }
+                    }
+                    let mut skip = if ties > 0 {
+                        self.rng.gen_range(0..ties)
+                    } else {
+                        0
+                    };
+                    let mut best = None;
+                    'scan: for step in 0..=words {
+                        let Some((w, mut bits)) = candidates(step) else {
+                            break;
+                        };
+                        while bits != 0 {
+                            let i = w * 64 + bits.trailing_zeros() as usize;
+                            bits &= bits - 1;
+                            if self.avail[i] == best_avail {
+                                if skip == 0 {
+                                    best = Some(i as u64);
+                                    break 'scan;
                                 }
+                                skip -= 1;
                             }
                         }
                     }

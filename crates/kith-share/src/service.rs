@@ -18,7 +18,7 @@ use kith_store::collection::{self, CollectionError};
 use kith_store::{BlobFormat, GROUP_SIZE, Hash, ImportMode, SizeProof, Store, Tag, group_count};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use crate::bridge::{BlockingWriter, Pacer};
+use crate::bridge::{ChunkWriter, Pacer};
 use crate::layout::Layout;
 use crate::ranges::RangeSet;
 use crate::scheduler::SchedulerConfig;
@@ -604,31 +604,35 @@ async fn serve_get(
     tracing::trace!(peer = %peer.fmt_short(), blobs = req.blobs.len(), "get: serving");
     let rt = tokio::runtime::Handle::current();
     let store = inner.store.clone();
-    let buffer = inner.config.limits.send_buffer.max(4096);
-    let counter = inner.uploaded.clone();
+    // `send_buffer` bounds what waits between the store and the connection: four
+    // chunks (see `ChunkWriter`).
+    let chunk = (inner.config.limits.send_buffer / 4).max(4096);
+    let (mut w, pump) = ChunkWriter::spawn(
+        &rt,
+        send,
+        chunk,
+        pacers,
+        inner.uploaded.clone(),
+        codes::PROTOCOL_ERROR,
+    );
     let result = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut w = std::io::BufWriter::with_capacity(
-            buffer,
-            BlockingWriter::new(send, rt, pacers, counter),
-        );
         let r = write_get(&*store, &entry, &req, &mut w);
-        let flushed = w.flush();
-        let mut send = match w.into_inner() {
-            Ok(bw) => bw.inner,
-            Err(e) => e.into_inner().into_parts().0.inner,
-        };
-        match (&r, &flushed) {
-            (Ok(()), Ok(())) => {
-                let _ = send.finish();
+        let ended = match &r {
+            Ok(()) => w.finish(),
+            Err(_) => {
+                w.reset(codes::PROTOCOL_ERROR);
+                Ok(())
             }
-            _ => send.reset(codes::PROTOCOL_ERROR),
-        }
-        tracing::trace!(ok = r.is_ok() && flushed.is_ok(), "get: served");
-        r.and(flushed)
+        };
+        tracing::trace!(ok = r.is_ok() && ended.is_ok(), "get: served");
+        r.and(ended)
     })
     .await;
-    result.map_err(std::io::Error::other)?
+    // The upload slot is held until the last byte is handed to the connection.
+    let written = pump.await.map_err(std::io::Error::other);
+    drop(permit);
+    result.map_err(std::io::Error::other)??;
+    written?
 }
 
 /// Writes the answer to a get: per blob a header, then its encodings.
