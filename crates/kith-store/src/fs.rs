@@ -1368,6 +1368,10 @@ impl PartialSink for FsPartial<'_> {
         self.data.write_all_at(data, offset)
     }
 
+    fn put_groups(&mut self, _first: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.data.write_all_at(data, offset)
+    }
+
     fn commit(&mut self, groups: &[u64]) -> io::Result<()> {
         if groups.is_empty() {
             return Ok(());

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use crate::range::{BlobSource, DecodeError, DecodeItem, RangeDecoder, SizeProof, encode_from};
-use crate::tree::{MAX_BLOB_SIZE, PAIR_LEN, group_count, groups_overlapping};
+use crate::tree::{GROUP_SIZE, MAX_BLOB_SIZE, PAIR_LEN, group_count, groups_overlapping};
 use crate::{Bitfield, Hash};
 
 /// Limits of a store.
@@ -401,11 +401,68 @@ pub(crate) trait PartialSink {
     fn put_pair(&mut self, split: u64, pair: &[u8; PAIR_LEN]) -> io::Result<()>;
     /// Stores a verified group (not yet marked present).
     fn put_group(&mut self, index: u64, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Stores consecutive verified groups from `first` on, whose bytes start at
+    /// `offset` (not yet marked present). By default one [`put_group`](Self::put_group)
+    /// per group; a file-backed sink writes them at once.
+    fn put_groups(&mut self, first: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        for (i, g) in data.chunks(GROUP_SIZE as usize).enumerate() {
+            let at = i as u64;
+            self.put_group(first + at, offset + at * GROUP_SIZE, g)?;
+        }
+        Ok(())
+    }
     /// Marks the groups written since the last commit present (the sink decides when
     /// they are made durable).
     fn commit(&mut self, groups: &[u64]) -> io::Result<()>;
     /// The current status.
     fn status(&self) -> BlobStatus;
+}
+
+/// Verified bytes gathered into one write ([`Run`]): 256 KiB, 16 groups.
+const WRITE_RUN: usize = 256 * 1024;
+
+/// Consecutive verified groups not yet handed to the sink: one write and one commit
+/// for many groups, instead of a write and a store-wide lock per 16 KiB.
+#[derive(Default)]
+struct Run {
+    offset: u64,
+    data: Vec<u8>,
+    groups: Vec<u64>,
+}
+
+impl Run {
+    /// Whether a group at `offset` continues the run (an empty run takes anything).
+    fn extends(&self, offset: u64) -> bool {
+        self.groups.is_empty() || self.offset + self.data.len() as u64 == offset
+    }
+
+    fn push(&mut self, index: u64, offset: u64, data: &[u8]) {
+        if self.groups.is_empty() {
+            self.offset = offset;
+        }
+        self.data.extend_from_slice(data);
+        self.groups.push(index);
+    }
+
+    /// Writes the run, marks its groups present (peers may be served them while the
+    /// rest arrives) and reports them; empties it.
+    fn store<S: PartialSink>(
+        &mut self,
+        sink: &mut S,
+        on_stored: &mut dyn FnMut(u64),
+    ) -> io::Result<()> {
+        let Some(&first) = self.groups.first() else {
+            return Ok(());
+        };
+        sink.put_groups(first, self.offset, &self.data)?;
+        sink.commit(&self.groups)?;
+        for &g in &self.groups {
+            on_stored(g);
+        }
+        self.data.clear();
+        self.groups.clear();
+        Ok(())
+    }
 }
 
 /// Decodes `encoded` and feeds what verifies to the sink that `open` returns for the
@@ -431,6 +488,7 @@ pub(crate) fn import_verified<S: PartialSink>(
     let mut held: Vec<(u64, [u8; PAIR_LEN])> = Vec::new();
     let size = dec.size();
     let mut failure = None;
+    let mut run = Run::default();
     for item in dec {
         let item = match item {
             Ok(i) => i,
@@ -461,12 +519,19 @@ pub(crate) fn import_verified<S: PartialSink>(
                     sink = Some(s);
                 }
                 let Some(s) = sink.as_mut() else { break };
-                s.put_group(index, offset, &data).map_err(ImportError::Io)?;
-                // Present at once: peers may be served it while the rest arrives.
-                s.commit(&[index]).map_err(ImportError::Io)?;
-                on_stored(index);
+                if !run.extends(offset) {
+                    run.store(s, on_stored).map_err(ImportError::Io)?;
+                }
+                run.push(index, offset, &data);
+                if run.data.len() >= WRITE_RUN {
+                    run.store(s, on_stored).map_err(ImportError::Io)?;
+                }
             }
         }
+    }
+    // What verified before a failure is kept.
+    if let Some(s) = sink.as_mut() {
+        run.store(s, on_stored).map_err(ImportError::Io)?;
     }
     let Some(s) = sink else {
         return match failure {
