@@ -255,6 +255,9 @@ fn walk(
     Ok(())
 }
 
+/// Files imported at once by [`import_dir_with`].
+const IMPORT_BATCH: usize = 1024;
+
 /// Imports every file under `dir` and a manifest listing them; returns the manifest's
 /// hash. Tag it with [`Tag::collection`](crate::Tag::collection) to pin the whole tree.
 pub fn import_dir<S: Store + ?Sized>(store: &S, dir: &Path) -> Result<Hash, CollectionError> {
@@ -272,15 +275,19 @@ pub fn import_dir_with<S: Store + ?Sized>(
     let mut files = Vec::new();
     walk(dir, "", &mut files)?;
     let mut m = Manifest::default();
-    for (rel, path, executable) in files {
-        let size = std::fs::metadata(&path).map_err(io_at(&path))?.len();
-        let hash = store.import_file_with(&path, mode)?;
-        m.entries.push(Entry {
-            path: rel,
-            hash: hash.as_bytes().to_vec(),
-            size,
-            executable,
-        });
+    // In batches: a store may make each batch durable at once.
+    for batch in files.chunks(IMPORT_BATCH) {
+        let paths: Vec<&Path> = batch.iter().map(|(_, p, _)| p.as_path()).collect();
+        let hashes = store.import_files_with(&paths, mode)?;
+        for ((rel, path, executable), hash) in batch.iter().zip(hashes) {
+            let size = std::fs::metadata(path).map_err(io_at(path))?.len();
+            m.entries.push(Entry {
+                path: rel.clone(),
+                hash: hash.as_bytes().to_vec(),
+                size,
+                executable: *executable,
+            });
+        }
     }
     m.entries.sort_by(|a, b| a.path.cmp(&b.path));
     m.validate()?;

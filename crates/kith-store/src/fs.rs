@@ -1095,6 +1095,28 @@ impl Core {
 
     /// Imports the file at `path` as an external blob (see [`ImportMode::Reference`]).
     fn import_external(&self, path: &Path) -> Result<Hash, ImportError> {
+        let p = self.prepare_external(path)?;
+        let hash = p.hash;
+        self.commit_external(vec![p]).map_err(ImportError::Io)?;
+        Ok(hash)
+    }
+
+    /// Imports many files as external blobs with a few syncs for the whole batch (the
+    /// files' outboards and records first, then the directory once per step) instead of
+    /// four per file. The first failure ends the batch; nothing of it is recorded then.
+    fn import_external_many(&self, paths: &[&Path]) -> Result<Vec<Hash>, ImportError> {
+        let mut prepared = Vec::with_capacity(paths.len());
+        for p in paths {
+            prepared.push(self.prepare_external(p)?);
+        }
+        let hashes = prepared.iter().map(|p| p.hash).collect();
+        self.commit_external(prepared).map_err(ImportError::Io)?;
+        Ok(hashes)
+    }
+
+    /// Hashes the file at `path` and writes its outboard and record to temporary files,
+    /// not yet synced nor in place.
+    fn prepare_external(&self, path: &Path) -> Result<PreparedExternal, ImportError> {
         let abs = fs::canonicalize(path).map_err(ImportError::Io)?;
         if abs.as_os_str().len() > MAX_EXTERNAL_PATH {
             return Err(ImportError::Io(io::Error::new(
@@ -1117,47 +1139,93 @@ impl Core {
                 limit,
             });
         }
-        let tmp_ob = self.tmp_path("obao");
-        let tmp_rec = self.tmp_path("ext");
-        let result = (|| {
-            let ob = File::create(&tmp_ob).map_err(ImportError::Io)?;
-            let (hash, size) = hash_file(&file, &ob, limit)?;
-            let after = file.metadata().map_err(ImportError::Io)?;
-            let rec = ExternalRecord::of(abs.clone(), &after);
-            if rec.check(&before).is_err() || size != rec.size {
-                return Err(ImportError::FileChanged(abs.clone()));
+        let mut p = PreparedExternal {
+            hash: Hash::from_bytes([0; 32]),
+            size: 0,
+            rec: None,
+            tmp_ob: self.tmp_path("obao"),
+            tmp_rec: self.tmp_path("ext"),
+        };
+        let ob = File::create(&p.tmp_ob).map_err(ImportError::Io)?;
+        let (hash, size) = if before.len() <= IO_BUF as u64 {
+            // Small: hashed here, without a reading thread.
+            hash_small(&file, &ob, limit)?
+        } else {
+            hash_file(&file, &ob, limit)?
+        };
+        let after = file.metadata().map_err(ImportError::Io)?;
+        let rec = ExternalRecord::of(abs.clone(), &after);
+        if rec.check(&before).is_err() || size != rec.size {
+            return Err(ImportError::FileChanged(abs));
+        }
+        File::create(&p.tmp_rec)
+            .and_then(|mut f| f.write_all(&rec.encode()))
+            .map_err(ImportError::Io)?;
+        (p.hash, p.size, p.rec) = (hash, size, Some(rec));
+        Ok(p)
+    }
+
+    /// Makes prepared external blobs durable and complete: their outboards and records
+    /// synced, the outboards moved into `blobs/` and the directory synced, then the
+    /// records (whose presence makes a blob complete) likewise.
+    fn commit_external(&self, prepared: Vec<PreparedExternal>) -> io::Result<()> {
+        let files: Vec<PathBuf> = prepared
+            .iter()
+            .flat_map(|p| [p.tmp_ob.clone(), p.tmp_rec.clone()])
+            .collect();
+        self.sync_files(&files)?;
+        let mut inner = self.lock();
+        // The store owns a copy already: better than a reference.
+        let wanted: Vec<&PreparedExternal> = prepared
+            .iter()
+            .filter(|p| {
+                !inner.complete.contains_key(&p.hash) || inner.external.contains_key(&p.hash)
+            })
+            .collect();
+        let blobs = self.dir("blobs");
+        let mut moved = false;
+        for p in &wanted {
+            if outboard_len(p.size) > 0 {
+                fs::rename(&p.tmp_ob, self.path("blobs", p.hash, "obao"))?;
+                moved = true;
             }
-            ob.sync_all().map_err(ImportError::Io)?;
-            {
-                let mut f = File::create(&tmp_rec).map_err(ImportError::Io)?;
-                f.write_all(&rec.encode()).map_err(ImportError::Io)?;
-                f.sync_all().map_err(ImportError::Io)?;
-            }
-            let mut inner = self.lock();
-            if inner.complete.contains_key(&hash) && !inner.external.contains_key(&hash) {
-                // The store owns a copy already: better than a reference.
-                return Ok(hash);
-            }
-            let blobs = self.dir("blobs");
-            if outboard_len(size) > 0 {
-                fs::rename(&tmp_ob, self.path("blobs", hash, "obao")).map_err(ImportError::Io)?;
-                sync_dir(&blobs).map_err(ImportError::Io)?;
-            }
-            // The record last: its presence is what makes the blob complete.
-            fs::rename(&tmp_rec, self.path("blobs", hash, "ext")).map_err(ImportError::Io)?;
-            sync_dir(&blobs).map_err(ImportError::Io)?;
-            if inner.partial.remove(&hash).is_some() {
-                let old = inner.partial_size.remove(&hash).unwrap_or(0);
+        }
+        if moved {
+            sync_dir(&blobs)?;
+        }
+        // The records last: their presence is what makes a blob complete.
+        for p in &wanted {
+            fs::rename(&p.tmp_rec, self.path("blobs", p.hash, "ext"))?;
+        }
+        sync_dir(&blobs)?;
+        for p in wanted {
+            let Some(rec) = p.rec.clone() else { continue };
+            if inner.partial.remove(&p.hash).is_some() {
+                let old = inner.partial_size.remove(&p.hash).unwrap_or(0);
                 inner.used -= old;
-                self.remove_partial_files(hash).map_err(ImportError::Io)?;
+                self.remove_partial_files(p.hash)?;
             }
-            inner.complete.insert(hash, size);
-            inner.external.insert(hash, Arc::new(rec));
-            Ok(hash)
-        })();
-        let _ = remove_if_exists(&tmp_ob);
-        let _ = remove_if_exists(&tmp_rec);
-        result
+            inner.complete.insert(p.hash, p.size);
+            inner.external.insert(p.hash, Arc::new(rec));
+        }
+        Ok(())
+    }
+}
+
+/// An external blob hashed, whose outboard and record wait in temporary files (removed
+/// when dropped, unless moved in place).
+struct PreparedExternal {
+    hash: Hash,
+    size: u64,
+    rec: Option<ExternalRecord>,
+    tmp_ob: PathBuf,
+    tmp_rec: PathBuf,
+}
+
+impl Drop for PreparedExternal {
+    fn drop(&mut self) {
+        let _ = remove_if_exists(&self.tmp_ob);
+        let _ = remove_if_exists(&self.tmp_rec);
     }
 }
 
@@ -1265,6 +1333,32 @@ fn hash_file(file: &File, outboard: &File, limit: u64) -> Result<(Hash, u64), Im
         pairs.flush().map_err(ImportError::Io)?;
         Ok((hash, total))
     })
+}
+
+/// [`hash_file`] for a file of at most [`IO_BUF`] bytes, on this thread. It reads a
+/// byte more than that: a file that grew meanwhile gets a size that differs from its
+/// metadata, which the caller refuses as changed.
+fn hash_small(file: &File, outboard: &File, limit: u64) -> Result<(Hash, u64), ImportError> {
+    let cap = (IO_BUF as u64).min(limit.saturating_add(1)) as usize;
+    let mut buf = Vec::new();
+    file.take(cap as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(ImportError::Io)?;
+    let total = buf.len() as u64;
+    if total > limit {
+        return Err(ImportError::TooLarge { size: total, limit });
+    }
+    let mut tree = TreeBuilder::default();
+    let mut pairs = PairWriter::new(outboard, 4096);
+    if buf.is_empty() {
+        tree.push_group(&[], &mut pairs).map_err(ImportError::Io)?;
+    }
+    for g in buf.chunks(GROUP_SIZE as usize) {
+        tree.push_group(g, &mut pairs).map_err(ImportError::Io)?;
+    }
+    let hash = tree.finish(&mut pairs).map_err(ImportError::Io)?;
+    pairs.flush().map_err(ImportError::Io)?;
+    Ok((hash, total))
 }
 
 fn parse_name(p: &Path) -> Option<(Hash, &str)> {
@@ -1487,6 +1581,14 @@ impl Store for FsStore {
 
     fn import_file_with(&self, path: &Path, mode: ImportMode) -> Result<Hash, ImportError> {
         self.core.import_file_with(path, mode)
+    }
+
+    fn import_files_with(
+        &self,
+        paths: &[&Path],
+        mode: ImportMode,
+    ) -> Result<Vec<Hash>, ImportError> {
+        self.core.import_files_with(paths, mode)
     }
 
     fn read_range(&self, hash: Hash, range: Range<u64>) -> Result<Vec<u8>, ReadError> {
@@ -1754,6 +1856,17 @@ impl Store for Core {
         match mode {
             ImportMode::Copy => self.import_file(path),
             ImportMode::Reference => self.import_external(path),
+        }
+    }
+
+    fn import_files_with(
+        &self,
+        paths: &[&Path],
+        mode: ImportMode,
+    ) -> Result<Vec<Hash>, ImportError> {
+        match mode {
+            ImportMode::Copy => paths.iter().map(|p| self.import_file(p)).collect(),
+            ImportMode::Reference => self.import_external_many(paths),
         }
     }
 

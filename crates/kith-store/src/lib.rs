@@ -155,6 +155,21 @@ pub trait Store {
         self.import_file(path)
     }
 
+    /// [`import_file_with`](Self::import_file_with) for many files at once; returns
+    /// their hashes in order, or the first failure. A store may make the batch durable
+    /// together ([`FsStore`] references a batch with a few syncs in all rather than
+    /// four per file). The default imports one file after another.
+    fn import_files_with(
+        &self,
+        paths: &[&Path],
+        mode: ImportMode,
+    ) -> Result<Vec<Hash>, ImportError> {
+        paths
+            .iter()
+            .map(|p| self.import_file_with(p, mode))
+            .collect()
+    }
+
     /// Imports an encoded range of blob `hash` (see [`range`]) from `encoded`, adding its
     /// groups to a partial blob (created if needed). Every parent entry and group is
     /// verified before it is written; the first that fails ends the import with
