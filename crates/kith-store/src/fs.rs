@@ -1146,12 +1146,28 @@ impl Core {
             tmp_ob: self.tmp_path("obao"),
             tmp_rec: self.tmp_path("ext"),
         };
-        let ob = File::create(&p.tmp_ob).map_err(ImportError::Io)?;
-        let (hash, size) = if before.len() <= IO_BUF as u64 {
-            // Small: hashed here, without a reading thread.
-            hash_small(&file, &ob, limit)?
+        let (hash, size) = if before.len() <= GROUP_SIZE {
+            // One group: its hash is the root, and there is no outboard file to make
+            // (creating and deleting one per small file slows ext4's inode allocation
+            // down for every file created after).
+            let mut buf = Vec::new();
+            (&file)
+                .take(GROUP_SIZE + 1)
+                .read_to_end(&mut buf)
+                .map_err(ImportError::Io)?;
+            let total = buf.len() as u64;
+            if total > limit {
+                return Err(ImportError::TooLarge { size: total, limit });
+            }
+            (Hash::from(blake3::hash(&buf)), total)
         } else {
-            hash_file(&file, &ob, limit)?
+            let ob = File::create(&p.tmp_ob).map_err(ImportError::Io)?;
+            if before.len() <= IO_BUF as u64 {
+                // Small: hashed here, without a reading thread.
+                hash_small(&file, &ob, limit)?
+            } else {
+                hash_file(&file, &ob, limit)?
+            }
         };
         let after = file.metadata().map_err(ImportError::Io)?;
         let rec = ExternalRecord::of(abs.clone(), &after);
