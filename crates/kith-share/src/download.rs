@@ -1396,9 +1396,13 @@ impl RequestJob {
                         });
                     }
                 };
+                let mut first_at = Instant::now();
                 let res = store.import_verified_with(hash, bytes, proof, &mut r, &mut |g| {
+                    if stored.is_empty() {
+                        first_at = Instant::now();
+                    }
                     stored.push(g);
-                    if stored.len() >= PIECE_BATCH {
+                    if stored.len() >= PIECE_BATCH || first_at.elapsed() >= PIECE_WAIT {
                         report_pieces(&mut stored);
                     }
                 });
@@ -1434,10 +1438,13 @@ impl RequestJob {
     }
 }
 
-/// Groups reported to the download at once by a request (128 KiB): few enough that
-/// the scheduler sees progress well within any request, many enough that the download
-/// task is not woken per group.
+/// Groups reported to the download at once by a request (128 KiB, or fewer after
+/// [`PIECE_WAIT`]): many enough that a fast download's task is not woken per group.
 const PIECE_BATCH: usize = 8;
+
+/// A batch is reported early once its first piece waited this long: on a slow stream a
+/// full batch would hold back what the scheduler counts to keep the pipeline full.
+const PIECE_WAIT: Duration = Duration::from_millis(1);
 
 /// The longest header frame a get answer holds (a blob header or a refusal: a few
 /// bytes); anything longer breaks the protocol.

@@ -18,7 +18,7 @@ use kith_store::collection::{self, CollectionError};
 use kith_store::{BlobFormat, GROUP_SIZE, Hash, ImportMode, SizeProof, Store, Tag, group_count};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use crate::bridge::{ChunkWriter, Pacer};
+use crate::bridge::{ChunkWriter, PacedWriter, Pacer};
 use crate::layout::Layout;
 use crate::ranges::RangeSet;
 use crate::scheduler::SchedulerConfig;
@@ -604,6 +604,25 @@ async fn serve_get(
     tracing::trace!(peer = %peer.fmt_short(), blobs = req.blobs.len(), "get: serving");
     let rt = tokio::runtime::Handle::current();
     let store = inner.store.clone();
+    let result = if pacers.is_empty() {
+        serve_unpaced(&inner, rt, store, send, entry, req).await
+    } else {
+        serve_paced(&inner, rt, store, send, entry, req, pacers).await
+    };
+    drop(permit);
+    result
+}
+
+/// Answers a get through a [`ChunkWriter`]: the store's encoding is written by a
+/// blocking thread into chunks that a task writes to the stream.
+async fn serve_unpaced(
+    inner: &Inner,
+    rt: tokio::runtime::Handle,
+    store: SharedStore,
+    send: BoxSendStream,
+    entry: Entry,
+    req: GetRequest,
+) -> std::io::Result<()> {
     // `send_buffer` bounds what waits between the store and the connection: four
     // chunks (see `ChunkWriter`).
     let chunk = (inner.config.limits.send_buffer / 4).max(4096);
@@ -611,7 +630,6 @@ async fn serve_get(
         &rt,
         send,
         chunk,
-        pacers,
         inner.uploaded.clone(),
         codes::PROTOCOL_ERROR,
     );
@@ -630,9 +648,42 @@ async fn serve_get(
     .await;
     // The upload slot is held until the last byte is handed to the connection.
     let written = pump.await.map_err(std::io::Error::other);
-    drop(permit);
     result.map_err(std::io::Error::other)??;
     written?
+}
+
+/// Answers a get under upload pacing (see [`PacedWriter`]).
+async fn serve_paced(
+    inner: &Inner,
+    rt: tokio::runtime::Handle,
+    store: SharedStore,
+    send: BoxSendStream,
+    entry: Entry,
+    req: GetRequest,
+    pacers: Vec<Arc<Pacer>>,
+) -> std::io::Result<()> {
+    let buffer = inner.config.limits.send_buffer.max(4096);
+    let counter = inner.uploaded.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut w =
+            std::io::BufWriter::with_capacity(buffer, PacedWriter::new(send, rt, pacers, counter));
+        let r = write_get(&*store, &entry, &req, &mut w);
+        let flushed = w.flush();
+        let mut send = match w.into_inner() {
+            Ok(bw) => bw.inner,
+            Err(e) => e.into_inner().into_parts().0.inner,
+        };
+        match (&r, &flushed) {
+            (Ok(()), Ok(())) => {
+                let _ = send.finish();
+            }
+            _ => send.reset(codes::PROTOCOL_ERROR),
+        }
+        tracing::trace!(ok = r.is_ok() && flushed.is_ok(), "get: served");
+        r.and(flushed)
+    })
+    .await;
+    result.map_err(std::io::Error::other)?
 }
 
 /// Writes the answer to a get: per blob a header, then its encodings.

@@ -418,16 +418,33 @@ pub(crate) trait PartialSink {
     fn status(&self) -> BlobStatus;
 }
 
-/// Verified bytes gathered into one write ([`Run`]): 256 KiB, 16 groups.
+/// Verified bytes gathered into one write ([`Run`]): at most 256 KiB, 16 groups.
 const WRITE_RUN: usize = 256 * 1024;
+
+/// A run is stored once its first group waited this long, whatever its length: on a
+/// slow stream a full run would hold back groups that peers could be served and that
+/// the downloader counts to keep its requests flowing.
+const RUN_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Consecutive verified groups not yet handed to the sink: one write and one commit
 /// for many groups, instead of a write and a store-wide lock per 16 KiB.
-#[derive(Default)]
 struct Run {
     offset: u64,
     data: Vec<u8>,
     groups: Vec<u64>,
+    /// When the first group arrived.
+    started: std::time::Instant,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            data: Vec::new(),
+            groups: Vec::new(),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Run {
@@ -439,6 +456,7 @@ impl Run {
     fn push(&mut self, index: u64, offset: u64, data: &[u8]) {
         if self.groups.is_empty() {
             self.offset = offset;
+            self.started = std::time::Instant::now();
         }
         self.data.extend_from_slice(data);
         self.groups.push(index);
@@ -523,7 +541,7 @@ pub(crate) fn import_verified<S: PartialSink>(
                     run.store(s, on_stored).map_err(ImportError::Io)?;
                 }
                 run.push(index, offset, &data);
-                if run.data.len() >= WRITE_RUN {
+                if run.data.len() >= WRITE_RUN || run.started.elapsed() >= RUN_WAIT {
                     run.store(s, on_stored).map_err(ImportError::Io)?;
                 }
             }
