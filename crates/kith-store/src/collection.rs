@@ -333,10 +333,15 @@ pub fn export_dir_with<S: Store + ?Sized>(
     let m = read_manifest(store, hash)?;
     std::fs::create_dir(target).map_err(io_at(target))?;
     let mut files = Vec::with_capacity(m.entries.len());
+    // Many files share a directory: each is made once.
+    let mut made = std::collections::HashSet::new();
     for e in &m.entries {
         let path = target.join(&e.path);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+            if !made.contains(parent) {
+                std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+                made.insert(parent.to_path_buf());
+            }
         }
         files.push((e.hash()?, path));
     }

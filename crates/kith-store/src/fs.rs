@@ -23,6 +23,8 @@ use crate::{
     ReadError, SizeProof, Store, StoreConfig, StoreError, Tag, TagError,
 };
 
+mod packs;
+
 const BITFIELD_MAGIC: &[u8; 8] = b"kithbf01";
 const EXTERNAL_MAGIC: &[u8; 8] = b"kithex01";
 /// The longest path an external record holds, in bytes (Linux's `PATH_MAX`). Checked on
@@ -60,6 +62,8 @@ pub enum OpenError {
 /// ROOT/partial/HASH.data     a partial blob, written at group offsets
 /// ROOT/partial/HASH.obao     its outboard entries received so far
 /// ROOT/partial/HASH.bitfield the verified size and the groups that are durable
+/// ROOT/refs/ID.pack          the records of many external blobs (see "Record packs")
+/// ROOT/refs/ID.dead          which of them were deleted since
 /// ROOT/tags                  one line per tag: NAME raw|collection HASH
 /// ROOT/tmp/                  imports in progress, emptied on open
 /// ```
@@ -92,6 +96,20 @@ pub enum OpenError {
 /// the hash ([`ReadError::ExternalChanged`] otherwise). Deleting an external blob removes
 /// the record and the outboard, never the user's file. A copying import of the same
 /// content replaces the record with an owned copy (`HASH.data` wins if both exist).
+///
+/// # Record packs
+///
+/// A batch of at least 16 reference imports, or of blobs handed over by an export
+/// ([`Store::export_files_with`]), writes its records as one pack, `refs/ID.pack`, instead
+/// of a file each: the records, each with its hash, and a BLAKE3 check of the whole file
+/// (at most 16,384 records per pack, so opening reads a bounded amount). The pack is
+/// synced in `tmp/` and renamed in after the outboards, like a record. Deleting a packed
+/// blob (or replacing it with an owned copy) appends its hash, with a check bound to the
+/// pack, to `refs/ID.dead` and syncs it; a torn last entry of that log (a crash during the
+/// append) is ignored on open. A pack whose records are all dead is removed with its log.
+/// On open a later pack's record of a blob wins over an earlier one, and a record whose
+/// blob has an owned `HASH.data` is marked dead. Exporting 50,000 files so costs one
+/// created file instead of 50,000 (each created and renamed).
 ///
 /// # Crash safety
 ///
@@ -228,6 +246,8 @@ struct Inner {
     recorded: BTreeMap<Hash, u64>,
     tags: BTreeMap<String, Tag>,
     used: u64,
+    /// Which external blobs have their record in a pack (the others have a record file).
+    packs: packs::Packs,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -515,6 +535,94 @@ impl Core {
         self.root.join(name)
     }
 
+    fn pack_path(&self, id: u64, ext: &str) -> PathBuf {
+        self.dir("refs").join(format!("{id:016x}.{ext}"))
+    }
+
+    /// Writes `entries` (hash, encoded record) as packs in `tmp/`, synced, and returns
+    /// each pack's temporary path and new id with the entries it holds.
+    fn write_packs(
+        &self,
+        inner: &mut Inner,
+        entries: &[(Hash, Vec<u8>)],
+    ) -> io::Result<Vec<(PathBuf, u64, Vec<Hash>)>> {
+        let mut out = Vec::new();
+        for chunk in entries.chunks(packs::MAX_PACK_ENTRIES) {
+            let tmp = self.tmp_path("pack");
+            File::create(&tmp)?.write_all(&packs::encode_pack(chunk))?;
+            let hashes = chunk.iter().map(|(h, _)| *h).collect();
+            out.push((tmp, inner.packs.allocate(), hashes));
+        }
+        let paths: Vec<PathBuf> = out.iter().map(|(p, _, _)| p.clone()).collect();
+        self.sync_files(&paths)?;
+        Ok(out)
+    }
+
+    /// Renames packs written by [`write_packs`](Self::write_packs) into `refs/` and syncs
+    /// the directory: their records count from then on.
+    fn install_packs(&self, written: &[(PathBuf, u64, Vec<Hash>)]) -> io::Result<()> {
+        for (tmp, id, _) in written {
+            fs::rename(tmp, self.pack_path(*id, "pack"))?;
+        }
+        sync_dir(&self.dir("refs"))
+    }
+
+    /// Marks packed records dead in their packs' logs (appended and synced), then removes
+    /// the packs left without a live record (the pack first, then its log).
+    fn mark_dead(&self, inner: &mut Inner, marks: &[(u64, Hash)]) -> io::Result<()> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let mut logs: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for (id, hash) in marks {
+            logs.entry(*id)
+                .or_default()
+                .extend_from_slice(&packs::dead_entry(*id, hash));
+        }
+        for (id, bytes) in &logs {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.pack_path(*id, "dead"))?;
+            f.write_all(bytes)?;
+            f.sync_data()?;
+        }
+        let refs = self.dir("refs");
+        // A log may be new: its name must be durable too.
+        sync_dir(&refs)?;
+        let mut removed = false;
+        for id in logs.keys() {
+            if !inner.packs.is_live(*id) {
+                self.remove_pack(inner, *id)?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&refs)?;
+        }
+        Ok(())
+    }
+
+    /// Removes pack `id`, which has no live record, and its log.
+    fn remove_pack(&self, inner: &mut Inner, id: u64) -> io::Result<()> {
+        remove_if_exists(&self.pack_path(id, "pack"))?;
+        remove_if_exists(&self.pack_path(id, "dead"))?;
+        inner.packs.forget(id);
+        Ok(())
+    }
+
+    /// Drops the record of external blob `hash` (deleted, or replaced by an owned copy):
+    /// marks it dead in its pack, or removes its record file.
+    fn drop_record(&self, inner: &mut Inner, hash: Hash) -> io::Result<()> {
+        match inner.packs.remove(&hash) {
+            Some((id, _)) => self.mark_dead(inner, &[(id, hash)]),
+            None => {
+                remove_if_exists(&self.path("blobs", hash, "ext"))?;
+                sync_dir(&self.dir("blobs"))
+            }
+        }
+    }
+
     fn path(&self, dir: &str, hash: Hash, ext: &str) -> PathBuf {
         self.root.join(dir).join(format!("{hash}.{ext}"))
     }
@@ -528,7 +636,7 @@ impl Core {
             let p = p.to_owned();
             move |e| OpenError::Io(e, p)
         };
-        for d in ["blobs", "partial", "tmp"] {
+        for d in ["blobs", "partial", "tmp", "refs"] {
             let p = self.dir(d);
             fs::create_dir_all(&p).map_err(at(&p))?;
         }
@@ -542,6 +650,7 @@ impl Core {
         // Complete blobs: HASH.data, with an outboard of the right length.
         let blobs = self.dir("blobs");
         let mut orphans = Vec::new();
+        let mut outboards = Vec::new();
         for e in fs::read_dir(&blobs).map_err(at(&blobs))? {
             let p = e.map_err(at(&blobs))?.path();
             let Some((hash, ext)) = parse_name(&p) else {
@@ -584,16 +693,8 @@ impl Core {
                     inner.complete.insert(hash, rec.size);
                     inner.external.insert(hash, Arc::new(rec));
                 }
-                "obao" => {
-                    // An outboard without data or record is an interrupted import, unless
-                    // a complete partial blob is being promoted (finished below).
-                    if !self.path("blobs", hash, "data").exists()
-                        && !self.path("blobs", hash, "ext").exists()
-                        && !self.path("partial", hash, "bitfield").exists()
-                    {
-                        orphans.push(p);
-                    }
-                }
+                // Whose it is is known once packs and partial blobs are read.
+                "obao" => outboards.push((hash, p)),
                 _ => orphans.push(p),
             }
         }
@@ -627,6 +728,14 @@ impl Core {
                 _ => orphans.push(p),
             }
         }
+        self.load_packs(&mut inner, &mut orphans)?;
+        // An outboard without data or record is an interrupted import, unless a complete
+        // partial blob is being promoted (finished above).
+        for (hash, p) in outboards {
+            if !inner.complete.contains_key(&hash) && !inner.partial.contains_key(&hash) {
+                orphans.push(p);
+            }
+        }
         for p in orphans {
             if p.is_file() {
                 fs::remove_file(&p).map_err(at(&p))?;
@@ -634,6 +743,94 @@ impl Core {
         }
         inner.tags = self.load_tags()?;
         *self.lock() = inner;
+        Ok(())
+    }
+
+    /// Reads the record packs in `refs/` (in the order they were written: a later record
+    /// of a blob wins) and repairs what a crash can leave: a record whose owned copy is
+    /// still (or again) in `blobs/` is marked dead, packs without a live record and logs
+    /// without a pack are removed.
+    fn load_packs(&self, inner: &mut Inner, orphans: &mut Vec<PathBuf>) -> Result<(), OpenError> {
+        let at = |p: &Path| {
+            let p = p.to_owned();
+            move |e| OpenError::Io(e, p)
+        };
+        let refs = self.dir("refs");
+        let mut ids = std::collections::BTreeSet::new();
+        let mut logs = std::collections::BTreeSet::new();
+        for e in fs::read_dir(&refs).map_err(at(&refs))? {
+            let p = e.map_err(at(&refs))?.path();
+            let parsed = p
+                .file_name()
+                .and_then(OsStr::to_str)
+                .and_then(|n| n.split_once('.'))
+                .and_then(|(id, ext)| Some((u64::from_str_radix(id, 16).ok()?, ext)))
+                .filter(|_| p.file_stem().is_some_and(|s| s.len() == 16));
+            match parsed {
+                Some((id, "pack")) => {
+                    ids.insert(id);
+                }
+                Some((id, "dead")) => {
+                    logs.insert(id);
+                }
+                _ => orphans.push(p),
+            }
+        }
+        let mut repair = Vec::new();
+        for &id in &ids {
+            inner.packs.saw(id);
+            let p = self.pack_path(id, "pack");
+            let bytes = read_bounded(&p, packs::max_pack_len())
+                .map_err(at(&p))?
+                .ok_or_else(|| OpenError::Corrupt(p.clone()))?;
+            let entries =
+                packs::decode_pack(&bytes).ok_or_else(|| OpenError::Corrupt(p.clone()))?;
+            let dead = if logs.contains(&id) {
+                let d = self.pack_path(id, "dead");
+                read_bounded(&d, packs::max_dead_len())
+                    .map_err(at(&d))?
+                    .and_then(|b| packs::decode_dead(id, &b))
+                    .ok_or_else(|| OpenError::Corrupt(d.clone()))?
+            } else {
+                Default::default()
+            };
+            for (hash, rec) in entries {
+                if dead.contains(&hash) {
+                    continue;
+                }
+                let rec = ExternalRecord::decode(rec, self.config.blob_limit())
+                    .ok_or_else(|| OpenError::Corrupt(p.clone()))?;
+                if inner.complete.contains_key(&hash) && !inner.external.contains_key(&hash) {
+                    // An owned copy wins (a move out cut before its rename, or a copy
+                    // that replaced the reference before the record was marked dead).
+                    repair.push((id, hash));
+                    continue;
+                }
+                let ob = self.path("blobs", hash, "obao");
+                let ob_ok = outboard_len(rec.size) == 0
+                    || fs::metadata(&ob).is_ok_and(|m| m.len() == outboard_len(rec.size));
+                if !ob_ok {
+                    // The outboard is in place before the pack: not from a crash.
+                    return Err(OpenError::Corrupt(ob));
+                }
+                match inner.packs.insert(hash, id) {
+                    Some(old) => repair.push((old, hash)),
+                    None if inner.external.contains_key(&hash) => {
+                        orphans.push(self.path("blobs", hash, "ext"));
+                    }
+                    None => {}
+                }
+                inner.complete.insert(hash, rec.size);
+                inner.external.insert(hash, Arc::new(rec));
+            }
+        }
+        for id in logs.difference(&ids) {
+            orphans.push(self.pack_path(*id, "dead"));
+        }
+        self.mark_dead(inner, &repair).map_err(at(&refs))?;
+        for id in inner.packs.empty() {
+            self.remove_pack(inner, id).map_err(at(&refs))?;
+        }
         Ok(())
     }
 
@@ -991,7 +1188,6 @@ impl Core {
             data: PathBuf,
             abs: PathBuf,
             parent: PathBuf,
-            tmp_rec: PathBuf,
             rec: ExternalRecord,
         }
         let mut inner = self.lock();
@@ -1044,8 +1240,6 @@ impl Core {
             if rec.size != size {
                 continue;
             }
-            let tmp_rec = self.tmp_path("ext");
-            File::create(&tmp_rec)?.write_all(&rec.encode())?;
             moves.push(Move {
                 at,
                 hash: *hash,
@@ -1053,7 +1247,6 @@ impl Core {
                 data,
                 parent: abs.parent().map(Path::to_path_buf).unwrap_or_default(),
                 abs,
-                tmp_rec,
                 rec,
             });
         }
@@ -1061,36 +1254,83 @@ impl Core {
             return Ok(out);
         }
         let blobs = self.dir("blobs");
-        let recs: Vec<PathBuf> = moves.iter().map(|m| m.tmp_rec.clone()).collect();
-        self.sync_files(&recs)?;
-        for m in &moves {
-            fs::rename(&m.tmp_rec, self.path("blobs", m.hash, "ext"))?;
+        // The records: one pack for a big batch, a file each for a few.
+        let mut pack_of = vec![None; moves.len()];
+        if moves.len() >= packs::MIN_PACK_ENTRIES {
+            let entries: Vec<(Hash, Vec<u8>)> =
+                moves.iter().map(|m| (m.hash, m.rec.encode())).collect();
+            let written = self.write_packs(&mut inner, &entries)?;
+            self.install_packs(&written)?;
+            for (i, (_, id, _)) in written.iter().enumerate() {
+                let lo = i * packs::MAX_PACK_ENTRIES;
+                let hi = (lo + packs::MAX_PACK_ENTRIES).min(moves.len());
+                pack_of[lo..hi].fill(Some(*id));
+            }
+        } else {
+            let mut recs = Vec::with_capacity(moves.len());
+            for m in &moves {
+                let tmp = self.tmp_path("ext");
+                File::create(&tmp)?.write_all(&m.rec.encode())?;
+                recs.push(tmp);
+            }
+            self.sync_files(&recs)?;
+            for (m, tmp) in moves.iter().zip(&recs) {
+                fs::rename(tmp, self.path("blobs", m.hash, "ext"))?;
+            }
+            sync_dir(&blobs)?;
         }
-        sync_dir(&blobs)?;
         let mut parents = BTreeMap::new();
-        for m in moves {
-            match fs::rename(&m.data, &m.abs) {
+        let mut unmoved = Vec::new();
+        let mut failure = None;
+        for (m, pack) in moves.into_iter().zip(pack_of) {
+            if failure.is_some() {
+                if let Some(id) = pack {
+                    unmoved.push((id, m.hash));
+                }
+                continue;
+            }
+            // Never over a file that appeared at the target meanwhile.
+            match rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &m.data,
+                rustix::fs::CWD,
+                &m.abs,
+                rustix::fs::RenameFlags::NOREPLACE,
+            ) {
                 Ok(()) => {}
                 Err(e) => {
                     // Another filesystem (or no permission): keep the owned copy.
-                    let _ = fs::remove_file(self.path("blobs", m.hash, "ext"));
-                    let _ = sync_dir(&blobs);
-                    if e.raw_os_error() == Some(18) {
-                        // EXDEV
-                        continue;
+                    match pack {
+                        Some(id) => unmoved.push((id, m.hash)),
+                        None => {
+                            let _ = fs::remove_file(self.path("blobs", m.hash, "ext"));
+                            let _ = sync_dir(&blobs);
+                        }
                     }
-                    return Err(e);
+                    if e != rustix::io::Errno::XDEV {
+                        failure = Some(io::Error::from(e));
+                    }
+                    continue;
                 }
+            }
+            if let Some(id) = pack {
+                inner.packs.insert(m.hash, id);
             }
             parents.insert(m.parent.clone(), ());
             inner.used = inner.used.saturating_sub(m.size);
             inner.external.insert(m.hash, Arc::new(m.rec));
             out[m.at] = Some(m.size);
         }
+        // What stayed owned is not referenced: its records are dead (opening the store
+        // would find that too, from the data files still in `blobs/`).
+        self.mark_dead(&mut inner, &unmoved)?;
         let mut dirs: Vec<PathBuf> = parents.into_keys().collect();
         dirs.push(blobs);
         self.sync_files(&dirs)?;
-        Ok(out)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Imports the file at `path` as an external blob (see [`ImportMode::Reference`]).
@@ -1144,7 +1384,6 @@ impl Core {
             size: 0,
             rec: None,
             tmp_ob: self.tmp_path("obao"),
-            tmp_rec: self.tmp_path("ext"),
         };
         let (hash, size) = if before.len() <= GROUP_SIZE {
             // One group: its hash is the root, and there is no outboard file to make
@@ -1174,29 +1413,37 @@ impl Core {
         if rec.check(&before).is_err() || size != rec.size {
             return Err(ImportError::FileChanged(abs));
         }
-        File::create(&p.tmp_rec)
-            .and_then(|mut f| f.write_all(&rec.encode()))
-            .map_err(ImportError::Io)?;
         (p.hash, p.size, p.rec) = (hash, size, Some(rec));
         Ok(p)
     }
 
-    /// Makes prepared external blobs durable and complete: their outboards and records
-    /// synced, the outboards moved into `blobs/` and the directory synced, then the
-    /// records (whose presence makes a blob complete) likewise.
+    /// Makes prepared external blobs durable and complete: their outboards synced and
+    /// moved into `blobs/`, the directory synced, then their records (whose presence makes
+    /// a blob complete) written, synced and moved in likewise: one pack for a big batch
+    /// (see [`packs`]), a record file each for a few.
     fn commit_external(&self, prepared: Vec<PreparedExternal>) -> io::Result<()> {
-        let files: Vec<PathBuf> = prepared
+        let obs: Vec<PathBuf> = prepared
             .iter()
-            .flat_map(|p| [p.tmp_ob.clone(), p.tmp_rec.clone()])
+            .filter(|p| outboard_len(p.size) > 0)
+            .map(|p| p.tmp_ob.clone())
             .collect();
-        self.sync_files(&files)?;
+        self.sync_files(&obs)?;
         let mut inner = self.lock();
-        // The store owns a copy already: better than a reference.
+        // The store owns a copy already: better than a reference. A file listed twice
+        // is recorded once, from its last listing.
+        let mut last = std::collections::HashMap::new();
+        for (i, p) in prepared.iter().enumerate() {
+            last.insert(p.hash, i);
+        }
         let wanted: Vec<&PreparedExternal> = prepared
             .iter()
-            .filter(|p| {
-                !inner.complete.contains_key(&p.hash) || inner.external.contains_key(&p.hash)
+            .enumerate()
+            .filter(|(i, p)| {
+                last.get(&p.hash) == Some(i)
+                    && (!inner.complete.contains_key(&p.hash)
+                        || inner.external.contains_key(&p.hash))
             })
+            .map(|(_, p)| p)
             .collect();
         let blobs = self.dir("blobs");
         let mut moved = false;
@@ -1210,10 +1457,48 @@ impl Core {
             sync_dir(&blobs)?;
         }
         // The records last: their presence is what makes a blob complete.
-        for p in &wanted {
-            fs::rename(&p.tmp_rec, self.path("blobs", p.hash, "ext"))?;
+        let records: Vec<(Hash, Vec<u8>)> = wanted
+            .iter()
+            .filter_map(|p| Some((p.hash, p.rec.as_ref()?.encode())))
+            .collect();
+        // Records these replace: in a pack (marked dead) or a file (removed).
+        let mut replaced = Vec::new();
+        let mut replaced_files = Vec::new();
+        if records.len() >= packs::MIN_PACK_ENTRIES {
+            let written = self.write_packs(&mut inner, &records)?;
+            self.install_packs(&written)?;
+            for (_, id, hashes) in &written {
+                for h in hashes {
+                    match inner.packs.insert(*h, *id) {
+                        Some(old) => replaced.push((old, *h)),
+                        None if inner.external.contains_key(h) => replaced_files.push(*h),
+                        None => {}
+                    }
+                }
+            }
+        } else {
+            let mut tmps = Vec::with_capacity(records.len());
+            for (_, rec) in &records {
+                let tmp = self.tmp_path("ext");
+                // Removed on drop unless renamed (like the outboards).
+                let guard = TmpFile(tmp.clone());
+                File::create(&tmp)?.write_all(rec)?;
+                tmps.push(guard);
+            }
+            let paths: Vec<PathBuf> = tmps.iter().map(|t| t.0.clone()).collect();
+            self.sync_files(&paths)?;
+            for ((h, _), tmp) in records.iter().zip(&tmps) {
+                fs::rename(&tmp.0, self.path("blobs", *h, "ext"))?;
+                if let Some((old, _)) = inner.packs.remove(h) {
+                    replaced.push((old, *h));
+                }
+            }
+            sync_dir(&blobs)?;
         }
-        sync_dir(&blobs)?;
+        self.mark_dead(&mut inner, &replaced)?;
+        for h in replaced_files {
+            remove_if_exists(&self.path("blobs", h, "ext"))?;
+        }
         for p in wanted {
             let Some(rec) = p.rec.clone() else { continue };
             if inner.partial.remove(&p.hash).is_some() {
@@ -1235,13 +1520,20 @@ struct PreparedExternal {
     size: u64,
     rec: Option<ExternalRecord>,
     tmp_ob: PathBuf,
-    tmp_rec: PathBuf,
 }
 
 impl Drop for PreparedExternal {
     fn drop(&mut self) {
         let _ = remove_if_exists(&self.tmp_ob);
-        let _ = remove_if_exists(&self.tmp_rec);
+    }
+}
+
+/// A temporary file removed when dropped (a no-op once it was renamed away).
+struct TmpFile(PathBuf);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = remove_if_exists(&self.0);
     }
 }
 
@@ -1737,8 +2029,8 @@ impl Store for Core {
             sync_dir(&blobs).map_err(ImportError::Io)?;
             if was_external {
                 // The owned copy replaces the reference (HASH.data wins on open).
-                remove_if_exists(&self.path("blobs", hash, "ext")).map_err(ImportError::Io)?;
-                sync_dir(&blobs).map_err(ImportError::Io)?;
+                self.drop_record(&mut inner, hash)
+                    .map_err(ImportError::Io)?;
                 inner.external.remove(&hash);
             }
             if inner.partial.remove(&hash).is_some() {
@@ -1984,7 +2276,7 @@ impl Store for Core {
         if let Some(size) = inner.complete.remove(&hash) {
             if inner.external.remove(&hash).is_some() {
                 // The record first; the user's file is never touched.
-                remove_if_exists(&self.path("blobs", hash, "ext")).map_err(StoreError::Io)?;
+                self.drop_record(&mut inner, hash).map_err(StoreError::Io)?;
                 remove_if_exists(&self.path("blobs", hash, "obao")).map_err(StoreError::Io)?;
                 sync_dir(&self.dir("blobs")).map_err(StoreError::Io)?;
                 return Ok(true);
