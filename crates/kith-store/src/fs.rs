@@ -27,14 +27,34 @@ mod packs;
 
 const BITFIELD_MAGIC: &[u8; 8] = b"kithbf01";
 const EXTERNAL_MAGIC: &[u8; 8] = b"kithex01";
+/// A record that carries its blob's outboard (a small blob's, see [`SMALL_BLOB`]).
+const EXTERNAL_MAGIC_INLINE: &[u8; 8] = b"kithex02";
+/// A complete blob of at most this size (4 groups) keeps no outboard file: an owned one
+/// computes its outboard from its bytes when opened, an external one carries it in its
+/// record. A download of many small files so creates one file per file, not two.
+const SMALL_BLOB: u64 = 4 * GROUP_SIZE;
+/// Most small outboards kept in memory after their blobs completed (at most 192 bytes
+/// each: 12 MiB at worst).
+const SMALL_OB_CACHE: usize = 65_536;
 /// The longest path an external record holds, in bytes (Linux's `PATH_MAX`). Checked on
 /// import, and before allocating when a record is read back.
 const MAX_EXTERNAL_PATH: usize = 4096;
 /// Fixed part of an external record: magic, size, mtime seconds and nanoseconds, device,
 /// inode, path length.
 const EXTERNAL_FIXED: usize = 8 + 5 * 8 + 4;
-/// The largest external record file.
-const MAX_EXTERNAL_RECORD: usize = EXTERNAL_FIXED + MAX_EXTERNAL_PATH + 32;
+/// The largest external record file: with an inline outboard (its length and at most
+/// three pairs).
+const MAX_EXTERNAL_RECORD: usize = EXTERNAL_FIXED + MAX_EXTERNAL_PATH + 4 + 3 * PAIR_LEN + 32;
+
+/// The length of the outboard file of a complete blob of `size` bytes (see
+/// [`SMALL_BLOB`]).
+fn ob_file_len(size: u64) -> u64 {
+    if size <= SMALL_BLOB {
+        0
+    } else {
+        outboard_len(size)
+    }
+}
 /// Bytes read and written per step of a streaming import.
 const IO_BUF: usize = 1 << 20;
 
@@ -57,10 +77,11 @@ pub enum OpenError {
 ///
 /// ```text
 /// ROOT/blobs/HASH.data       a complete blob
-/// ROOT/blobs/HASH.obao       its outboard (blobs of more than one group)
+/// ROOT/blobs/HASH.obao       its outboard (blobs of more than 64 KiB, see "Small blobs")
 /// ROOT/blobs/HASH.ext        or, instead of HASH.data, the record of an external blob
 /// ROOT/partial/HASH.data     a partial blob, written at group offsets
-/// ROOT/partial/HASH.obao     its outboard entries received so far
+/// ROOT/partial/HASH.obao     its outboard entries received so far (of a small blob: only
+///                            once a batch records it before it is complete)
 /// ROOT/partial/HASH.bitfield the verified size and the groups that are durable
 /// ROOT/refs/ID.pack          the records of many external blobs (see "Record packs")
 /// ROOT/refs/ID.dead          which of them were deleted since
@@ -83,6 +104,8 @@ pub enum OpenError {
 /// ino       u64 le   inode of the file (its identity)
 /// path_len  u32 le   at most 4096
 /// path      path_len bytes: the file's absolute, canonical path
+/// [ob_len   u32 le   only with magic "kithex02": a small blob's outboard, inline
+///  outboard ob_len bytes, exactly the outboard's length (at most 3 pairs)]
 /// check     32 bytes: BLAKE3 of everything above
 /// ```
 ///
@@ -96,6 +119,18 @@ pub enum OpenError {
 /// the hash ([`ReadError::ExternalChanged`] otherwise). Deleting an external blob removes
 /// the record and the outboard, never the user's file. A copying import of the same
 /// content replaces the record with an owned copy (`HASH.data` wins if both exist).
+///
+/// # Small blobs
+///
+/// A complete blob of at most 64 KiB (four groups) has no outboard file: it would double
+/// the files a folder of small files costs. An owned one is read whole when opened and
+/// its outboard computed from the bytes, which must hash to the blob's hash (an
+/// `InvalidData` error otherwise: damaged bytes are never served under the hash). An
+/// external one carries its outboard in its record, so every read still verifies each
+/// group against it. While such a blob is partial, its received outboard entries are
+/// kept in memory, and written to `partial/HASH.obao` (before its bitfield file) only if
+/// a batch records it before it is complete; a partial small blob found on open without
+/// them is fetched again.
 ///
 /// # Record packs
 ///
@@ -244,6 +279,14 @@ struct Inner {
     unsynced: BTreeMap<Hash, u64>,
     /// Groups recorded in each partial blob's bitfield file.
     recorded: BTreeMap<Hash, u64>,
+    /// The outboard entries received so far of each partial small blob of more than one
+    /// group (see [`SMALL_BLOB`]): written to `partial/HASH.obao` only when a batch
+    /// records the blob before it is complete.
+    small_pairs: std::collections::HashMap<Hash, Vec<u8>>,
+    /// The outboards of small blobs completed by verified imports since the store was
+    /// opened (at most [`SMALL_OB_CACHE`]): an export hands them to the records without
+    /// reading and hashing each file again.
+    small_ob: std::collections::HashMap<Hash, Arc<[u8]>>,
     tags: BTreeMap<String, Tag>,
     used: u64,
     /// Which external blobs have their record in a pack (the others have a record file).
@@ -308,6 +351,9 @@ struct ExternalRecord {
     mtime_nsec: i64,
     dev: u64,
     ino: u64,
+    /// The outboard of a small blob of more than one group (see [`SMALL_BLOB`]), which
+    /// has no outboard file.
+    outboard: Option<Arc<[u8]>>,
 }
 
 impl ExternalRecord {
@@ -319,6 +365,16 @@ impl ExternalRecord {
             mtime_nsec: m.mtime_nsec(),
             dev: m.dev(),
             ino: m.ino(),
+            outboard: None,
+        }
+    }
+
+    /// Whether the outboard this record's blob needs is where it should be: in the
+    /// record, or in a file of `file_len` bytes (`None`: there is none).
+    fn outboard_ok(&self, file_len: Option<u64>) -> bool {
+        match &self.outboard {
+            Some(ob) => ob.len() as u64 == outboard_len(self.size),
+            None => outboard_len(self.size) == 0 || file_len == Some(outboard_len(self.size)),
         }
     }
 
@@ -340,8 +396,12 @@ impl ExternalRecord {
 
     fn encode(&self) -> Vec<u8> {
         let path = self.path.as_os_str().as_bytes();
-        let mut out = Vec::with_capacity(EXTERNAL_FIXED + path.len() + 32);
-        out.extend_from_slice(EXTERNAL_MAGIC);
+        let mut out = Vec::with_capacity(EXTERNAL_FIXED + path.len() + 4 + 3 * PAIR_LEN + 32);
+        out.extend_from_slice(if self.outboard.is_some() {
+            EXTERNAL_MAGIC_INLINE
+        } else {
+            EXTERNAL_MAGIC
+        });
         out.extend_from_slice(&self.size.to_le_bytes());
         out.extend_from_slice(&self.mtime.to_le_bytes());
         out.extend_from_slice(&self.mtime_nsec.to_le_bytes());
@@ -350,6 +410,11 @@ impl ExternalRecord {
         // The import refuses longer paths, so this fits.
         out.extend_from_slice(&(path.len() as u32).to_le_bytes());
         out.extend_from_slice(path);
+        if let Some(ob) = &self.outboard {
+            // At most three pairs (a small blob's).
+            out.extend_from_slice(&(ob.len() as u32).to_le_bytes());
+            out.extend_from_slice(ob);
+        }
         let check = blake3::hash(&out);
         out.extend_from_slice(check.as_bytes());
         out
@@ -362,9 +427,14 @@ impl ExternalRecord {
         }
         let body_len = bytes.len().checked_sub(32)?;
         let (body, check) = bytes.split_at(body_len);
-        if blake3::hash(body).as_bytes() != check || body.get(..8)? != EXTERNAL_MAGIC {
+        if blake3::hash(body).as_bytes() != check {
             return None;
         }
+        let inline = match body.get(..8)? {
+            m if m == EXTERNAL_MAGIC => false,
+            m if m == EXTERNAL_MAGIC_INLINE => true,
+            _ => return None,
+        };
         let u64_at = |o: usize| Some(u64::from_le_bytes(body.get(o..o + 8)?.try_into().ok()?));
         let size = u64_at(8)?;
         let mtime = u64_at(16)? as i64;
@@ -372,10 +442,24 @@ impl ExternalRecord {
         let dev = u64_at(32)?;
         let ino = u64_at(40)?;
         let path_len = u32::from_le_bytes(body.get(48..52)?.try_into().ok()?) as usize;
-        let path = body.get(EXTERNAL_FIXED..)?;
-        if path_len > MAX_EXTERNAL_PATH || path.len() != path_len || size > limit {
+        if path_len > MAX_EXTERNAL_PATH || size > limit {
             return None;
         }
+        let path = body.get(EXTERNAL_FIXED..EXTERNAL_FIXED + path_len)?;
+        let rest = &body[EXTERNAL_FIXED + path_len..];
+        let outboard = if inline {
+            let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as u64;
+            let ob = rest.get(4..)?;
+            if size > SMALL_BLOB || len != outboard_len(size) || ob.len() as u64 != len || len == 0
+            {
+                return None;
+            }
+            Some(Arc::from(ob))
+        } else if rest.is_empty() {
+            None
+        } else {
+            return None;
+        };
         let path = PathBuf::from(OsStr::from_bytes(path));
         if !path.is_absolute() {
             return None;
@@ -387,6 +471,7 @@ impl ExternalRecord {
             mtime_nsec,
             dev,
             ino,
+            outboard,
         })
     }
 }
@@ -467,7 +552,17 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 struct FileSource {
     data: File,
-    outboard: Option<File>,
+    outboard: ObSource,
+}
+
+/// Where a blob's outboard is read from.
+enum ObSource {
+    /// A blob of one group has none.
+    None,
+    /// Its outboard file.
+    File(File),
+    /// In memory: a small blob's (see [`SMALL_BLOB`]).
+    Mem(Arc<[u8]>),
 }
 
 impl BlobSource for FileSource {
@@ -477,11 +572,22 @@ impl BlobSource for FileSource {
 
     fn read_pair(&mut self, split: u64) -> io::Result<[u8; PAIR_LEN]> {
         let mut pair = [0u8; PAIR_LEN];
-        let ob = self
-            .outboard
-            .as_ref()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "outboard missing"))?;
-        ob.read_exact_at(&mut pair, (split - 1) * PAIR_LEN as u64)
+        let at = (split - 1) * PAIR_LEN as u64;
+        let ob = match &self.outboard {
+            ObSource::None => {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "outboard missing"));
+            }
+            ObSource::Mem(ob) => {
+                let p = usize::try_from(at)
+                    .ok()
+                    .and_then(|at| ob.get(at..at + PAIR_LEN))
+                    .ok_or_else(|| io::Error::other("outboard truncated"))?;
+                pair.copy_from_slice(p);
+                return Ok(pair);
+            }
+            ObSource::File(f) => f,
+        };
+        ob.read_exact_at(&mut pair, at)
             .map_err(|e| match e.kind() {
                 // Only the data file ending early means a truncated blob file.
                 io::ErrorKind::UnexpectedEof => io::Error::other("outboard truncated"),
@@ -661,8 +767,8 @@ impl Core {
                 "data" => {
                     let size = fs::metadata(&p).map_err(at(&p))?.len();
                     let ob = self.path("blobs", hash, "obao");
-                    let ob_ok = outboard_len(size) == 0
-                        || fs::metadata(&ob).is_ok_and(|m| m.len() == outboard_len(size));
+                    let ob_ok = ob_file_len(size) == 0
+                        || fs::metadata(&ob).is_ok_and(|m| m.len() == ob_file_len(size));
                     if !ob_ok {
                         // A promotion moves the data first, so a crash can leave complete
                         // data without its outboard: rebuild it from the (synced) data,
@@ -684,9 +790,7 @@ impl Core {
                         .and_then(|b| ExternalRecord::decode(&b, self.config.blob_limit()))
                         .ok_or_else(|| OpenError::Corrupt(p.clone()))?;
                     let ob = self.path("blobs", hash, "obao");
-                    let ob_ok = outboard_len(rec.size) == 0
-                        || fs::metadata(&ob).is_ok_and(|m| m.len() == outboard_len(rec.size));
-                    if !ob_ok {
+                    if !self.external_outboard_ok(&rec, &ob) {
                         // The outboard is renamed before the record: not from a crash.
                         return Err(OpenError::Corrupt(ob));
                     }
@@ -714,6 +818,22 @@ impl Core {
                         inner.complete.entry(hash).or_insert(size);
                         inner.used += size;
                     } else {
+                        if size <= SMALL_BLOB && outboard_len(size) > 0 {
+                            // A small blob's outboard entries live in memory.
+                            let ob = self.path("partial", hash, "obao");
+                            let n = outboard_len(size) as usize;
+                            match read_bounded(&ob, n) {
+                                Ok(Some(pairs)) if pairs.len() == n => {
+                                    inner.small_pairs.insert(hash, pairs);
+                                }
+                                // Not from this store's crashes (the outboard is synced
+                                // before the bitfield): fetched again.
+                                _ => {
+                                    self.remove_partial_files(hash).map_err(at(&p))?;
+                                    continue;
+                                }
+                            }
+                        }
                         inner.recorded.insert(hash, bf.count());
                         inner.partial.insert(hash, bf);
                         inner.partial_size.insert(hash, size);
@@ -807,9 +927,7 @@ impl Core {
                     continue;
                 }
                 let ob = self.path("blobs", hash, "obao");
-                let ob_ok = outboard_len(rec.size) == 0
-                    || fs::metadata(&ob).is_ok_and(|m| m.len() == outboard_len(rec.size));
-                if !ob_ok {
+                if !self.external_outboard_ok(&rec, &ob) {
                     // The outboard is in place before the pack: not from a crash.
                     return Err(OpenError::Corrupt(ob));
                 }
@@ -832,6 +950,14 @@ impl Core {
             self.remove_pack(inner, id).map_err(at(&refs))?;
         }
         Ok(())
+    }
+
+    /// Whether external blob `rec` has its outboard: inline, or in file `ob`.
+    fn external_outboard_ok(&self, rec: &ExternalRecord, ob: &Path) -> bool {
+        let file_len = (rec.outboard.is_none() && outboard_len(rec.size) > 0)
+            .then(|| fs::metadata(ob).ok().map(|m| m.len()))
+            .flatten();
+        rec.outboard_ok(file_len)
     }
 
     fn load_tags(&self) -> Result<BTreeMap<String, Tag>, OpenError> {
@@ -919,10 +1045,12 @@ impl Core {
     /// that follows the snapshot covers it. One batch runs at a time.
     fn persist(&self) -> io::Result<()> {
         let _one = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
+        // Each with the outboard entries of a small blob recorded before it is complete.
+        let mut small: Vec<(Hash, Vec<u8>)> = Vec::new();
         let snaps: Vec<(Hash, Bitfield, u64)> = {
             let mut inner = self.lock();
             let waiting: Vec<Hash> = std::mem::take(&mut inner.unsynced).into_keys().collect();
-            waiting
+            let snaps: Vec<(Hash, Bitfield, u64)> = waiting
                 .into_iter()
                 .filter_map(|h| {
                     let bf = inner.partial.get(&h)?;
@@ -930,10 +1058,21 @@ impl Core {
                     let recorded = inner.recorded.get(&h).copied().unwrap_or(0);
                     (bf.count() > recorded || bf.is_complete()).then(|| (h, bf.clone(), size))
                 })
-                .collect()
+                .collect();
+            for (h, bf, _) in &snaps {
+                if let (false, Some(p)) = (bf.is_complete(), inner.small_pairs.get(h)) {
+                    small.push((*h, p.clone()));
+                }
+            }
+            snaps
         };
         if snaps.is_empty() {
             return Ok(());
+        }
+        // A small blob recorded before it is complete gets its outboard file now (every
+        // entry in it was verified before its group was marked present).
+        for (h, pairs) in &small {
+            File::create(self.path("partial", *h, "obao"))?.write_all(pairs)?;
         }
         // 1. The groups' bytes and outboard entries.
         let files: Vec<PathBuf> = snaps
@@ -1011,7 +1150,7 @@ impl Core {
         sync_dir(&blobs)?;
         let mut outboards = false;
         for (h, size) in &complete {
-            if outboard_len(*size) > 0 {
+            if ob_file_len(*size) > 0 {
                 outboards = true;
                 moved(fs::rename(
                     self.path("partial", *h, "obao"),
@@ -1022,6 +1161,8 @@ impl Core {
         if outboards {
             sync_dir(&blobs)?;
         }
+        // Blobs an earlier batch recorded: they have a bitfield file to remove.
+        let mut recorded = Vec::new();
         {
             let mut inner = self.lock();
             for (h, size) in &complete {
@@ -1034,19 +1175,29 @@ impl Core {
                 }
                 inner.partial_size.remove(h);
                 inner.unsynced.remove(h);
-                inner.recorded.remove(h);
+                if let Some(pairs) = inner.small_pairs.remove(h) {
+                    if inner.small_ob.len() < SMALL_OB_CACHE {
+                        inner.small_ob.insert(*h, Arc::from(pairs));
+                    }
+                }
+                if inner.recorded.remove(h).is_some() {
+                    recorded.push((*h, *size));
+                }
                 inner.complete.insert(*h, *size);
             }
         }
-        // The data and outboard have moved: what may be left is a bitfield of an earlier
-        // batch (and an empty outboard file of a one-group blob).
-        for (h, size) in &complete {
+        // The data and outboard have moved: what may be left is the bitfield of an
+        // earlier batch, and a small blob's outboard file (it keeps none once complete).
+        for (h, size) in &recorded {
             remove_if_exists(&self.path("partial", *h, "bitfield"))?;
-            if outboard_len(*size) == 0 {
+            if ob_file_len(*size) == 0 {
                 remove_if_exists(&self.path("partial", *h, "obao"))?;
             }
         }
-        sync_dir(&partial_dir)
+        if !recorded.is_empty() {
+            sync_dir(&partial_dir)?;
+        }
+        Ok(())
     }
 
     /// Makes `paths` (files of this store) durable: with more than a few, one `syncfs`
@@ -1074,7 +1225,7 @@ impl Core {
         let blobs = self.dir("blobs");
         let p_ob = self.path("partial", hash, "obao");
         let c_ob = self.path("blobs", hash, "obao");
-        if outboard_len(size) > 0 {
+        if ob_file_len(size) > 0 {
             if p_ob.exists() {
                 fs::rename(&p_ob, &c_ob)?;
                 sync_dir(&blobs)?;
@@ -1115,10 +1266,12 @@ impl Core {
             // The metadata of the handle that is read, not of the path: no race.
             let m = data.metadata().map_err(ReadError::Io)?;
             rec.check(&m).map_err(fault)?;
-            let outboard = if outboard_len(rec.size) > 0 {
-                Some(File::open(self.path("blobs", hash, "obao")).map_err(ReadError::Io)?)
-            } else {
-                None
+            let outboard = match &rec.outboard {
+                Some(ob) => ObSource::Mem(ob.clone()),
+                None if outboard_len(rec.size) > 0 => ObSource::File(
+                    File::open(self.path("blobs", hash, "obao")).map_err(ReadError::Io)?,
+                ),
+                None => ObSource::None,
             };
             return Ok(Opened {
                 src: FileSource { data, outboard },
@@ -1135,6 +1288,16 @@ impl Core {
         } else {
             return Err(ReadError::NotFound(hash));
         };
+        // A partial small blob's outboard entries so far (in memory), or a complete one's
+        // outboard if it is still known.
+        let pairs = match &bf {
+            Some(bf) if !bf.is_complete() => inner
+                .small_pairs
+                .get(&hash)
+                .map(|p| Arc::<[u8]>::from(p.as_slice())),
+            _ => inner.small_ob.get(&hash).cloned(),
+        };
+        drop(inner);
         // A complete partial blob may be moving into `blobs/` right now (a batch promotes
         // outside the lock): a file not found in `partial/` is looked for there.
         let open = |ext: &str| -> io::Result<File> {
@@ -1146,10 +1309,24 @@ impl Core {
             }
         };
         let data = open("data").map_err(ReadError::Io)?;
-        let outboard = if outboard_len(size) > 0 {
-            Some(open("obao").map_err(ReadError::Io)?)
+        let outboard = if outboard_len(size) == 0 {
+            ObSource::None
+        } else if size > SMALL_BLOB {
+            ObSource::File(open("obao").map_err(ReadError::Io)?)
+        } else if let Some(pairs) = pairs {
+            ObSource::Mem(pairs)
         } else {
-            None
+            // Complete: computed from the bytes, which must hash to the blob's hash.
+            let mut buf = vec![0u8; size as usize];
+            data.read_exact_at(&mut buf, 0).map_err(ReadError::Io)?;
+            let (root, ob) = crate::tree::outboard(&buf);
+            if root != hash {
+                return Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the stored bytes of blob {hash} do not match its hash"),
+                )));
+            }
+            ObSource::Mem(Arc::from(ob))
         };
         Ok(Opened {
             src: FileSource { data, outboard },
@@ -1233,12 +1410,30 @@ impl Core {
                 ));
             }
             let data = self.path("blobs", *hash, "data");
-            let m = fs::metadata(&data)?;
+            let file = File::open(&data)?;
+            let m = file.metadata()?;
             // A rename keeps size, modification time, device and inode: the record made
             // from the data file now describes the file at `abs` after the rename.
-            let rec = ExternalRecord::of(abs.clone(), &m);
+            let mut rec = ExternalRecord::of(abs.clone(), &m);
             if rec.size != size {
                 continue;
+            }
+            if size <= SMALL_BLOB && outboard_len(size) > 0 {
+                // A small blob has no outboard file: its record carries the outboard,
+                // known from its import or computed from the bytes (which must hash to
+                // the blob's hash).
+                rec.outboard = match inner.small_ob.get(hash) {
+                    Some(ob) => Some(ob.clone()),
+                    None => {
+                        let mut buf = vec![0u8; size as usize];
+                        file.read_exact_at(&mut buf, 0)?;
+                        let (root, ob) = crate::tree::outboard(&buf);
+                        if root != *hash {
+                            continue;
+                        }
+                        Some(Arc::from(ob))
+                    }
+                };
             }
             moves.push(Move {
                 at,
@@ -1316,6 +1511,7 @@ impl Core {
             if let Some(id) = pack {
                 inner.packs.insert(m.hash, id);
             }
+            inner.small_ob.remove(&m.hash);
             parents.insert(m.parent.clone(), ());
             inner.used = inner.used.saturating_sub(m.size);
             inner.external.insert(m.hash, Arc::new(m.rec));
@@ -1383,24 +1579,28 @@ impl Core {
             hash: Hash::from_bytes([0; 32]),
             size: 0,
             rec: None,
-            tmp_ob: self.tmp_path("obao"),
+            tmp_ob: None,
         };
-        let (hash, size) = if before.len() <= GROUP_SIZE {
-            // One group: its hash is the root, and there is no outboard file to make
-            // (creating and deleting one per small file slows ext4's inode allocation
-            // down for every file created after).
+        let mut inline = None;
+        let (hash, size) = if before.len() <= SMALL_BLOB {
+            // Small: hashed in memory, and the outboard goes into the record. No outboard
+            // file to make (creating and deleting one per small file also slows ext4's
+            // inode allocation down for every file created after).
             let mut buf = Vec::new();
             (&file)
-                .take(GROUP_SIZE + 1)
+                .take(SMALL_BLOB + 1)
                 .read_to_end(&mut buf)
                 .map_err(ImportError::Io)?;
             let total = buf.len() as u64;
             if total > limit {
                 return Err(ImportError::TooLarge { size: total, limit });
             }
-            (Hash::from(blake3::hash(&buf)), total)
+            let (root, ob) = crate::tree::outboard(&buf);
+            inline = (!ob.is_empty()).then(|| Arc::from(ob));
+            (root, total)
         } else {
-            let ob = File::create(&p.tmp_ob).map_err(ImportError::Io)?;
+            let tmp_ob = p.tmp_ob.insert(self.tmp_path("obao"));
+            let ob = File::create(tmp_ob).map_err(ImportError::Io)?;
             if before.len() <= IO_BUF as u64 {
                 // Small: hashed here, without a reading thread.
                 hash_small(&file, &ob, limit)?
@@ -1409,10 +1609,11 @@ impl Core {
             }
         };
         let after = file.metadata().map_err(ImportError::Io)?;
-        let rec = ExternalRecord::of(abs.clone(), &after);
+        let mut rec = ExternalRecord::of(abs.clone(), &after);
         if rec.check(&before).is_err() || size != rec.size {
             return Err(ImportError::FileChanged(abs));
         }
+        rec.outboard = inline;
         (p.hash, p.size, p.rec) = (hash, size, Some(rec));
         Ok(p)
     }
@@ -1422,11 +1623,7 @@ impl Core {
     /// a blob complete) written, synced and moved in likewise: one pack for a big batch
     /// (see [`packs`]), a record file each for a few.
     fn commit_external(&self, prepared: Vec<PreparedExternal>) -> io::Result<()> {
-        let obs: Vec<PathBuf> = prepared
-            .iter()
-            .filter(|p| outboard_len(p.size) > 0)
-            .map(|p| p.tmp_ob.clone())
-            .collect();
+        let obs: Vec<PathBuf> = prepared.iter().filter_map(|p| p.tmp_ob.clone()).collect();
         self.sync_files(&obs)?;
         let mut inner = self.lock();
         // The store owns a copy already: better than a reference. A file listed twice
@@ -1448,8 +1645,8 @@ impl Core {
         let blobs = self.dir("blobs");
         let mut moved = false;
         for p in &wanted {
-            if outboard_len(p.size) > 0 {
-                fs::rename(&p.tmp_ob, self.path("blobs", p.hash, "obao"))?;
+            if let Some(tmp) = &p.tmp_ob {
+                fs::rename(tmp, self.path("blobs", p.hash, "obao"))?;
                 moved = true;
             }
         }
@@ -1519,12 +1716,15 @@ struct PreparedExternal {
     hash: Hash,
     size: u64,
     rec: Option<ExternalRecord>,
-    tmp_ob: PathBuf,
+    /// The outboard file (a blob of more than [`SMALL_BLOB`] bytes).
+    tmp_ob: Option<PathBuf>,
 }
 
 impl Drop for PreparedExternal {
     fn drop(&mut self) {
-        let _ = remove_if_exists(&self.tmp_ob);
+        if let Some(p) = &self.tmp_ob {
+            let _ = remove_if_exists(p);
+        }
     }
 }
 
@@ -1752,15 +1952,43 @@ struct FsPartial<'a> {
     hash: Hash,
     size: u64,
     data: File,
-    /// None for a blob of one group (it has no outboard).
-    outboard: Option<File>,
+    outboard: PairDest,
+}
+
+/// Where [`FsPartial`] puts outboard entries.
+enum PairDest {
+    /// A blob of one group has none.
+    None,
+    /// The partial outboard file.
+    File(File),
+    /// [`Inner::small_pairs`] (a small blob).
+    Mem,
+    /// Nowhere: the blob is complete already (what arrives is verified and dropped).
+    Discard,
 }
 
 impl PartialSink for FsPartial<'_> {
     fn put_pair(&mut self, split: u64, pair: &[u8; PAIR_LEN]) -> io::Result<()> {
+        let at = (split - 1) * PAIR_LEN as u64;
         match &self.outboard {
-            Some(f) => f.write_all_at(pair, (split - 1) * PAIR_LEN as u64),
-            None => Err(io::Error::other(
+            PairDest::File(f) => f.write_all_at(pair, at),
+            PairDest::Mem => {
+                let mut inner = self.store.lock();
+                let inner = &mut *inner;
+                let slot = usize::try_from(at).ok().and_then(|at| {
+                    let pairs = inner.small_pairs.get_mut(&self.hash)?;
+                    pairs.get_mut(at..at + PAIR_LEN)
+                });
+                match slot {
+                    Some(slot) => slot.copy_from_slice(pair),
+                    // Completed meanwhile by another import: nothing more is needed.
+                    None if inner.complete.contains_key(&self.hash) => {}
+                    None => return Err(io::Error::other("partial blob deleted during import")),
+                }
+                Ok(())
+            }
+            PairDest::Discard => Ok(()),
+            PairDest::None => Err(io::Error::other(
                 "an outboard entry for a blob of one group",
             )),
         }
@@ -2021,7 +2249,7 @@ impl Store for Core {
             let old = inner.partial_size.get(&hash).copied().unwrap_or(0);
             self.config.check(size, inner.used - old)?;
             let blobs = self.dir("blobs");
-            if outboard_len(size) > 0 {
+            if ob_file_len(size) > 0 {
                 fs::rename(&tmp_ob, self.path("blobs", hash, "obao")).map_err(ImportError::Io)?;
                 sync_dir(&blobs).map_err(ImportError::Io)?;
             }
@@ -2092,15 +2320,23 @@ impl Store for Core {
                         // No sync and no bitfield file yet: until a batch records
                         // groups, the files are orphans that a reopen removes. A blob
                         // of one group has no outboard file.
+                        // A small blob's data file is not sized up front: it grows as its
+                        // groups are written (it is promoted only once all are).
                         let create = |ext: &str, len: u64| -> io::Result<File> {
                             let f = File::create(self.path("partial", hash, ext))?;
-                            f.set_len(len)?;
+                            if ext != "data" || len > SMALL_BLOB {
+                                f.set_len(len)?;
+                            }
                             Ok(f)
                         };
                         let data = create("data", size).map_err(ImportError::Io)?;
                         let outboard = match outboard_len(size) {
-                            0 => None,
-                            n => Some(create("obao", n).map_err(ImportError::Io)?),
+                            0 => PairDest::None,
+                            n if size <= SMALL_BLOB => {
+                                inner.small_pairs.insert(hash, vec![0; n as usize]);
+                                PairDest::Mem
+                            }
+                            n => PairDest::File(create("obao", n).map_err(ImportError::Io)?),
                         };
                         inner.partial.insert(hash, Bitfield::new(size));
                         inner.partial_size.insert(hash, size);
@@ -2132,8 +2368,10 @@ impl Store for Core {
                     }
                 };
                 let outboard = match outboard_len(size) {
-                    0 => None,
-                    _ => Some(open("obao").map_err(ImportError::Io)?),
+                    0 => PairDest::None,
+                    _ if size <= SMALL_BLOB && dir.is_none() => PairDest::Discard,
+                    _ if size <= SMALL_BLOB => PairDest::Mem,
+                    _ => PairDest::File(open("obao").map_err(ImportError::Io)?),
                 };
                 Ok(FsPartial {
                     store: self,
@@ -2274,6 +2512,7 @@ impl Store for Core {
     fn delete(&self, hash: Hash) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         if let Some(size) = inner.complete.remove(&hash) {
+            inner.small_ob.remove(&hash);
             if inner.external.remove(&hash).is_some() {
                 // The record first; the user's file is never touched.
                 self.drop_record(&mut inner, hash).map_err(StoreError::Io)?;
@@ -2291,6 +2530,7 @@ impl Store for Core {
         if inner.partial.remove(&hash).is_some() {
             inner.unsynced.remove(&hash);
             inner.recorded.remove(&hash);
+            inner.small_pairs.remove(&hash);
             let size = inner.partial_size.remove(&hash).unwrap_or(0);
             inner.used -= size;
             self.remove_partial_files(hash).map_err(StoreError::Io)?;
@@ -2408,7 +2648,16 @@ mod tests {
             ino in proptest::prelude::any::<u64>(),
             name in "[a-z0-9 ._-]{1,300}",
             flip in proptest::prelude::any::<usize>(),
+            small in proptest::prelude::any::<bool>(),
         ) {
+            // Half the records are of small blobs, with their outboard inline.
+            let (size, outboard) = if small {
+                let size = GROUP_SIZE + 1 + size % (SMALL_BLOB - GROUP_SIZE);
+                let ob: Vec<u8> = (0..outboard_len(size)).map(|i| i as u8).collect();
+                (size, Some(Arc::from(ob)))
+            } else {
+                (size, None)
+            };
             let rec = ExternalRecord {
                 path: PathBuf::from("/data").join(name),
                 size,
@@ -2416,6 +2665,7 @@ mod tests {
                 mtime_nsec: nsec,
                 dev,
                 ino,
+                outboard,
             };
             let bytes = rec.encode();
             proptest::prop_assert_eq!(ExternalRecord::decode(&bytes, u64::MAX), Some(rec.clone()));

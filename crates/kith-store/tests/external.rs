@@ -83,13 +83,14 @@ fn reference_imports_give_blake3_content_ids_and_copy_nothing() {
             "size {size}"
         );
         assert_eq!(store.external_path(hash), Some(path.clone()));
-        // Only the record and the outboard are in the store.
+        // Only the record and the outboard are in the store; a blob of at most four
+        // groups carries its outboard in the record.
         let blobs = dir.path().join("s").join("blobs");
         assert!(!blobs.join(format!("{hash}.data")).exists());
         assert!(blobs.join(format!("{hash}.ext")).exists());
         assert_eq!(
             blobs.join(format!("{hash}.obao")).exists(),
-            size as u64 > G,
+            size as u64 > 4 * G,
             "size {size}"
         );
         let st = store.status(hash).unwrap().unwrap();
@@ -460,7 +461,8 @@ fn interrupted_reference_imports_leave_no_blob_or_a_complete_one() {
 #[test]
 fn damaged_records_are_rejected_on_open() {
     let dir = tempfile::tempdir().unwrap();
-    let data = common::data(17, 3 * G as usize);
+    // More than four groups: the outboard is a file of its own.
+    let data = common::data(17, 5 * G as usize);
     let path = write(&dir.path().join("in"), &data);
     let root = dir.path().join("s");
     let hash = import_ref(

@@ -687,3 +687,67 @@ fn streaming_reads_check_every_group_first() {
         Err(kith_store::ReadError::NotFound(_))
     ));
 }
+
+/// A blob of at most four groups keeps no outboard file once complete: while partial its
+/// outboard entries are in memory (and in `partial/` once a batch records it), so it
+/// serves what it has, resumes after reopening, and once complete computes its outboard
+/// from its bytes, which must match its hash.
+#[test]
+fn a_small_blob_serves_resumes_and_completes_without_an_outboard_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("fs");
+    let src = MemStore::new(StoreConfig::default());
+    let g = GROUP_SIZE;
+    let data = common::data(33, 3 * g as usize + 5);
+    let hash = src.import_bytes(&data).unwrap();
+    let obao = |d: &str| root.join(d).join(format!("{hash}.obao"));
+    let check = |store: &FsStore, r: std::ops::Range<u64>| {
+        let wire = encode(store, hash, r.clone());
+        let (_, bytes) = kith_store::decode_range(hash, r.clone(), &wire).unwrap();
+        assert_eq!(
+            bytes,
+            &data[r.start as usize..r.end.min(data.len() as u64) as usize]
+        );
+    };
+    {
+        let store = FsStore::open(&root, StoreConfig::default()).unwrap();
+        let wire = encode(&src, hash, g..2 * g);
+        store
+            .import_verified(hash, g..2 * g, &mut &wire[..], &mut |_| {})
+            .unwrap();
+        // Served from memory before any batch.
+        check(&store, g..2 * g);
+        assert!(!obao("partial").exists());
+        store.flush().unwrap();
+        // Recorded incomplete: its entries are on disk beside the bitfield.
+        assert!(obao("partial").exists());
+    }
+    let store = FsStore::open(&root, StoreConfig::default()).unwrap();
+    let st = store.status(hash).unwrap().unwrap();
+    assert_eq!(st.bitfield.ranges(), vec![1..2, 3..4]);
+    check(&store, g..2 * g);
+    let wire = encode(&src, hash, 0..u64::MAX);
+    store
+        .import_verified(hash, 0..u64::MAX, &mut &wire[..], &mut |_| {})
+        .unwrap();
+    store.flush().unwrap();
+    assert!(!obao("partial").exists() && !obao("blobs").exists());
+    check(&store, 0..u64::MAX);
+    check(&store, 2 * g..3 * g);
+    drop(store);
+    let store = FsStore::open(&root, StoreConfig::default()).unwrap();
+    assert_eq!(store.read_range(hash, 0..u64::MAX).unwrap(), data);
+    check(&store, 0..g);
+    // Damaged bytes are an error, never served under the blob's hash.
+    drop(store);
+    let path = root.join("blobs").join(format!("{hash}.data"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2 * g as usize + 7] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let store = FsStore::open(&root, StoreConfig::default()).unwrap();
+    assert!(matches!(
+        store.read_range(hash, 0..g),
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData
+    ));
+    assert!(store.encode_range(hash, 0..g, &mut Vec::new()).is_err());
+}
