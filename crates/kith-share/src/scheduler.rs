@@ -1012,7 +1012,7 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     } else {
                         0
                     };
-                    let mut best: Option<u64> = None;
+                    let mut best = None;
                     'scan: for step in 0..=words {
                         let Some((w, mut bits)) = candidates(step) else {
                             break;
@@ -1029,48 +1029,13 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                             }
                         }
                     }
-                    // The request starts where the free stretch holding the pick begins
-                    // (at most a request's length back, among pieces as rare): it
-                    // continues earlier requests instead of cutting the free space into
-                    // ever shorter gaps, which would leave only short requests.
-                    best.map(|i| {
-                        let mut s = i;
-                        while s > 0
-                            && i - s + 1 < max_pieces
-                            && self.candidate(p, s - 1)
-                            && self.avail[(s - 1) as usize] == best_avail
-                        {
-                            s -= 1;
-                        }
-                        // Stopped by the length, not by the stretch's start: begin at a
-                        // blob's start instead (the one holding the pick, or the next).
-                        if s > 0 && self.candidate(p, s - 1) {
-                            if let Some((blob, g)) = self.layout.locate(s) {
-                                let next = self.layout.blob_pieces(blob).end;
-                                if g > 0 && next <= i {
-                                    s = next;
-                                }
-                            }
-                        }
-                        s
-                    })
+                    best
                 }
             };
             if let Some(s) = start {
                 let mut e = s + 1;
                 while e < n && e - s < max_pieces && self.candidate(p, e) {
                     e += 1;
-                }
-                // A request cut by its length inside a blob ends where that blob starts
-                // instead, if that keeps at least half of it: a blob of a collection then
-                // comes in one request (one import, one size proof), not two.
-                if e - s == max_pieces && e < n {
-                    if let Some((blob, g)) = self.layout.locate(e) {
-                        let first = self.layout.blob_pieces(blob).start;
-                        if g > 0 && first > s && (first - s) * 2 >= max_pieces {
-                            e = first;
-                        }
-                    }
                 }
                 return Some(s..e);
             }
@@ -1162,17 +1127,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     break;
                 }
                 let room = window.saturating_sub(p.inflight_bytes);
-                let full = (window / 2).min(self.cfg.max_request_bytes);
-                // With requests in flight, a new one waits for room for a quarter of a
-                // full one: topping the window up as each piece arrives would send a
-                // request per piece, and each costs a stream and a turn at the provider.
-                if !p.requests.is_empty()
-                    && room < full / 4
-                    && self.unrequested.saturating_mul(piece) >= full / 4
-                {
-                    break;
-                }
-                let size = full.min(room.max(piece));
+                let size = (window / 2)
+                    .min(self.cfg.max_request_bytes)
+                    .min(room.max(piece));
                 let max_pieces = (size / piece).max(1);
                 let Some(run) = self.pick(&peer, max_pieces) else {
                     break;

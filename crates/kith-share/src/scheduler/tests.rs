@@ -39,24 +39,17 @@ struct Harness {
     pending: Vec<(Instant, u32, RequestId, Option<u64>, RequestOutcome)>,
     now: Instant,
     from: BTreeMap<u32, u64>,
-    /// Every request sent, in order.
-    sent: Vec<Range<u64>>,
 }
 
 impl Harness {
     fn new(pieces_bytes: u64, have: &RangeSet, cfg: SchedulerConfig) -> Self {
-        Self::with_layout(Layout::new(vec![pieces_bytes]), have, cfg)
-    }
-
-    fn with_layout(layout: Layout, have: &RangeSet, cfg: SchedulerConfig) -> Self {
         let now = Instant::now();
         Self {
-            s: Scheduler::new(layout, have, cfg, 7),
+            s: Scheduler::new(Layout::new(vec![pieces_bytes]), have, cfg, 7),
             peers: BTreeMap::new(),
             pending: Vec::new(),
             now,
             from: BTreeMap::new(),
-            sent: Vec::new(),
         }
     }
 
@@ -78,7 +71,6 @@ impl Harness {
         while let Some(a) = self.s.poll_action() {
             match a {
                 Action::Request { peer, id, pieces } => {
-                    self.sent.push(pieces.clone());
                     let Some(fp) = self.peers.get_mut(&peer) else {
                         continue;
                     };
@@ -349,30 +341,4 @@ fn a_hiccup_of_the_last_source_costs_seconds_not_minutes() {
     assert!(!h.s.is_banned(&1));
     let took = h.now - start;
     assert!(took < Duration::from_secs(20), "took {took:?}");
-}
-
-/// A collection of many small blobs from one seed: requests continue where earlier ones
-/// ended instead of starting at random and cutting the free space into short gaps, and
-/// they end at blob boundaries, so they stay long and a blob comes in one request.
-#[test]
-fn requests_for_many_small_blobs_stay_long_and_keep_blobs_whole() {
-    let layout = Layout::new(vec![2 * crate::GROUP_SIZE + 100; 3000]);
-    let pieces = layout.pieces();
-    let mut h = Harness::with_layout(layout.clone(), &RangeSet::new(), SchedulerConfig::default());
-    h.add(1, 100e6, Behaviour::Honest);
-    assert!(h.run(Duration::from_secs(60)));
-    assert_eq!(h.from[&1], pieces);
-    let cuts_a_blob = |i: u64| i < pieces && layout.locate(i).is_some_and(|(_, g)| g > 0);
-    let split = h
-        .sent
-        .iter()
-        .filter(|r| cuts_a_blob(r.start) || cuts_a_blob(r.end))
-        .count();
-    let short = h.sent.iter().filter(|r| r.end - r.start < 6).count();
-    let n = h.sent.len() as u64;
-    let (split, short) = (split as u64, short as u64);
-    // Before: 2,952 requests (3 pieces each on average), 1,775 cutting a blob.
-    assert!(n * 8 <= pieces, "{n} requests for {pieces} pieces");
-    assert!(split * 20 <= n, "{split} of {n} requests cut a blob");
-    assert!(short * 5 <= n, "{short} of {n} requests are short");
 }
