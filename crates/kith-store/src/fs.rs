@@ -1410,8 +1410,7 @@ impl Core {
                 ));
             }
             let data = self.path("blobs", *hash, "data");
-            let file = File::open(&data)?;
-            let m = file.metadata()?;
+            let m = fs::metadata(&data)?;
             // A rename keeps size, modification time, device and inode: the record made
             // from the data file now describes the file at `abs` after the rename.
             let mut rec = ExternalRecord::of(abs.clone(), &m);
@@ -1426,7 +1425,7 @@ impl Core {
                     Some(ob) => Some(ob.clone()),
                     None => {
                         let mut buf = vec![0u8; size as usize];
-                        file.read_exact_at(&mut buf, 0)?;
+                        File::open(&data)?.read_exact_at(&mut buf, 0)?;
                         let (root, ob) = crate::tree::outboard(&buf);
                         if root != *hash {
                             continue;
