@@ -14,8 +14,9 @@
 //! * `share.small_files.ratio_vs_rsync`: many small seeded files (default 50,000 totalling
 //!   1 GiB; `KITH_BENCH_SMALL_FILES` scales count and total alike) shared with
 //!   `Share::add_dir`, fetched and written out with `Share::export_dir`, over `rsync -a`
-//!   from an rsync daemon on 127.0.0.1 started by the bench: kith time / rsync time.
-//!   Skipped (and said so) without rsync.
+//!   from an rsync daemon on 127.0.0.1 started by the bench: kith time / rsync time,
+//!   the median over rounds (`KITH_BENCH_SMALL_ROUNDS`, default 3) that alternate which
+//!   goes first. Skipped (and said so) without rsync.
 //! * `share.peak_rss_mib`: provider and downloader as separate processes (this binary
 //!   re-executed with `KITH_SHARE_BENCH_ROLE`), each reporting its own peak RSS (VmHWM)
 //!   for a large blob (default 4 GiB, `KITH_BENCH_RSS_MIB`) and a small one (256 MiB,
@@ -509,62 +510,103 @@ async fn small_files(tmp: &Path) -> anyhow::Result<()> {
         "small files: provider add_dir (reference import, hashing) {:.1} s (not timed below)",
         t.elapsed().as_secs_f64()
     );
-    // kith: download into a fresh store, then export the directory.
-    let dir = tempfile::tempdir_in(base.path())?;
-    let (ep, share) = node(21, &dir.path().join("store"), downloader_config()).await?;
-    let out = base.path().join("kith-out");
-    let start = Instant::now();
-    let stats = tokio::time::timeout(TIMEOUT, share.download(&ticket, options()).finish())
-        .await
-        .context("download timed out")??;
-    let fetched = start.elapsed();
-    share.export_dir(stats.root, &out).await?;
-    let kith = start.elapsed();
-    ep.close().await;
-    ensure!(tree_size(&out)? == (count, total), "kith export differs");
-    println!(
-        "small files: kith {:.2} s (download {:.2} s, export_dir {:.2} s), {:.0} MiB/s",
-        kith.as_secs_f64(),
-        fetched.as_secs_f64(),
-        (kith - fetched).as_secs_f64(),
-        mib_s(total, kith)
-    );
-    println!("figure share.small_files.kith_s {:.2}", kith.as_secs_f64());
-    prov_ep.close().await;
-    // kith's copy stays until rsync has run: deleting 100,000 inodes just before would
-    // slow rsync's file creation down (ext4 skips recently deleted inodes) and flatter
-    // the ratio. Both run on a filesystem where nothing was deleted in between.
-    let _kith_copy = (dir, RemoveOnDrop(out.clone()));
     if !have_rsync() {
         println!("small files: rsync is not installed: share.small_files.ratio_vs_rsync skipped");
-        return Ok(());
     }
-    let daemon = rsync_daemon(base.path(), &src)?;
-    let dest = base.path().join("rsync-out");
-    let start = Instant::now();
-    let mut c = Command::new("rsync")
-        .arg("-a")
-        .arg(format!("rsync://127.0.0.1:{}/data/", daemon.port))
-        .arg(&dest)
-        .spawn()?;
-    let status = wait_timeout(&mut c, TIMEOUT)?;
-    let rsync = start.elapsed();
+    let daemon = if have_rsync() {
+        Some(rsync_daemon(base.path(), &src)?)
+    } else {
+        None
+    };
+    // Rounds alternate which of kith and rsync goes first: the machine's speed drifts
+    // and the previous round's copies are deleted just before (ext4 then allocates new
+    // inodes more slowly for a while), so each round's ratio compares like with like
+    // and the figure is their median.
+    let rounds = env_u64("KITH_BENCH_SMALL_ROUNDS", 3).clamp(1, 20);
+    let mut ratios = Vec::new();
+    let mut kith_times = Vec::new();
+    for round in 0..rounds {
+        let mut kith = Duration::ZERO;
+        let mut rsync = None;
+        // The copies of this round stay until the round is over.
+        let mut copies = Vec::new();
+        let order: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for kith_turn in order {
+            if kith_turn {
+                // kith: download into a fresh store, then export the directory.
+                let dir = tempfile::tempdir_in(base.path())?;
+                let (ep, share) = node(
+                    21 + 2 * round,
+                    &dir.path().join("store"),
+                    downloader_config(),
+                )
+                .await?;
+                let out = base.path().join(format!("kith-out-{round}"));
+                let start = Instant::now();
+                let stats =
+                    tokio::time::timeout(TIMEOUT, share.download(&ticket, options()).finish())
+                        .await
+                        .context("download timed out")??;
+                let fetched = start.elapsed();
+                share.export_dir(stats.root, &out).await?;
+                kith = start.elapsed();
+                ep.close().await;
+                ensure!(tree_size(&out)? == (count, total), "kith export differs");
+                println!(
+                    "small files round {round}: kith {:.2} s (download {:.2} s, export_dir {:.2} s), {:.0} MiB/s",
+                    kith.as_secs_f64(),
+                    fetched.as_secs_f64(),
+                    (kith - fetched).as_secs_f64(),
+                    mib_s(total, kith)
+                );
+                copies.push(RemoveOnDrop(out));
+                copies.push(RemoveOnDrop(dir.keep()));
+            } else if let Some(daemon) = &daemon {
+                let dest = base.path().join(format!("rsync-out-{round}"));
+                let start = Instant::now();
+                let mut c = Command::new("rsync")
+                    .arg("-a")
+                    .arg(format!("rsync://127.0.0.1:{}/data/", daemon.port))
+                    .arg(&dest)
+                    .spawn()?;
+                let status = wait_timeout(&mut c, TIMEOUT)?;
+                let t = start.elapsed();
+                ensure!(status.success(), "rsync failed: {status}");
+                ensure!(tree_size(&dest)? == (count, total), "rsync copy differs");
+                println!(
+                    "small files round {round}: rsync -a from an rsync daemon on 127.0.0.1 {:.2} s, {:.0} MiB/s",
+                    t.as_secs_f64(),
+                    mib_s(total, t)
+                );
+                copies.push(RemoveOnDrop(dest));
+                rsync = Some(t);
+            }
+        }
+        kith_times.push(kith);
+        if let Some(r) = rsync {
+            let ratio = kith.as_secs_f64() / r.as_secs_f64();
+            println!("small files round {round}: ratio {ratio:.3}");
+            ratios.push(ratio);
+        }
+        drop(copies);
+    }
+    prov_ep.close().await;
     drop(daemon);
-    ensure!(status.success(), "rsync failed: {status}");
-    ensure!(tree_size(&dest)? == (count, total), "rsync copy differs");
     println!(
-        "small files: rsync -a from an rsync daemon on 127.0.0.1 {:.2} s, {:.0} MiB/s",
-        rsync.as_secs_f64(),
-        mib_s(total, rsync)
+        "figure share.small_files.kith_s {:.2}",
+        median(kith_times).as_secs_f64()
     );
-    println!(
-        "figure share.small_files.rsync_s {:.2}",
-        rsync.as_secs_f64()
-    );
-    println!(
-        "figure share.small_files.ratio_vs_rsync {:.3}",
-        kith.as_secs_f64() / rsync.as_secs_f64()
-    );
+    if !ratios.is_empty() {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "figure share.small_files.ratio_vs_rsync {:.3}",
+            ratios[ratios.len() / 2]
+        );
+    }
     Ok(())
 }
 
