@@ -45,6 +45,8 @@ const EXTERNAL_FIXED: usize = 8 + 5 * 8 + 4;
 /// The largest external record file: with an inline outboard (its length and at most
 /// three pairs).
 const MAX_EXTERNAL_RECORD: usize = EXTERNAL_FIXED + MAX_EXTERNAL_PATH + 4 + 3 * PAIR_LEN + 32;
+/// Bytes read and written per step of a streaming import.
+const IO_BUF: usize = 1 << 20;
 
 /// The length of the outboard file of a complete blob of `size` bytes (see
 /// [`SMALL_BLOB`]).
@@ -55,8 +57,15 @@ fn ob_file_len(size: u64) -> u64 {
         outboard_len(size)
     }
 }
-/// Bytes read and written per step of a streaming import.
-const IO_BUF: usize = 1 << 20;
+
+/// Computes the outboard of small complete blob `hash` (`size` at most [`SMALL_BLOB`])
+/// from its bytes in `data`; `None` if they do not hash to `hash`.
+fn small_outboard(data: &File, size: u64, hash: Hash) -> io::Result<Option<Arc<[u8]>>> {
+    let mut buf = vec![0u8; size.min(SMALL_BLOB) as usize];
+    data.read_exact_at(&mut buf, 0)?;
+    let (root, ob) = crate::tree::outboard(&buf);
+    Ok((root == hash && buf.len() as u64 == size).then(|| Arc::from(ob)))
+}
 
 /// Errors of [`FsStore::open`].
 #[derive(Debug, thiserror::Error)]
@@ -880,12 +889,13 @@ impl Core {
         let mut logs = std::collections::BTreeSet::new();
         for e in fs::read_dir(&refs).map_err(at(&refs))? {
             let p = e.map_err(at(&refs))?.path();
+            // ID: 16 hex digits.
             let parsed = p
                 .file_name()
                 .and_then(OsStr::to_str)
                 .and_then(|n| n.split_once('.'))
-                .and_then(|(id, ext)| Some((u64::from_str_radix(id, 16).ok()?, ext)))
-                .filter(|_| p.file_stem().is_some_and(|s| s.len() == 16));
+                .filter(|(id, _)| id.len() == 16)
+                .and_then(|(id, ext)| Some((u64::from_str_radix(id, 16).ok()?, ext)));
             match parsed {
                 Some((id, "pack")) => {
                     ids.insert(id);
@@ -1317,16 +1327,15 @@ impl Core {
             ObSource::Mem(pairs)
         } else {
             // Complete: computed from the bytes, which must hash to the blob's hash.
-            let mut buf = vec![0u8; size as usize];
-            data.read_exact_at(&mut buf, 0).map_err(ReadError::Io)?;
-            let (root, ob) = crate::tree::outboard(&buf);
-            if root != hash {
-                return Err(ReadError::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the stored bytes of blob {hash} do not match its hash"),
-                )));
+            match small_outboard(&data, size, hash).map_err(ReadError::Io)? {
+                Some(ob) => ObSource::Mem(ob),
+                None => {
+                    return Err(ReadError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the stored bytes of blob {hash} do not match its hash"),
+                    )));
+                }
             }
-            ObSource::Mem(Arc::from(ob))
         };
         Ok(Opened {
             src: FileSource { data, outboard },
@@ -1421,18 +1430,14 @@ impl Core {
                 // A small blob has no outboard file: its record carries the outboard,
                 // known from its import or computed from the bytes (which must hash to
                 // the blob's hash).
-                rec.outboard = match inner.small_ob.get(hash) {
+                let ob = match inner.small_ob.get(hash) {
                     Some(ob) => Some(ob.clone()),
-                    None => {
-                        let mut buf = vec![0u8; size as usize];
-                        File::open(&data)?.read_exact_at(&mut buf, 0)?;
-                        let (root, ob) = crate::tree::outboard(&buf);
-                        if root != *hash {
-                            continue;
-                        }
-                        Some(Arc::from(ob))
-                    }
+                    None => small_outboard(&File::open(&data)?, size, *hash)?,
                 };
+                if ob.is_none() {
+                    continue;
+                }
+                rec.outboard = ob;
             }
             moves.push(Move {
                 at,
@@ -1455,11 +1460,11 @@ impl Core {
                 moves.iter().map(|m| (m.hash, m.rec.encode())).collect();
             let written = self.write_packs(&mut inner, &entries)?;
             self.install_packs(&written)?;
-            for (i, (_, id, _)) in written.iter().enumerate() {
-                let lo = i * packs::MAX_PACK_ENTRIES;
-                let hi = (lo + packs::MAX_PACK_ENTRIES).min(moves.len());
-                pack_of[lo..hi].fill(Some(*id));
-            }
+            // The packs hold the moves in order.
+            pack_of = written
+                .iter()
+                .flat_map(|(_, id, hashes)| std::iter::repeat_n(Some(*id), hashes.len()))
+                .collect();
         } else {
             let mut recs = Vec::with_capacity(moves.len());
             for m in &moves {
