@@ -329,12 +329,35 @@ pub trait SendStream: AsyncWrite + Send + Unpin + fmt::Debug {
     fn finish(&mut self) -> Result<(), StreamError>;
     /// Abandons the stream; the peer's reads fail with [`StreamError::Reset`]`(code)`.
     fn reset(&mut self, code: u32);
+    /// Writes `chunk` whole, handing the bytes over rather than copying them where the
+    /// transport can keep them as they are (QUIC keeps them until acknowledged). The
+    /// default writes them like [`AsyncWriteExt::write_all`](tokio::io::AsyncWriteExt).
+    fn write_chunk(&mut self, chunk: Bytes) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move { tokio::io::AsyncWriteExt::write_all(self, &chunk).await })
+    }
 }
 
 /// The receiving half of a stream.
 pub trait RecvStream: AsyncRead + Send + Unpin + fmt::Debug {
     /// Tells the peer to stop sending; its writes fail with [`StreamError::Stopped`]`(code)`.
     fn stop(&mut self, code: u32);
+    /// Reads what arrived into `bufs`, as the transport holds it (QUIC hands over its
+    /// received buffers without copying): the number of chunks filled, in stream order,
+    /// or `None` at the end of the stream. The default reads into one fresh buffer.
+    fn read_chunks<'a>(
+        &'a mut self,
+        bufs: &'a mut [Bytes],
+    ) -> BoxFuture<'a, io::Result<Option<usize>>> {
+        Box::pin(async move {
+            let Some(first) = bufs.first_mut() else {
+                return Ok(Some(0));
+            };
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            let n = self.read_buf(&mut buf).await?;
+            *first = buf.freeze();
+            Ok((n > 0).then_some(1))
+        })
+    }
 }
 
 /// A boxed sending stream.

@@ -5,7 +5,9 @@
 //!   `KITH_BENCH_SINGLE_MIB`) fetched into a filesystem store in a temp dir, over a plain
 //!   kith stream of the same file (a bi stream on the same kind of endpoints, with a
 //!   handler that streams the file) written to a file on the same disk and synced at the
-//!   end. Rounds alternate (`KITH_BENCH_ROUNDS`, default 3); medians compared.
+//!   end. Each round runs both, one after the other (`KITH_BENCH_ROUNDS`, default 5
+//!   here); the figure is the median of the rounds' ratios. Each round also prints the
+//!   CPU time both took (every thread of the process).
 //! * `share.multi.ratio_to_sum`: four providers each paced to R bytes/s per peer
 //!   (`ProviderLimits::upload_rate_per_peer`, a user-space limiter in the provider;
 //!   default R = 20 MiB/s, `KITH_BENCH_RATE_MIB`), one downloader, 256 MiB
@@ -104,6 +106,23 @@ fn key(seed: u64) -> SecretKey {
     b[..8].copy_from_slice(&seed.to_le_bytes());
     b[8] = 0x5b;
     SecretKey::from_bytes(&b)
+}
+
+/// CPU time this process has used so far (user and system, every thread), from
+/// `/proc/self/stat` (in clock ticks of 10 ms); zero where that cannot be read.
+fn cpu_used() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 fn mib_s(bytes: u64, d: Duration) -> f64 {
@@ -255,7 +274,7 @@ async fn baseline(seed: u64, server: &NodeAddr, out: &Path) -> anyhow::Result<u6
 
 async fn single(tmp: &Path) -> anyhow::Result<()> {
     let size = env_u64("KITH_BENCH_SINGLE_MIB", 1024) * MIB;
-    let rounds = env_u64("KITH_BENCH_ROUNDS", 3).clamp(1, 20);
+    let rounds = env_u64("KITH_BENCH_ROUNDS", 5).clamp(1, 20);
     let base = tempfile::tempdir_in(tmp)?;
     let file = base.path().join("blob.bin");
     gen_file(&file, size, 1)?;
@@ -269,30 +288,40 @@ async fn single(tmp: &Path) -> anyhow::Result<()> {
         size / MIB,
         t.elapsed().as_secs_f64()
     );
-    let (mut ts, mut tb) = (Vec::new(), Vec::new());
+    let (mut ts, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), cpu_used());
         let stats = fetch(100 + round, base.path(), &ticket).await?;
-        let s = start.elapsed();
+        let (s, s_cpu) = (start.elapsed(), cpu_used().saturating_sub(cpu));
         ensure!(stats.fetched_bytes == size, "share fetched {stats:?}");
         let out = base.path().join("baseline.bin");
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), cpu_used());
         let n = baseline(200 + round, &prov_ep.node_addr(), &out).await?;
-        let b = start.elapsed();
+        let (b, b_cpu) = (start.elapsed(), cpu_used().saturating_sub(cpu));
         ensure!(n == size, "baseline received {n} of {size} bytes");
         std::fs::remove_file(&out)?;
+        // CPU time (both ends, every thread) is steadier than wall time on a shared
+        // machine: it shows what a change costs even when the machine's speed drifts.
         println!(
-            "single round {round}: share {:.0} MiB/s, plain stream {:.0} MiB/s",
+            "single round {round}: share {:.0} MiB/s ({:.2} CPU s), plain stream {:.0} MiB/s ({:.2} CPU s)",
             mib_s(size, s),
-            mib_s(size, b)
+            s_cpu.as_secs_f64(),
+            mib_s(size, b),
+            b_cpu.as_secs_f64()
         );
+        ratios.push(b.as_secs_f64() / s.as_secs_f64());
         ts.push(s);
         tb.push(b);
     }
+    // The ratio is taken within each round, between two runs seconds apart, and the
+    // figure is the median of those: the machine's speed drifts by up to 2x over
+    // minutes here, and the two medians of a few rounds each can come from different
+    // phases of it.
+    ratios.sort_by(f64::total_cmp);
     let (s, b) = (mib_s(size, median(ts)), mib_s(size, median(tb)));
     println!("figure share.single.mib_s {s:.0}");
     println!("figure share.single.baseline_mib_s {b:.0}");
-    println!("figure share.single.ratio {:.3}", s / b);
+    println!("figure share.single.ratio {:.3}", ratios[ratios.len() / 2]);
     prov_ep.close().await;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
-use crate::range::{BlobSource, DecodeError, Piece, WalkError, encode_from, walk};
+use crate::range::{BlobSource, DecodeError, Piece, WalkError, encode_from, read_into, walk};
 use crate::store::{
     PartialSink, check_tag_name, encode_range_from, import_verified, need, read_range_from,
 };
@@ -512,28 +512,32 @@ impl<'a> PairWriter<'a> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.pending.sort_unstable_by_key(|(s, _)| *s);
-        let mut run: Vec<u8> = Vec::with_capacity(self.pending.len() * PAIR_LEN);
-        let mut run_start = 0;
-        let mut next = 0;
-        for (split, pair) in self.pending.drain(..) {
-            if run.is_empty() || split != next {
-                if !run.is_empty() {
-                    self.file
-                        .write_all_at(&run, (run_start - 1) * PAIR_LEN as u64)?;
-                    run.clear();
-                }
-                run_start = split;
-            }
-            run.extend_from_slice(&pair);
-            next = split + 1;
-        }
-        if !run.is_empty() {
-            self.file
-                .write_all_at(&run, (run_start - 1) * PAIR_LEN as u64)?;
-        }
-        Ok(())
+        write_pairs(self.file, &mut self.pending)
     }
+}
+
+/// Writes outboard entries `(split, pair)` to `file` in coalesced runs (one write per
+/// stretch of consecutive entries) and empties `pending`.
+fn write_pairs(file: &File, pending: &mut Vec<(u64, [u8; PAIR_LEN])>) -> io::Result<()> {
+    pending.sort_unstable_by_key(|(s, _)| *s);
+    let mut run: Vec<u8> = Vec::with_capacity(pending.len() * PAIR_LEN);
+    let mut run_start = 0;
+    let mut next = 0;
+    for (split, pair) in pending.drain(..) {
+        if run.is_empty() || split != next {
+            if !run.is_empty() {
+                file.write_all_at(&run, (run_start - 1) * PAIR_LEN as u64)?;
+                run.clear();
+            }
+            run_start = split;
+        }
+        run.extend_from_slice(&pair);
+        next = split + 1;
+    }
+    if !run.is_empty() {
+        file.write_all_at(&run, (run_start - 1) * PAIR_LEN as u64)?;
+    }
+    Ok(())
 }
 
 impl PairSink for PairWriter<'_> {
@@ -559,9 +563,60 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// The most a [`FileSource`] reads ahead of a walk: a system call per 256 KiB rather
+/// than per group.
+const READ_AHEAD: usize = 256 * 1024;
+
+/// The most outboard bytes a [`FileSource`] reads at once (256 entries): the entries
+/// inside a walked range lie side by side, so one read serves many.
+const OB_READ_AHEAD: usize = 16 * 1024;
+
+/// A stored blob's files, read for a walk: data and outboard entries are read ahead
+/// within the range the walk announced ([`BlobSource::will_read`]), so a walk costs a
+/// system call per [`READ_AHEAD`] bytes rather than two per group. A walk still
+/// verifies each group it hands on (for an external file), from the very bytes read.
 struct FileSource {
     data: File,
     outboard: ObSource,
+    /// Bytes read ahead, from `win_at` on.
+    win: Vec<u8>,
+    win_at: u64,
+    /// Outboard bytes read ahead, from `ob_at` on.
+    ob_win: Vec<u8>,
+    ob_at: u64,
+    /// The end of the data the current walk reads (see `will_read`).
+    read_end: u64,
+    /// The outboard bytes of the entries inside the current walk's range.
+    ob_range: (u64, u64),
+}
+
+impl FileSource {
+    fn new(data: File, outboard: ObSource) -> Self {
+        Self {
+            data,
+            outboard,
+            win: Vec::new(),
+            win_at: 0,
+            ob_win: Vec::new(),
+            ob_at: 0,
+            read_end: 0,
+            ob_range: (0, 0),
+        }
+    }
+}
+
+/// Reads from `f` at `at` into `buf` until it is full or the file ends; how much it read.
+fn read_at_most(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], at + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Where a blob's outboard is read from.
@@ -579,9 +634,68 @@ impl BlobSource for FileSource {
         self.data.read_exact_at(buf, offset)
     }
 
+    fn will_read(&mut self, start: u64, end: u64) {
+        self.read_end = end;
+        // The entries of the nodes inside the groups `[a, b)` split at `a + 1 ..= b - 1`.
+        let a = start / GROUP_SIZE;
+        let b = end.div_ceil(GROUP_SIZE);
+        self.ob_range = (a * PAIR_LEN as u64, b.saturating_sub(1) * PAIR_LEN as u64);
+    }
+
+    fn data<'a>(
+        &'a mut self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<&'a [u8]> {
+        let end = offset + len as u64;
+        let held = offset >= self.win_at && end <= self.win_at + self.win.len() as u64;
+        if !held {
+            // Read ahead only within the announced walk: a request for a few groups
+            // reads those.
+            let ahead = (self.read_end.saturating_sub(offset)).min(READ_AHEAD as u64) as usize;
+            if ahead <= len {
+                let data = &self.data;
+                return read_into(scratch, len, |buf| data.read_exact_at(buf, offset));
+            }
+            self.win.resize(ahead, 0);
+            let n = read_at_most(&self.data, &mut self.win, offset)?;
+            self.win.truncate(n);
+            self.win_at = offset;
+            if n < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "failed to fill whole buffer",
+                ));
+            }
+        }
+        let from = (offset - self.win_at) as usize;
+        Ok(&self.win[from..from + len])
+    }
+
     fn read_pair(&mut self, split: u64) -> io::Result<[u8; PAIR_LEN]> {
         let mut pair = [0u8; PAIR_LEN];
         let at = (split - 1) * PAIR_LEN as u64;
+        if let ObSource::File(f) = &self.outboard {
+            let (lo, hi) = self.ob_range;
+            if at >= lo && at + PAIR_LEN as u64 <= hi {
+                let held = at >= self.ob_at
+                    && at + PAIR_LEN as u64 <= self.ob_at + self.ob_win.len() as u64;
+                if !held {
+                    let ahead = (hi - at).min(OB_READ_AHEAD as u64) as usize;
+                    self.ob_win.resize(ahead, 0);
+                    let n = read_at_most(f, &mut self.ob_win, at)?;
+                    self.ob_win.truncate(n);
+                    self.ob_at = at;
+                }
+                let from = (at - self.ob_at) as usize;
+                if let Some(p) = self.ob_win.get(from..from + PAIR_LEN) {
+                    pair.copy_from_slice(p);
+                    return Ok(pair);
+                }
+                return Err(io::Error::other("outboard truncated"));
+            }
+        }
         let ob = match &self.outboard {
             ObSource::None => {
                 return Err(io::Error::new(io::ErrorKind::NotFound, "outboard missing"));
@@ -1284,7 +1398,7 @@ impl Core {
                 None => ObSource::None,
             };
             return Ok(Opened {
-                src: FileSource { data, outboard },
+                src: FileSource::new(data, outboard),
                 size: rec.size,
                 bf: None,
                 external: Some(rec),
@@ -1338,7 +1452,7 @@ impl Core {
             }
         };
         Ok(Opened {
-            src: FileSource { data, outboard },
+            src: FileSource::new(data, outboard),
             size,
             bf,
             external: None,
@@ -1957,6 +2071,22 @@ struct FsPartial<'a> {
     size: u64,
     data: File,
     outboard: PairDest,
+    /// Verified entries for the outboard file, written together before the next groups
+    /// (which need them to be served) are: one write per stretch, not per entry.
+    pairs: Vec<(u64, [u8; PAIR_LEN])>,
+}
+
+/// The most outboard entries an [`FsPartial`] holds before it writes them.
+const PENDING_PAIRS: usize = 1024;
+
+impl FsPartial<'_> {
+    /// Writes the pending outboard entries.
+    fn write_pairs(&mut self) -> io::Result<()> {
+        match &self.outboard {
+            PairDest::File(f) if !self.pairs.is_empty() => write_pairs(f, &mut self.pairs),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where [`FsPartial`] puts outboard entries.
@@ -1975,7 +2105,13 @@ impl PartialSink for FsPartial<'_> {
     fn put_pair(&mut self, split: u64, pair: &[u8; PAIR_LEN]) -> io::Result<()> {
         let at = (split - 1) * PAIR_LEN as u64;
         match &self.outboard {
-            PairDest::File(f) => f.write_all_at(pair, at),
+            PairDest::File(_) => {
+                self.pairs.push((split, *pair));
+                if self.pairs.len() >= PENDING_PAIRS {
+                    self.write_pairs()?;
+                }
+                Ok(())
+            }
             PairDest::Mem => {
                 let mut inner = self.store.lock();
                 let inner = &mut *inner;
@@ -2007,6 +2143,8 @@ impl PartialSink for FsPartial<'_> {
     }
 
     fn commit(&mut self, groups: &[u64]) -> io::Result<()> {
+        // The entries above these groups go first: a present group must be servable.
+        self.write_pairs()?;
         if groups.is_empty() {
             return Ok(());
         }
@@ -2351,6 +2489,7 @@ impl Store for Core {
                             size,
                             data,
                             outboard,
+                            pairs: Vec::new(),
                         });
                     }
                 }
@@ -2383,6 +2522,7 @@ impl Store for Core {
                     size,
                     data: open("data").map_err(ImportError::Io)?,
                     outboard,
+                    pairs: Vec::new(),
                 })
             },
         )

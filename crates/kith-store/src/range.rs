@@ -118,8 +118,37 @@ pub enum DecodeItem {
 pub(crate) trait BlobSource {
     /// Reads the bytes of `[offset, offset + buf.len())`.
     fn read_data(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The bytes of `[offset, offset + len)`, borrowed from the source where it holds
+    /// them (in memory, or read ahead), else read into `scratch` (at least `len` long).
+    fn data<'a>(
+        &'a mut self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<&'a [u8]> {
+        read_into(scratch, len, |buf| self.read_data(offset, buf))
+    }
+    /// Tells the source that the walk that follows reads the bytes `[start, end)` in
+    /// order (and the outboard entries of the groups between), so that it may read
+    /// ahead up to there and no further. By default nothing.
+    fn will_read(&mut self, start: u64, end: u64) {
+        let _ = (start, end);
+    }
     /// Reads the outboard entry of the node splitting at `split`.
     fn read_pair(&mut self, split: u64) -> io::Result<[u8; PAIR_LEN]>;
+}
+
+/// Fills the first `len` bytes of `scratch` with `read` and returns them.
+pub(crate) fn read_into(
+    scratch: &mut [u8],
+    len: usize,
+    read: impl FnOnce(&mut [u8]) -> io::Result<()>,
+) -> io::Result<&[u8]> {
+    let buf = scratch
+        .get_mut(..len)
+        .ok_or_else(|| io::Error::other("read longer than its buffer"))?;
+    read(buf)?;
+    Ok(buf)
 }
 
 /// An in-memory blob: its data and outboard.
@@ -139,6 +168,10 @@ impl BlobSource for SliceSource<'_> {
     fn read_data(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         buf.copy_from_slice(slice_at(self.data, offset, buf.len())?);
         Ok(())
+    }
+
+    fn data<'a>(&'a mut self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<&'a [u8]> {
+        slice_at(self.data, offset, len)
     }
 
     fn read_pair(&mut self, split: u64) -> io::Result<[u8; PAIR_LEN]> {
@@ -228,8 +261,10 @@ impl Walk<'_> {
     fn node(&mut self, s: u64, e: u64, cv: &ChainingValue, is_root: bool) -> Result<(), WalkError> {
         if e - s == 1 {
             let (lo, hi) = group_bytes(self.size, s);
-            let data = &mut self.buf[..(hi - lo) as usize];
-            self.src.read_data(lo, data).map_err(WalkError::Source)?;
+            let data = self
+                .src
+                .data(lo, (hi - lo) as usize, &mut self.buf)
+                .map_err(WalkError::Source)?;
             if self.verify {
                 let got = if is_root {
                     *blake3::hash(data).as_bytes()
@@ -279,6 +314,9 @@ pub(crate) fn walk(
         visit,
     };
     let cv = root.map_or([0; 32], |h| *h.as_bytes());
+    let (start, _) = group_bytes(size, want.0);
+    let (_, end) = group_bytes(size, want.1 - 1);
+    w.src.will_read(start, end);
     w.node(0, group_count(size), &cv, true)
 }
 
@@ -464,6 +502,48 @@ impl<R: Read> RangeDecoder<R> {
     }
 
     fn step(&mut self) -> Result<Option<DecodeItem>, DecodeError> {
+        let mut data = Vec::new();
+        Ok(self.step_into(&mut data)?.map(|step| match step {
+            Step::Parent { split, pair } => DecodeItem::Parent { split, pair },
+            Step::Group { index, offset, .. } => DecodeItem::Group {
+                index,
+                offset,
+                data: Bytes::from(data),
+            },
+        }))
+    }
+
+    /// The next verified item, like [`Iterator::next`], except that a group's bytes are
+    /// appended to `out` rather than handed over in a buffer of their own: a caller
+    /// that gathers groups into larger writes copies each byte once. Bytes that fail
+    /// verification are taken off `out` again.
+    pub(crate) fn next_into(&mut self, out: &mut Vec<u8>) -> Option<Result<Step, DecodeError>> {
+        if self.done {
+            return None;
+        }
+        let step = self.step_into(out);
+        self.settle(step)
+    }
+
+    /// An item for the caller; the end of decoding at the end or at the first error.
+    fn settle<T>(
+        &mut self,
+        step: Result<Option<T>, DecodeError>,
+    ) -> Option<Result<T, DecodeError>> {
+        match step {
+            Ok(Some(item)) => Some(Ok(item)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn step_into(&mut self, out: &mut Vec<u8>) -> Result<Option<Step>, DecodeError> {
         let n = group_count(self.size);
         let frame = loop {
             if let Some(f) = self.stack.pop() {
@@ -486,24 +566,33 @@ impl<R: Read> RangeDecoder<R> {
         if frame.end - frame.start == 1 {
             let index = frame.start;
             let (lo, hi) = group_bytes(self.size, index);
-            let mut data = vec![0u8; (hi - lo) as usize];
-            self.reader.read_exact(&mut data).map_err(read_err)?;
-            let cv = if frame.is_root {
-                *blake3::hash(&data).as_bytes()
-            } else {
-                group_cv(index, &data)
+            let len = (hi - lo) as usize;
+            let at = out.len();
+            out.resize(at + len, 0);
+            let data = &mut out[at..];
+            let verified = match self.reader.read_exact(data) {
+                Err(e) => Err(read_err(e)),
+                Ok(()) => {
+                    let cv = if frame.is_root {
+                        *blake3::hash(data).as_bytes()
+                    } else {
+                        group_cv(index, data)
+                    };
+                    if constant_eq(&cv, &frame.cv) {
+                        Ok(())
+                    } else {
+                        Err(DecodeError::GroupMismatch { index })
+                    }
+                }
             };
-            if !constant_eq(&cv, &frame.cv) {
-                return Err(DecodeError::GroupMismatch { index });
+            if let Err(e) = verified {
+                out.truncate(at);
+                return Err(e);
             }
             if index == n - 1 {
                 self.size_verified = true;
             }
-            return Ok(Some(DecodeItem::Group {
-                index,
-                offset: lo,
-                data: Bytes::from(data),
-            }));
+            return Ok(Some(Step::Group { index, offset: lo }));
         }
         let mut pair = [0u8; PAIR_LEN];
         self.reader.read_exact(&mut pair).map_err(read_err)?;
@@ -528,8 +617,16 @@ impl<R: Read> RangeDecoder<R> {
                 is_root: false,
             });
         }
-        Ok(Some(DecodeItem::Parent { split: m, pair }))
+        Ok(Some(Step::Parent { split: m, pair }))
     }
+}
+
+/// One verified item of [`RangeDecoder::next_into`]: a [`DecodeItem`] whose group bytes
+/// went to the caller's buffer.
+#[derive(Debug)]
+pub(crate) enum Step {
+    Parent { split: u64, pair: [u8; PAIR_LEN] },
+    Group { index: u64, offset: u64 },
 }
 
 fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -543,17 +640,8 @@ impl<R: Read> Iterator for RangeDecoder<R> {
         if self.done {
             return None;
         }
-        match self.step() {
-            Ok(Some(item)) => Some(Ok(item)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let step = self.step();
+        self.settle(step)
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::range::{BlobSource, DecodeError, DecodeItem, RangeDecoder, SizeProof, encode_from};
+use crate::range::{BlobSource, DecodeError, RangeDecoder, SizeProof, Step, encode_from};
 use crate::tree::{GROUP_SIZE, MAX_BLOB_SIZE, PAIR_LEN, group_count, groups_overlapping};
 use crate::{Bitfield, Hash};
 
@@ -427,7 +427,8 @@ const WRITE_RUN: usize = 256 * 1024;
 const RUN_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Consecutive verified groups not yet handed to the sink: one write and one commit
-/// for many groups, instead of a write and a store-wide lock per 16 KiB.
+/// for many groups, instead of a write and a store-wide lock per 16 KiB. The decoder
+/// appends each group's bytes to `data` itself, so each byte is copied once.
 struct Run {
     offset: u64,
     data: Vec<u8>,
@@ -440,7 +441,7 @@ impl Default for Run {
     fn default() -> Self {
         Self {
             offset: 0,
-            data: Vec::new(),
+            data: Vec::with_capacity(WRITE_RUN + GROUP_SIZE as usize),
             groups: Vec::new(),
             started: std::time::Instant::now(),
         }
@@ -448,18 +449,25 @@ impl Default for Run {
 }
 
 impl Run {
-    /// Whether a group at `offset` continues the run (an empty run takes anything).
-    fn extends(&self, offset: u64) -> bool {
-        self.groups.is_empty() || self.offset + self.data.len() as u64 == offset
-    }
-
-    fn push(&mut self, index: u64, offset: u64, data: &[u8]) {
+    /// Takes group `index` at `offset`, whose bytes the decoder appended to `data` at
+    /// `at`. If it does not continue the run, the groups before it are stored first.
+    fn took<S: PartialSink>(
+        &mut self,
+        index: u64,
+        offset: u64,
+        at: usize,
+        sink: &mut S,
+        on_stored: &mut dyn FnMut(u64),
+    ) -> io::Result<()> {
+        if !self.groups.is_empty() && self.offset + at as u64 != offset {
+            self.store_first(at, sink, on_stored)?;
+        }
         if self.groups.is_empty() {
             self.offset = offset;
             self.started = std::time::Instant::now();
         }
-        self.data.extend_from_slice(data);
         self.groups.push(index);
+        Ok(())
     }
 
     /// Writes the run, marks its groups present (peers may be served them while the
@@ -469,15 +477,26 @@ impl Run {
         sink: &mut S,
         on_stored: &mut dyn FnMut(u64),
     ) -> io::Result<()> {
+        self.store_first(self.data.len(), sink, on_stored)
+    }
+
+    /// [`store`](Self::store) of the run's groups, which fill the first `len` bytes
+    /// of `data`; what follows them stays.
+    fn store_first<S: PartialSink>(
+        &mut self,
+        len: usize,
+        sink: &mut S,
+        on_stored: &mut dyn FnMut(u64),
+    ) -> io::Result<()> {
         let Some(&first) = self.groups.first() else {
             return Ok(());
         };
-        sink.put_groups(first, self.offset, &self.data)?;
+        sink.put_groups(first, self.offset, &self.data[..len])?;
         sink.commit(&self.groups)?;
         for &g in &self.groups {
             on_stored(g);
         }
-        self.data.clear();
+        self.data.drain(..len);
         self.groups.clear();
         Ok(())
     }
@@ -496,7 +515,7 @@ pub(crate) fn import_verified<S: PartialSink>(
     on_stored: &mut dyn FnMut(u64),
     open: impl FnOnce(u64) -> Result<S, ImportError>,
 ) -> Result<BlobStatus, ImportError> {
-    let dec = match known {
+    let mut dec = match known {
         None => RangeDecoder::new(encoded, hash, range, config.blob_limit()),
         Some(size) => RangeDecoder::with_known_size(encoded, hash, range, size),
     }
@@ -507,25 +526,23 @@ pub(crate) fn import_verified<S: PartialSink>(
     let size = dec.size();
     let mut failure = None;
     let mut run = Run::default();
-    for item in dec {
-        let item = match item {
-            Ok(i) => i,
-            Err(e) => {
+    loop {
+        let at = run.data.len();
+        let item = match dec.next_into(&mut run.data) {
+            None => break,
+            Some(Ok(i)) => i,
+            Some(Err(e)) => {
                 failure = Some(ImportError::Decode(e));
                 break;
             }
         };
         match item {
-            DecodeItem::Parent { split, pair } => match sink.as_mut() {
+            Step::Parent { split, pair } => match sink.as_mut() {
                 Some(s) => s.put_pair(split, &pair).map_err(ImportError::Io)?,
                 // The size proof is a single root-to-leaf path: at most 64 entries.
                 None => held.push((split, pair)),
             },
-            DecodeItem::Group {
-                index,
-                offset,
-                data,
-            } => {
+            Step::Group { index, offset } => {
                 if sink.is_none() {
                     let Some(open) = open.take() else {
                         break;
@@ -537,10 +554,8 @@ pub(crate) fn import_verified<S: PartialSink>(
                     sink = Some(s);
                 }
                 let Some(s) = sink.as_mut() else { break };
-                if !run.extends(offset) {
-                    run.store(s, on_stored).map_err(ImportError::Io)?;
-                }
-                run.push(index, offset, &data);
+                run.took(index, offset, at, s, on_stored)
+                    .map_err(ImportError::Io)?;
                 if run.data.len() >= WRITE_RUN || run.started.elapsed() >= RUN_WAIT {
                     run.store(s, on_stored).map_err(ImportError::Io)?;
                 }

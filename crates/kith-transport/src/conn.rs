@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use kith_core::NodeId;
 use kith_core::net::{
     BoxFuture, BoxRecvStream, BoxSendStream, Connection, ConnectionError, DatagramError, Protocol,
@@ -279,6 +280,15 @@ impl SendStream for QuicSend {
     fn reset(&mut self, code: u32) {
         let _ = self.0.reset(VarInt::from_u32(code));
     }
+
+    fn write_chunk(&mut self, chunk: Bytes) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            self.0
+                .write_chunk(chunk)
+                .await
+                .map_err(|e| map_write_err(&e).into_io())
+        })
+    }
 }
 
 /// Receiving half of a QUIC stream.
@@ -303,6 +313,18 @@ impl AsyncRead for QuicRecv {
 impl RecvStream for QuicRecv {
     fn stop(&mut self, code: u32) {
         let _ = self.0.stop(VarInt::from_u32(code));
+    }
+
+    fn read_chunks<'a>(
+        &'a mut self,
+        bufs: &'a mut [Bytes],
+    ) -> BoxFuture<'a, io::Result<Option<usize>>> {
+        Box::pin(async move {
+            self.0
+                .read_chunks(bufs)
+                .await
+                .map_err(|e| map_read_err(&e).into_io())
+        })
     }
 }
 
