@@ -329,12 +329,6 @@ pub trait SendStream: AsyncWrite + Send + Unpin + fmt::Debug {
     fn finish(&mut self) -> Result<(), StreamError>;
     /// Abandons the stream; the peer's reads fail with [`StreamError::Reset`]`(code)`.
     fn reset(&mut self, code: u32);
-    /// Writes `chunk` whole, handing the bytes over rather than copying them where the
-    /// transport can keep them as they are (QUIC keeps them until acknowledged). The
-    /// default writes them like [`AsyncWriteExt::write_all`](tokio::io::AsyncWriteExt).
-    fn write_chunk(&mut self, chunk: Bytes) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(async move { tokio::io::AsyncWriteExt::write_all(self, &chunk).await })
-    }
 }
 
 /// The receiving half of a stream.

@@ -374,10 +374,13 @@ async fn pump_out(
 ) -> io::Result<()> {
     while let Some(out) = rx.recv().await {
         match out {
+            // Copied into QUIC's own buffer: handing `b` over whole (quinn's
+            // `write_chunk`) kept every 64 KiB chunk alive until its last byte was
+            // acknowledged, and the provider's peak RSS for a 4 GiB blob went from 39
+            // to 46 MiB for no measurable speed.
             Out::Data(b) => {
-                let n = b.len() as u64;
-                send.write_chunk(b).await?;
-                written.fetch_add(n, Ordering::Relaxed);
+                send.write_all(&b).await?;
+                written.fetch_add(b.len() as u64, Ordering::Relaxed);
             }
             Out::Finish => return send.finish().map_err(io::Error::other),
             Out::Reset(code) => {

@@ -44,8 +44,8 @@ pub struct ProviderLimits {
     /// sharing); `None` is unlimited.
     pub upload_rate_total: Option<u64>,
     /// Bytes buffered per response before they are handed to the connection (the
-    /// connection's own send window comes on top). Default 1 MiB: handed over in
-    /// quarters, so the serving thread and the connection meet once per 256 KiB.
+    /// connection's own send window comes on top). Default 256 KiB (1 MiB cost the
+    /// provider 10 MiB more peak memory and bought no measurable speed).
     pub send_buffer: usize,
     /// Retry-after sent with a busy refusal. Default 250 ms: the refused peer leaves this
     /// provider alone that long, so a slot that frees sooner stays empty (a refusal costs
@@ -63,7 +63,7 @@ impl Default for ProviderLimits {
             max_ranges_per_request: 1024,
             upload_rate_per_peer: None,
             upload_rate_total: None,
-            send_buffer: 1024 * 1024,
+            send_buffer: 256 * 1024,
             busy_retry: Duration::from_millis(250),
         }
     }

@@ -280,15 +280,6 @@ impl SendStream for QuicSend {
     fn reset(&mut self, code: u32) {
         let _ = self.0.reset(VarInt::from_u32(code));
     }
-
-    fn write_chunk(&mut self, chunk: Bytes) -> BoxFuture<'_, io::Result<()>> {
-        Box::pin(async move {
-            self.0
-                .write_chunk(chunk)
-                .await
-                .map_err(|e| map_write_err(&e).into_io())
-        })
-    }
 }
 
 /// Receiving half of a QUIC stream.

@@ -458,8 +458,8 @@ async fn chunks_written_and_read_whole_arrive_in_order_then_the_end() {
     let a = bind(1).await;
     let b = bind(2).await;
     let conn = a.connect(b.node_addr()).await.unwrap();
-    // 3 MiB of seeded bytes (more than the stream's initial window), handed over in
-    // pieces of uneven sizes, echoed back and read as the transport holds them.
+    // 3 MiB of seeded bytes (more than the stream's initial window), written in pieces
+    // of uneven sizes, echoed back and read as the transport holds them.
     let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
     let want: Vec<u8> = (0..3 << 20)
         .map(|_| {
@@ -476,7 +476,7 @@ async fn chunks_written_and_read_whole_arrive_in_order_then_the_end() {
         let mut step = 1;
         while at < body.len() {
             let end = (at + step * 4099).min(body.len());
-            send.write_chunk(body.slice(at..end)).await?;
+            send.write_all(&body[at..end]).await?;
             at = end;
             step = step % 37 + 1;
         }
