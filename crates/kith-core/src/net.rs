@@ -337,7 +337,8 @@ pub trait RecvStream: AsyncRead + Send + Unpin + fmt::Debug {
     fn stop(&mut self, code: u32);
     /// Reads what arrived into `bufs`, as the transport holds it (QUIC hands over its
     /// received buffers without copying): the number of chunks filled, in stream order,
-    /// or `None` at the end of the stream. The default reads into one fresh buffer.
+    /// or `None` at the end of the stream. The default reads into a buffer and hands over
+    /// a copy of exactly what it read (one chunk).
     fn read_chunks<'a>(
         &'a mut self,
         bufs: &'a mut [Bytes],
@@ -346,9 +347,9 @@ pub trait RecvStream: AsyncRead + Send + Unpin + fmt::Debug {
             let Some(first) = bufs.first_mut() else {
                 return Ok(Some(0));
             };
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            let n = self.read_buf(&mut buf).await?;
-            *first = buf.freeze();
+            let mut buf = [0u8; 16 * 1024];
+            let n = self.read(&mut buf).await?;
+            *first = Bytes::copy_from_slice(&buf[..n]);
             Ok((n > 0).then_some(1))
         })
     }

@@ -70,6 +70,15 @@ const QUEUE: usize = 2;
 /// Chunks read from the stream at once (QUIC hands over one per packet's frame).
 const READ_CHUNKS: usize = 32;
 
+/// Received chunks shorter than this are copied into one buffer (per read): a chunk
+/// keeps alive the whole receive buffer it was cut from (quinn cuts a batch of datagrams,
+/// up to 64 KiB, from one allocation), so a peer sending tiny frames could otherwise pin
+/// far more memory than the bytes counted. A full packet's frame is longer.
+const COMPACT_BELOW: usize = 1024;
+
+/// The most chunks a pump gathers into one hand-over, however few bytes they hold.
+const MAX_BATCH_CHUNKS: usize = 1024;
+
 /// Reads an async stream from a blocking thread; fails once cancelled.
 ///
 /// A task on the runtime (the pump) takes the bytes the stream received as the
@@ -189,6 +198,7 @@ async fn pump_in(
 ) {
     let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     let mut batch: Vec<Bytes> = Vec::new();
+    let mut small = BytesMut::new();
     let mut held = 0usize;
     let mut eof = false;
     // When the bytes waiting now started to wait.
@@ -200,19 +210,31 @@ async fn pump_in(
         // A few bytes are held back a moment for more to join them: a hand-over per
         // packet would wake the reader per packet.
         let waited = since.is_some_and(|t| t.elapsed() >= HOLD);
-        let ready = eof || waited || held >= MIN_HANDOFF;
+        let full = held >= RECV_CHUNK || batch.len() >= MAX_BATCH_CHUNKS;
+        let ready = eof || waited || held >= MIN_HANDOFF || full;
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
                 let _ = tx.try_send(Err(cancelled_err()));
                 return;
             }
-            r = inner.read_chunks(&mut chunks), if !eof && held < RECV_CHUNK => match r {
+            r = inner.read_chunks(&mut chunks), if !eof && !full => match r {
                 Ok(None) => eof = true,
                 Ok(Some(n)) => {
                     for c in chunks.iter_mut().take(n) {
+                        let c = std::mem::take(c);
                         held += c.len();
-                        batch.push(std::mem::take(c));
+                        if c.len() < COMPACT_BELOW {
+                            small.extend_from_slice(&c);
+                            continue;
+                        }
+                        if !small.is_empty() {
+                            batch.push(small.split().freeze());
+                        }
+                        batch.push(c);
+                    }
+                    if !small.is_empty() {
+                        batch.push(small.split().freeze());
                     }
                     since.get_or_insert_with(tokio::time::Instant::now);
                 }
@@ -509,6 +531,67 @@ mod tests {
         fn stop(&mut self, _code: u32) {}
     }
 
+    /// A receive buffer that counts the live ones: dropped when the last chunk cut
+    /// from it is.
+    struct Pinned {
+        bytes: Vec<u8>,
+        alive: Arc<AtomicU64>,
+    }
+
+    impl AsRef<[u8]> for Pinned {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes
+        }
+    }
+
+    impl Drop for Pinned {
+        fn drop(&mut self) {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A receive stream that hands over one-byte chunks, each cut from a 64 KiB buffer
+    /// of its own (what a peer sending tiny frames would make QUIC hand over).
+    #[derive(Debug)]
+    struct TinyChunks {
+        left: Vec<u8>,
+        alive: Arc<AtomicU64>,
+    }
+
+    impl tokio::io::AsyncRead for TinyChunks {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::Error::other("read through read_chunks only")))
+        }
+    }
+
+    impl kith_core::net::RecvStream for TinyChunks {
+        fn stop(&mut self, _code: u32) {}
+
+        fn read_chunks<'a>(
+            &'a mut self,
+            bufs: &'a mut [Bytes],
+        ) -> kith_core::net::BoxFuture<'a, io::Result<Option<usize>>> {
+            Box::pin(async move {
+                if self.left.is_empty() {
+                    return Ok(None);
+                }
+                let n = bufs.len().min(self.left.len());
+                for (slot, byte) in bufs.iter_mut().zip(self.left.drain(..n)) {
+                    let mut bytes = vec![0u8; 64 * 1024];
+                    bytes[0] = byte;
+                    self.alive.fetch_add(1, Ordering::SeqCst);
+                    let alive = self.alive.clone();
+                    *slot = Bytes::from_owner(Pinned { bytes, alive }).slice(0..1);
+                }
+                Ok(Some(n))
+            })
+        }
+    }
+
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
@@ -528,6 +611,38 @@ mod tests {
         }
         drop(a);
         assert_eq!(reader.await.unwrap().unwrap(), want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiny_chunks_are_copied_rather_than_pinning_their_receive_buffers() {
+        let want = data(5000);
+        let alive = Arc::new(AtomicU64::new(0));
+        let recv = TinyChunks {
+            left: want.clone(),
+            alive: alive.clone(),
+        };
+        let r = ChunkReader::spawn(&Handle::current(), Box::new(recv), Cancel::default());
+        let counter = alive.clone();
+        let (midway, got) = tokio::task::spawn_blocking(move || {
+            let mut r = r;
+            let mut got = vec![0u8; 2500];
+            r.read_exact(&mut got)?;
+            // Half read: the pump has gathered what the queue holds meanwhile.
+            let midway = counter.load(Ordering::SeqCst);
+            r.read_to_end(&mut got)?;
+            io::Result::Ok((midway, got))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, want);
+        // Kept as they came, the queued one-byte chunks would each pin a 64 KiB buffer
+        // (thousands of them); copied, at most one read's worth is alive at a time.
+        assert!(
+            midway <= READ_CHUNKS as u64,
+            "{midway} receive buffers pinned midway"
+        );
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
