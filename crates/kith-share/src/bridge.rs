@@ -221,21 +221,23 @@ async fn pump_in(
             r = inner.read_chunks(&mut chunks), if !eof && !full => match r {
                 Ok(None) => eof = true,
                 Ok(Some(n)) => {
+                    // Consecutive small chunks become one copy, in stream order.
+                    let seal = |small: &mut BytesMut, batch: &mut Vec<Bytes>| {
+                        if !small.is_empty() {
+                            batch.push(small.split().freeze());
+                        }
+                    };
                     for c in chunks.iter_mut().take(n) {
                         let c = std::mem::take(c);
                         held += c.len();
                         if c.len() < COMPACT_BELOW {
                             small.extend_from_slice(&c);
-                            continue;
+                        } else {
+                            seal(&mut small, &mut batch);
+                            batch.push(c);
                         }
-                        if !small.is_empty() {
-                            batch.push(small.split().freeze());
-                        }
-                        batch.push(c);
                     }
-                    if !small.is_empty() {
-                        batch.push(small.split().freeze());
-                    }
+                    seal(&mut small, &mut batch);
                     since.get_or_insert_with(tokio::time::Instant::now);
                 }
                 Err(e) => {

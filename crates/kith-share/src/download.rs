@@ -1439,8 +1439,8 @@ impl RequestJob {
 }
 
 /// Groups reported to the download at once by a request (256 KiB, one store run, or
-/// fewer after
-/// [`PIECE_WAIT`]): many enough that a fast download's task is not woken per group.
+/// fewer after [`PIECE_WAIT`]): many enough that a fast download's task is not woken
+/// per group.
 const PIECE_BATCH: usize = 16;
 
 /// A batch is reported early once its first piece waited this long: on a slow stream a

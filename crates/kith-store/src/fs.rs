@@ -578,12 +578,10 @@ const OB_READ_AHEAD: usize = 16 * 1024;
 struct FileSource {
     data: File,
     outboard: ObSource,
-    /// Bytes read ahead, from `win_at` on.
-    win: Vec<u8>,
-    win_at: u64,
-    /// Outboard bytes read ahead, from `ob_at` on.
-    ob_win: Vec<u8>,
-    ob_at: u64,
+    /// Data read ahead.
+    win: ReadAhead,
+    /// Outboard bytes read ahead.
+    ob_win: ReadAhead,
     /// The end of the data the current walk reads (see `will_read`).
     read_end: u64,
     /// The outboard bytes of the entries inside the current walk's range.
@@ -595,13 +593,43 @@ impl FileSource {
         Self {
             data,
             outboard,
-            win: Vec::new(),
-            win_at: 0,
-            ob_win: Vec::new(),
-            ob_at: 0,
+            win: ReadAhead::default(),
+            ob_win: ReadAhead::default(),
             read_end: 0,
             ob_range: (0, 0),
         }
+    }
+}
+
+/// Bytes of a file read ahead, from `at` on.
+#[derive(Default)]
+struct ReadAhead {
+    buf: Vec<u8>,
+    at: u64,
+}
+
+impl ReadAhead {
+    fn holds(&self, offset: u64, len: usize) -> bool {
+        offset >= self.at && offset + len as u64 <= self.at + self.buf.len() as u64
+    }
+
+    /// Bytes `[offset, offset + len)` of `file`: from what is held, else from one read of
+    /// up to `ahead` bytes from `offset`. `None` if the file ends before them.
+    fn get(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        ahead: usize,
+    ) -> io::Result<Option<&[u8]>> {
+        if !self.holds(offset, len) {
+            self.buf.resize(ahead.max(len), 0);
+            let n = read_at_most(file, &mut self.buf, offset)?;
+            self.buf.truncate(n);
+            self.at = offset;
+        }
+        let from = (offset - self.at) as usize;
+        Ok(self.buf.get(from..from + len))
     }
 }
 
@@ -648,75 +676,55 @@ impl BlobSource for FileSource {
         len: usize,
         scratch: &'a mut [u8],
     ) -> io::Result<&'a [u8]> {
-        let end = offset + len as u64;
-        let held = offset >= self.win_at && end <= self.win_at + self.win.len() as u64;
-        if !held {
-            // Read ahead only within the announced walk: a request for a few groups
-            // reads those.
-            let ahead = (self.read_end.saturating_sub(offset)).min(READ_AHEAD as u64) as usize;
-            if ahead <= len {
-                let data = &self.data;
-                return read_into(scratch, len, |buf| data.read_exact_at(buf, offset));
-            }
-            self.win.resize(ahead, 0);
-            let n = read_at_most(&self.data, &mut self.win, offset)?;
-            self.win.truncate(n);
-            self.win_at = offset;
-            if n < len {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "failed to fill whole buffer",
-                ));
-            }
+        // Read ahead only within the announced walk: a request for a few groups reads
+        // those.
+        let ahead = (self.read_end.saturating_sub(offset)).min(READ_AHEAD as u64) as usize;
+        if ahead <= len && !self.win.holds(offset, len) {
+            let data = &self.data;
+            return read_into(scratch, len, |buf| data.read_exact_at(buf, offset));
         }
-        let from = (offset - self.win_at) as usize;
-        Ok(&self.win[from..from + len])
+        self.win
+            .get(&self.data, offset, len, ahead)?
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer")
+            })
     }
 
     fn read_pair(&mut self, split: u64) -> io::Result<[u8; PAIR_LEN]> {
         let mut pair = [0u8; PAIR_LEN];
         let at = (split - 1) * PAIR_LEN as u64;
-        if let ObSource::File(f) = &self.outboard {
-            let (lo, hi) = self.ob_range;
-            if at >= lo && at + PAIR_LEN as u64 <= hi {
-                let held = at >= self.ob_at
-                    && at + PAIR_LEN as u64 <= self.ob_at + self.ob_win.len() as u64;
-                if !held {
-                    let ahead = (hi - at).min(OB_READ_AHEAD as u64) as usize;
-                    self.ob_win.resize(ahead, 0);
-                    let n = read_at_most(f, &mut self.ob_win, at)?;
-                    self.ob_win.truncate(n);
-                    self.ob_at = at;
-                }
-                let from = (at - self.ob_at) as usize;
-                if let Some(p) = self.ob_win.get(from..from + PAIR_LEN) {
-                    pair.copy_from_slice(p);
-                    return Ok(pair);
-                }
-                return Err(io::Error::other("outboard truncated"));
-            }
-        }
-        let ob = match &self.outboard {
-            ObSource::None => {
-                return Err(io::Error::new(io::ErrorKind::NotFound, "outboard missing"));
-            }
+        let truncated = || io::Error::other("outboard truncated");
+        match &self.outboard {
+            ObSource::None => Err(io::Error::new(io::ErrorKind::NotFound, "outboard missing")),
             ObSource::Mem(ob) => {
                 let p = usize::try_from(at)
                     .ok()
                     .and_then(|at| ob.get(at..at + PAIR_LEN))
-                    .ok_or_else(|| io::Error::other("outboard truncated"))?;
+                    .ok_or_else(truncated)?;
                 pair.copy_from_slice(p);
-                return Ok(pair);
+                Ok(pair)
             }
-            ObSource::File(f) => f,
-        };
-        ob.read_exact_at(&mut pair, at)
-            .map_err(|e| match e.kind() {
-                // Only the data file ending early means a truncated blob file.
-                io::ErrorKind::UnexpectedEof => io::Error::other("outboard truncated"),
-                _ => e,
-            })?;
-        Ok(pair)
+            // An entry inside the walked range: read ahead with its neighbours.
+            ObSource::File(f)
+                if at >= self.ob_range.0 && at + PAIR_LEN as u64 <= self.ob_range.1 =>
+            {
+                let ahead = (self.ob_range.1 - at).min(OB_READ_AHEAD as u64) as usize;
+                let p = self
+                    .ob_win
+                    .get(f, at, PAIR_LEN, ahead)?
+                    .ok_or_else(truncated)?;
+                pair.copy_from_slice(p);
+                Ok(pair)
+            }
+            ObSource::File(f) => {
+                f.read_exact_at(&mut pair, at).map_err(|e| match e.kind() {
+                    // Only the data file ending early means a truncated blob file.
+                    io::ErrorKind::UnexpectedEof => truncated(),
+                    _ => e,
+                })?;
+                Ok(pair)
+            }
+        }
     }
 }
 

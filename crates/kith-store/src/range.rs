@@ -505,7 +505,7 @@ impl<R: Read> RangeDecoder<R> {
         let mut data = Vec::new();
         Ok(self.step_into(&mut data)?.map(|step| match step {
             Step::Parent { split, pair } => DecodeItem::Parent { split, pair },
-            Step::Group { index, offset, .. } => DecodeItem::Group {
+            Step::Group { index, offset } => DecodeItem::Group {
                 index,
                 offset,
                 data: Bytes::from(data),
