@@ -329,6 +329,12 @@ pub trait SendStream: AsyncWrite + Send + Unpin + fmt::Debug {
     fn finish(&mut self) -> Result<(), StreamError>;
     /// Abandons the stream; the peer's reads fail with [`StreamError::Reset`]`(code)`.
     fn reset(&mut self, code: u32);
+    /// Sets the stream's send priority on its connection: data of higher-priority
+    /// streams goes first; streams of equal priority share the link. The default is 0;
+    /// transports without priorities ignore it (the default implementation does nothing).
+    fn set_priority(&mut self, priority: i32) {
+        let _ = priority;
+    }
 }
 
 /// The receiving half of a stream.

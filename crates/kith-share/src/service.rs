@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -171,15 +171,33 @@ pub(crate) struct Inner {
     total_pacer: Option<Arc<Pacer>>,
     uploaded: Arc<AtomicU64>,
     gets_served: AtomicU64,
+    /// Counts gets as they arrive, to order their streams (see `next_get_priority`).
+    get_seq: AtomicU32,
     pub(crate) lan_peers: Mutex<Option<LanPeers>>,
     /// Per share held whole, when super-seeding: what each watcher holds and was told.
     superseed: Mutex<HashMap<Hash, Arc<Mutex<SuperSeed<u64>>>>>,
+}
+
+/// The send priority of the get numbered `seq` (see `Inner::next_get_priority`).
+fn get_priority(seq: u32) -> i32 {
+    -1 - (seq & 0x3FFF_FFFF) as i32
 }
 
 /// Lists the peers on the local network (for example `MdnsDiscovery::peers`).
 pub(crate) type LanPeers = Arc<dyn Fn() -> Vec<kith_core::NodeAddr> + Send + Sync>;
 
 impl Inner {
+    /// The send priority of the next get's stream: below every other stream (the
+    /// default is 0), so availability updates and other protocols' messages never
+    /// wait behind bulk data; and first come, first served among gets, so a peer's
+    /// requests go out one after the other, each at the full rate, rather than all
+    /// interleaved. Interleaved, every request in flight advances at once: each keeps
+    /// its own reader, writer and hand-offs busy at both ends, for no earlier finish.
+    /// (After 2^30 gets the order starts over once: a reordering, nothing lost.)
+    fn next_get_priority(&self) -> i32 {
+        get_priority(self.get_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
     pub(crate) fn entry(&self, root: &Hash) -> Option<Entry> {
         lock(&self.registry).get(root).cloned()
     }
@@ -263,6 +281,7 @@ impl Share {
                 .map(|r| Arc::new(Pacer::new(r))),
             uploaded: Arc::new(AtomicU64::new(0)),
             gets_served: AtomicU64::new(0),
+            get_seq: AtomicU32::new(0),
             lan_peers: Mutex::new(None),
             config,
         });
@@ -574,9 +593,10 @@ async fn serve(
 async fn serve_get(
     inner: Arc<Inner>,
     peer: NodeId,
-    send: BoxSendStream,
+    mut send: BoxSendStream,
     req: GetRequest,
 ) -> std::io::Result<()> {
+    send.set_priority(inner.next_get_priority());
     let Some(entry) = inner
         .entry(&req.root)
         .filter(|e| e.collection == req.collection)
@@ -1000,5 +1020,24 @@ async fn serve_super_seed(
         if !pieces.is_empty() {
             write_response(&mut send, &frame_of(&pieces, false)).await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::get_priority;
+
+    #[test]
+    fn gets_rank_below_other_streams_and_first_come_first_served() {
+        assert_eq!(get_priority(0), -1);
+        let mut last = 0;
+        for seq in (0..1u32 << 30).step_by(65_521).chain([(1 << 30) - 1]) {
+            let p = get_priority(seq);
+            assert!(p < last, "get {seq} ranks below every earlier one");
+            last = p;
+        }
+        // The order starts over once the counter passes 2^30 (and when it wraps).
+        assert_eq!(get_priority(1 << 30), -1);
+        assert_eq!(get_priority(u32::MAX), get_priority((1 << 30) - 1));
     }
 }

@@ -280,6 +280,11 @@ impl SendStream for QuicSend {
     fn reset(&mut self, code: u32) {
         let _ = self.0.reset(VarInt::from_u32(code));
     }
+
+    fn set_priority(&mut self, priority: i32) {
+        // Fails only on a stream already closed, which has nothing left to order.
+        let _ = self.0.set_priority(priority);
+    }
 }
 
 /// Receiving half of a QUIC stream.

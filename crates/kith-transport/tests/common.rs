@@ -135,6 +135,72 @@ pub async fn echo(
     Ok(out)
 }
 
+/// The two sockets of a one-client UDP forwarder: the client sends to `front`, and
+/// `back` talks to the target.
+struct Forwarder {
+    front: std::sync::Arc<tokio::net::UdpSocket>,
+    back: std::sync::Arc<tokio::net::UdpSocket>,
+    client: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+}
+
+impl Forwarder {
+    async fn bind() -> Self {
+        let sock = || async {
+            std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap())
+        };
+        Self {
+            front: sock().await,
+            back: sock().await,
+            client: Default::default(),
+        }
+    }
+
+    /// Spawns both directions: each client packet goes to `forward` (with the back
+    /// socket), each reply goes back to the client after `reply_delay`. Returns the
+    /// address the client sends to. Both stop when the test's runtime shuts down.
+    fn spawn(
+        self,
+        mut forward: impl FnMut(&std::sync::Arc<tokio::net::UdpSocket>, Vec<u8>) + Send + 'static,
+        reply_delay: std::time::Duration,
+    ) -> std::net::SocketAddr {
+        let Self {
+            front,
+            back,
+            client,
+        } = self;
+        let addr = front.local_addr().unwrap();
+        {
+            let (front, back, client) = (front.clone(), back.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    *client.lock().unwrap() = Some(from);
+                    forward(&back, buf[..n].to_vec());
+                }
+            });
+        }
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                let Some(to) = *client.lock().unwrap() else {
+                    continue;
+                };
+                if reply_delay.is_zero() {
+                    let _ = front.send_to(&buf[..n], to).await;
+                    continue;
+                }
+                let pkt = buf[..n].to_vec();
+                let front = front.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(reply_delay).await;
+                    let _ = front.send_to(&pkt, to).await;
+                });
+            }
+        });
+        addr
+    }
+}
+
 /// A one-client UDP forwarder that delays every packet by `delay` in each direction.
 /// Returns the address to send to instead of `target`. It stops when the test's
 /// runtime shuts down.
@@ -142,40 +208,44 @@ pub async fn delaying_proxy(
     target: std::net::SocketAddr,
     delay: std::time::Duration,
 ) -> std::net::SocketAddr {
-    use std::sync::Arc;
-    use tokio::net::UdpSocket;
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    let client = Arc::new(std::sync::Mutex::new(None::<std::net::SocketAddr>));
-    {
-        let (front, back, client) = (front.clone(), back.clone(), client.clone());
+    let forward = move |back: &std::sync::Arc<tokio::net::UdpSocket>, pkt: Vec<u8>| {
+        let back = back.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 65536];
-            while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                *client.lock().unwrap() = Some(from);
-                let pkt = buf[..n].to_vec();
-                let back = back.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = back.send_to(&pkt, target).await;
-                });
-            }
+            tokio::time::sleep(delay).await;
+            let _ = back.send_to(&pkt, target).await;
         });
-    }
+    };
+    Forwarder::bind().await.spawn(forward, delay)
+}
+
+/// A one-client UDP forwarder that passes the client's packets on to `target` at
+/// `bytes_per_sec` (queued, never dropped), and the replies back at once: a link whose
+/// bottleneck is the network, not the readers at its end. Returns the address to send
+/// to instead of `target`. It stops when the test's runtime shuts down.
+pub async fn pacing_proxy(
+    target: std::net::SocketAddr,
+    bytes_per_sec: u64,
+) -> std::net::SocketAddr {
+    use tokio::time::{Duration, Instant};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let fwd = Forwarder::bind().await;
+    let back = fwd.back.clone();
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, _)) = back.recv_from(&mut buf).await {
-            let Some(to) = *client.lock().unwrap() else {
-                continue;
-            };
-            let pkt = buf[..n].to_vec();
-            let front = front.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = front.send_to(&pkt, to).await;
-            });
+        let mut free = Instant::now();
+        while let Some(pkt) = rx.recv().await {
+            // Timers tick in milliseconds: packets due within the next one go at once,
+            // so the rate holds on average over a few milliseconds.
+            let now = Instant::now();
+            let at = free.max(now);
+            if at > now + Duration::from_millis(1) {
+                tokio::time::sleep_until(at).await;
+            }
+            free = at + Duration::from_secs_f64(pkt.len() as f64 / bytes_per_sec as f64);
+            let _ = back.send_to(&pkt, target).await;
         }
     });
-    addr
+    let forward = move |_: &std::sync::Arc<tokio::net::UdpSocket>, pkt: Vec<u8>| {
+        let _ = tx.send(pkt);
+    };
+    fwd.spawn(forward, Duration::ZERO)
 }

@@ -498,3 +498,79 @@ async fn chunks_written_and_read_whole_arrive_in_order_then_the_end() {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "bytes differ");
 }
+
+/// Hands each accepted uni stream to the test, unread.
+struct UniStreams(tokio::sync::mpsc::UnboundedSender<BoxRecvStream>);
+
+impl ProtocolHandler for UniStreams {
+    fn accept_uni(&self, _conn: Conn, recv: BoxRecvStream) -> BoxFuture<'static, ()> {
+        let _ = self.0.send(recv);
+        Box::pin(async {})
+    }
+}
+
+/// Reads a stream to its end; returns how many bytes that was.
+async fn drain(mut recv: BoxRecvStream) -> usize {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    loop {
+        match recv.read(&mut buf).await.unwrap() {
+            0 => return n,
+            k => n += k,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_stream_goes_first() {
+    let p = Protocol::from_static("test/priority/1");
+    // The link carries 16 MB/s, so the readers keep up with it and the sender's
+    // choice of what to send next decides what arrives first. The low-priority stream
+    // starts first and is shorter: sharing the link fairly, it would end first.
+    const LOW: usize = 3 << 20;
+    const HIGH: usize = 4 << 20;
+    let a = bind(1).await;
+    let b = bind(2).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    b.mount(p.clone(), Arc::new(UniStreams(tx))).unwrap();
+    let to_b = pacing_proxy(b.local_addrs()[0], 16_000_000).await;
+    let conn = a
+        .connect(NodeAddr::new(b.node_id()).with_direct([to_b]))
+        .await
+        .unwrap();
+    let send = |mut s: BoxSendStream, len: usize| {
+        tokio::spawn(async move {
+            s.write_all(&vec![7u8; len]).await?;
+            s.finish().map_err(StreamError::into_io)
+        })
+    };
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let read = |name: &'static str, recv: BoxRecvStream| {
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let n = drain(recv).await;
+            let _ = done_tx.send((name, n));
+        });
+    };
+    tokio::time::timeout(TIMEOUT, async {
+        let mut low = conn.open_uni(&p).await.unwrap();
+        low.set_priority(-1);
+        let low_writer = send(low, LOW);
+        read("low", rx.recv().await.expect("the low stream arrives"));
+        // The default-priority stream starts once the other's bytes are arriving.
+        let high_writer = send(conn.open_uni(&p).await.unwrap(), HIGH);
+        read("high", rx.recv().await.expect("the high stream arrives"));
+        let first = done_rx.recv().await.unwrap();
+        let second = done_rx.recv().await.unwrap();
+        low_writer.await.unwrap().unwrap();
+        high_writer.await.unwrap().unwrap();
+        // Every byte of both arrives, and the higher-priority stream ends first: from
+        // the moment it had bytes to send, they went before the rest of the other's.
+        let mut lens = [first, second];
+        lens.sort();
+        assert_eq!(lens, [("high", HIGH), ("low", LOW)]);
+        assert_eq!((first.0, second.0), ("high", "low"));
+    })
+    .await
+    .expect("both streams end");
+}
