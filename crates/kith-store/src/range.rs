@@ -502,13 +502,13 @@ impl<R: Read> RangeDecoder<R> {
     }
 
     fn step(&mut self) -> Result<Option<DecodeItem>, DecodeError> {
-        let mut data = Vec::new();
+        let mut data = GrowBuf::default();
         Ok(self.step_into(&mut data)?.map(|step| match step {
             Step::Parent { split, pair } => DecodeItem::Parent { split, pair },
             Step::Group { index, offset } => DecodeItem::Group {
                 index,
                 offset,
-                data: Bytes::from(data),
+                data: Bytes::from(data.into_vec()),
             },
         }))
     }
@@ -517,7 +517,7 @@ impl<R: Read> RangeDecoder<R> {
     /// appended to `out` rather than handed over in a buffer of their own: a caller
     /// that gathers groups into larger writes copies each byte once. Bytes that fail
     /// verification are taken off `out` again.
-    pub(crate) fn next_into(&mut self, out: &mut Vec<u8>) -> Option<Result<Step, DecodeError>> {
+    pub(crate) fn next_into(&mut self, out: &mut GrowBuf) -> Option<Result<Step, DecodeError>> {
         if self.done {
             return None;
         }
@@ -543,7 +543,7 @@ impl<R: Read> RangeDecoder<R> {
         }
     }
 
-    fn step_into(&mut self, out: &mut Vec<u8>) -> Result<Option<Step>, DecodeError> {
+    fn step_into(&mut self, out: &mut GrowBuf) -> Result<Option<Step>, DecodeError> {
         let n = group_count(self.size);
         let frame = loop {
             if let Some(f) = self.stack.pop() {
@@ -568,8 +568,7 @@ impl<R: Read> RangeDecoder<R> {
             let (lo, hi) = group_bytes(self.size, index);
             let len = (hi - lo) as usize;
             let at = out.len();
-            out.resize(at + len, 0);
-            let data = &mut out[at..];
+            let data = out.grow(len);
             let verified = match self.reader.read_exact(data) {
                 Err(e) => Err(read_err(e)),
                 Ok(()) => {
@@ -627,6 +626,59 @@ impl<R: Read> RangeDecoder<R> {
 pub(crate) enum Step {
     Parent { split: u64, pair: [u8; PAIR_LEN] },
     Group { index: u64, offset: u64 },
+}
+
+/// A byte buffer that keeps the memory it zeroed once: growing it again within what it
+/// held before costs no zeroing (a decoder reads each group into memory that must be
+/// initialised first, and an import reuses one buffer for a whole download).
+#[derive(Debug, Default)]
+pub(crate) struct GrowBuf {
+    /// Initialised memory; the first `len` bytes are the contents.
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl GrowBuf {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(n),
+            len: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Appends `n` bytes of unspecified value and returns them to be overwritten.
+    fn grow(&mut self, n: usize) -> &mut [u8] {
+        let end = self.len + n;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        let at = std::mem::replace(&mut self.len, end);
+        &mut self.buf[at..end]
+    }
+
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Removes the first `n` bytes; what follows moves to the front.
+    pub(crate) fn drain_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.buf.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+
+    fn into_vec(mut self) -> Vec<u8> {
+        self.buf.truncate(self.len);
+        self.buf
+    }
 }
 
 fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -695,6 +747,34 @@ mod tests {
 
     proptest! {
         #![proptest_config(config())]
+
+        /// A `GrowBuf` holds what a `Vec` would after the same appends, truncations and
+        /// drains from the front, although it reuses memory it zeroed before.
+        #[test]
+        fn grow_buf_holds_what_a_vec_would(
+            ops in proptest::collection::vec((0u8..3, 0usize..300, any::<u8>()), 0..60),
+        ) {
+            let (mut buf, mut model) = (GrowBuf::default(), Vec::new());
+            for (op, n, byte) in ops {
+                match op {
+                    0 => {
+                        buf.grow(n).fill(byte);
+                        model.extend(std::iter::repeat_n(byte, n));
+                    }
+                    1 => {
+                        buf.truncate(n);
+                        model.truncate(n);
+                    }
+                    _ => {
+                        buf.drain_front(n);
+                        model.drain(..n.min(model.len()));
+                    }
+                }
+                prop_assert_eq!(buf.as_slice(), &model[..]);
+                prop_assert_eq!(buf.len(), model.len());
+            }
+            prop_assert_eq!(buf.into_vec(), model);
+        }
 
         /// Encoding with verification from a damaged source fails exactly where the
         /// decoder fails on the unverified encoding of the same source, and otherwise

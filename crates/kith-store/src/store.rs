@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::PathBuf;
 
-use crate::range::{BlobSource, DecodeError, RangeDecoder, SizeProof, Step, encode_from};
+use crate::range::{BlobSource, DecodeError, GrowBuf, RangeDecoder, SizeProof, Step, encode_from};
 use crate::tree::{GROUP_SIZE, MAX_BLOB_SIZE, PAIR_LEN, group_count, groups_overlapping};
 use crate::{Bitfield, Hash};
 
@@ -431,7 +431,7 @@ const RUN_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 /// appends each group's bytes to `data` itself, so each byte is copied once.
 struct Run {
     offset: u64,
-    data: Vec<u8>,
+    data: GrowBuf,
     groups: Vec<u64>,
     /// When the first group arrived.
     started: std::time::Instant,
@@ -441,7 +441,7 @@ impl Default for Run {
     fn default() -> Self {
         Self {
             offset: 0,
-            data: Vec::with_capacity(WRITE_RUN + GROUP_SIZE as usize),
+            data: GrowBuf::with_capacity(WRITE_RUN + GROUP_SIZE as usize),
             groups: Vec::new(),
             started: std::time::Instant::now(),
         }
@@ -491,12 +491,12 @@ impl Run {
         let Some(&first) = self.groups.first() else {
             return Ok(());
         };
-        sink.put_groups(first, self.offset, &self.data[..len])?;
+        sink.put_groups(first, self.offset, &self.data.as_slice()[..len])?;
         sink.commit(&self.groups)?;
         for &g in &self.groups {
             on_stored(g);
         }
-        self.data.drain(..len);
+        self.data.drain_front(len);
         self.groups.clear();
         Ok(())
     }
