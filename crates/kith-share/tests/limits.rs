@@ -120,3 +120,46 @@ async fn each_limit_is_refused_with_its_reason() {
     );
     drop(held);
 }
+
+/// Waits (bounded) until the provider's stats satisfy `ok`.
+async fn until_stats(p: &Share, ok: impl Fn(kith_share::ServiceStats) -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok(p.stats()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stats never got there: {:?}",
+            p.stats()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_gets_are_read_two_at_a_time_in_order() {
+    let net = MemNetwork::new();
+    let mut limits = ProviderLimits::default();
+    // 64 KiB/s: an answer of 12 groups takes three seconds, so gets stay open.
+    limits.upload_rate_per_peer = Some(64 * 1024);
+    limits.send_buffer = 4096;
+    let (p, root) = provider(&net, limits).await;
+    let (_ta, a) = client(&net, 2, &p).await;
+    let mut open = Vec::new();
+    for g in [0u64, 12, 24, 36] {
+        open.push(send_open(&a, &get(root, RangeSet::from_range(g..g + 12))).await);
+    }
+    // Two are answered, the other two wait for their turn.
+    until_stats(&p, |s| s.gets_served == 2 && s.gets_waiting == 2).await;
+    let (_s, mut r) = open.remove(0);
+    assert_eq!(
+        first_response(&mut r).await,
+        Response::Blob {
+            index: 0,
+            missing: false
+        }
+    );
+    // The first get is given up: the third takes its turn; the fourth still waits.
+    drop((_s, r));
+    until_stats(&p, |s| s.gets_served == 3 && s.gets_waiting == 1).await;
+    drop(open);
+    until_stats(&p, |s| s.gets_waiting == 0).await;
+}
