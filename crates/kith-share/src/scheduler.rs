@@ -325,6 +325,11 @@ pub struct Scheduler<P: Ord + Copy + Debug> {
     /// The same pieces, a bit each (kept in step with `have` and `inflight`), so a pick
     /// scans a word at a time.
     free: Bits,
+    /// Per word of `free`: the lowest availability among its free pieces and how many
+    /// free pieces have it (`u32::MAX` and 0 when none is free). A pick for a peer that
+    /// has everything reads these instead of every free piece's availability: a pick
+    /// costs pieces / 64 steps, not pieces, and a download's picks grow with its size.
+    rarest: Vec<(u32, u8)>,
     peers: BTreeMap<P, Peer>,
     banned: BTreeSet<P>,
     requests: BTreeMap<RequestId, Request<P>>,
@@ -353,9 +358,11 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 free.set(i);
             }
         }
+        let words = free.words.len();
         let mut s = Self {
             cfg,
             free,
+            rarest: vec![(u32::MAX, 0); words],
             rng: StdRng::seed_from_u64(seed),
             mode: Mode::RarestFirst,
             unrequested: n - bits.count,
@@ -372,6 +379,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
             events: VecDeque::new(),
             done_reported: false,
         };
+        for w in 0..words {
+            s.sync_rarest(w);
+        }
         s.check_done();
         s
     }
@@ -507,12 +517,20 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
+        let mut touched = Vec::new();
         for r in pieces.ranges() {
-            for i in r.start.min(n)..r.end.min(n) {
+            let (a, b) = (r.start.min(n), r.end.min(n));
+            for i in a..b {
                 if p.has.set(i) {
                     self.avail[i as usize] += 1;
                 }
             }
+            if a < b {
+                touched.push((a / 64) as usize..=((b - 1) / 64) as usize);
+            }
+        }
+        for w in touched.into_iter().flatten() {
+            self.sync_rarest(w);
         }
         self.fill(now);
     }
@@ -554,6 +572,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                 if let Some(a) = self.avail.get_mut(i as usize) {
                     *a = a.saturating_sub(1);
                 }
+            }
+            if *word != 0 {
+                self.sync_rarest(w);
             }
         }
     }
@@ -797,6 +818,9 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                             }
                         }
                     }
+                    for &i in &undelivered {
+                        self.sync_rarest((i / 64) as usize);
+                    }
                     self.strike(now, &peer);
                 }
             }
@@ -951,11 +975,47 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// Keeps `free` in step after `have` or `inflight` of piece `i` changed.
     fn sync_free(&mut self, i: u64) {
-        if !self.have.get(i) && self.inflight.get(i as usize) == Some(&0) {
-            self.free.set(i);
+        let changed = if !self.have.get(i) && self.inflight.get(i as usize) == Some(&0) {
+            self.free.set(i)
         } else {
-            self.free.clear(i);
+            self.free.clear(i)
+        };
+        if changed {
+            self.sync_rarest((i / 64) as usize);
         }
+    }
+
+    /// Panics unless every summary in `rarest` matches `free` and `avail` (tests run it
+    /// after every step).
+    #[cfg(test)]
+    fn assert_rarest_in_step(&self) {
+        for (w, &word) in self.free.words.iter().enumerate() {
+            let pieces = (0..64).filter(|b| word & (1u64 << b) != 0);
+            let avails: Vec<u32> = pieces.map(|b| self.avail[w * 64 + b]).collect();
+            let low = avails.iter().copied().min().unwrap_or(u32::MAX);
+            let count = avails.iter().filter(|&&a| a == low).count();
+            assert_eq!(self.rarest[w], (low, count as u8), "word {w}");
+        }
+    }
+
+    /// Recomputes `rarest` for word `w` of `free` (after its bits or the availability
+    /// of one of its pieces changed).
+    fn sync_rarest(&mut self, w: usize) {
+        let Some(&word) = self.free.words.get(w) else {
+            return;
+        };
+        let (mut low, mut count) = (u32::MAX, 0u8);
+        let mut bits = word;
+        while bits != 0 {
+            let a = self.avail[w * 64 + bits.trailing_zeros() as usize];
+            bits &= bits - 1;
+            if a < low {
+                (low, count) = (a, 1);
+            } else if a == low {
+                count += 1;
+            }
+        }
+        self.rarest[w] = (low, count);
     }
 
     /// Picks a run for a peer: `(pieces, duplicate)`.
@@ -991,8 +1051,30 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                         }
                         Some((w, bits))
                     };
+                    // A word other than the offset's (which is split in two) can be
+                    // judged by its summary in `rarest`: skipped when its rarest free
+                    // piece is commoner than the best so far, and for a peer that has
+                    // everything (its candidates are exactly the free pieces) counted
+                    // whole.
+                    let all = p.has.count == n;
+                    let summary = |step: usize| {
+                        (step > 0 && step < words).then(|| self.rarest[(first + step) % words])
+                    };
                     let (mut best_avail, mut ties) = (u32::MAX, 0u64);
                     for step in 0..=words {
+                        if let Some((lo, count)) = summary(step) {
+                            if lo > best_avail {
+                                continue;
+                            }
+                            if all {
+                                if lo < best_avail {
+                                    (best_avail, ties) = (lo, u64::from(count));
+                                } else {
+                                    ties += u64::from(count);
+                                }
+                                continue;
+                            }
+                        }
                         let Some((w, mut bits)) = candidates(step) else {
                             break;
                         };
@@ -1014,6 +1096,15 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                     };
                     let mut best = None;
                     'scan: for step in 0..=words {
+                        if let Some((lo, count)) = summary(step) {
+                            if lo > best_avail {
+                                continue;
+                            }
+                            if all && skip >= u64::from(count) {
+                                skip -= u64::from(count);
+                                continue;
+                            }
+                        }
                         let Some((w, mut bits)) = candidates(step) else {
                             break;
                         };

@@ -161,6 +161,7 @@ impl Harness {
             } else {
                 self.s.handle_timeout(self.now);
             }
+            self.s.assert_rarest_in_step();
             self.pump_actions();
         }
         self.s.is_done()
@@ -341,4 +342,40 @@ fn a_hiccup_of_the_last_source_costs_seconds_not_minutes() {
     assert!(!h.s.is_banned(&1));
     let took = h.now - start;
     assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
+fn a_peer_with_everything_is_asked_for_the_rarest_pieces() {
+    // 4,096 pieces. Peer 1 has them all, peer 2 the first half, peer 3 from 1,024 on:
+    // pieces 1,024..2,048 are held three times, the rest twice.
+    let mut s: Scheduler<u32> = Scheduler::new(
+        Layout::new(vec![64 * MIB]),
+        &RangeSet::new(),
+        SchedulerConfig::default(),
+        11,
+    );
+    let now = Instant::now();
+    for p in 1..=3 {
+        s.add_peer(now, p, Duration::from_millis(20));
+    }
+    s.peer_has(now, &2, &RangeSet::from_range(0..2048));
+    s.peer_has(now, &3, &RangeSet::from_range(1024..4096));
+    s.peer_has_all(now, &1);
+    s.assert_rarest_in_step();
+    let mut asked = 0;
+    while let Some(a) = s.poll_action() {
+        // (Peers 2 and 3 were asked as each became known, when other pieces were
+        // rarest.)
+        if let Action::Request {
+            peer: 1, pieces, ..
+        } = a
+        {
+            assert!(
+                !(1024..2048).contains(&pieces.start),
+                "asked for {pieces:?}, which three peers hold"
+            );
+            asked += 1;
+        }
+    }
+    assert!(asked > 0);
 }
