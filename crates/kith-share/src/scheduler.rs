@@ -818,8 +818,12 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
                             }
                         }
                     }
-                    for &i in &undelivered {
-                        self.sync_rarest((i / 64) as usize);
+                    // (`undelivered` ascends: each word once.)
+                    let mut words: Vec<usize> =
+                        undelivered.iter().map(|&i| (i / 64) as usize).collect();
+                    words.dedup();
+                    for w in words {
+                        self.sync_rarest(w);
                     }
                     self.strike(now, &peer);
                 }
@@ -975,13 +979,34 @@ impl<P: Ord + Copy + Debug> Scheduler<P> {
 
     /// Keeps `free` in step after `have` or `inflight` of piece `i` changed.
     fn sync_free(&mut self, i: u64) {
-        let changed = if !self.have.get(i) && self.inflight.get(i as usize) == Some(&0) {
+        let free = !self.have.get(i) && self.inflight.get(i as usize) == Some(&0);
+        let changed = if free {
             self.free.set(i)
         } else {
             self.free.clear(i)
         };
-        if changed {
-            self.sync_rarest((i / 64) as usize);
+        // The word's summary follows in O(1) (this runs for every piece requested,
+        // received or released); only the last of its rarest pieces leaving the word
+        // needs the word read again.
+        if !changed {
+            return;
+        }
+        let w = (i / 64) as usize;
+        let (Some(&a), Some((low, count))) = (self.avail.get(i as usize), self.rarest.get_mut(w))
+        else {
+            return;
+        };
+        if free {
+            if a < *low {
+                (*low, *count) = (a, 1);
+            } else if a == *low {
+                *count += 1;
+            }
+        } else if a == *low {
+            *count -= 1;
+            if *count == 0 {
+                self.sync_rarest(w);
+            }
         }
     }
 
