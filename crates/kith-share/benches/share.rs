@@ -290,8 +290,9 @@ async fn single(tmp: &Path) -> anyhow::Result<()> {
     );
     let (mut ts, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        let (start, cpu) = (Instant::now(), cpu_used());
+        let (start, cpu, refused) = (Instant::now(), cpu_used(), provider.stats().refused);
         let stats = fetch(100 + round, base.path(), &ticket).await?;
+        let refused = provider.stats().refused - refused;
         let (s, s_cpu) = (start.elapsed(), cpu_used().saturating_sub(cpu));
         ensure!(stats.fetched_bytes == size, "share fetched {stats:?}");
         let out = base.path().join("baseline.bin");
@@ -303,7 +304,7 @@ async fn single(tmp: &Path) -> anyhow::Result<()> {
         // CPU time (both ends, every thread) is steadier than wall time on a shared
         // machine: it shows what a change costs even when the machine's speed drifts.
         println!(
-            "single round {round}: share {:.0} MiB/s ({:.2} CPU s), plain stream {:.0} MiB/s ({:.2} CPU s)",
+            "single round {round}: share {:.0} MiB/s ({:.2} CPU s, {refused} requests refused), plain stream {:.0} MiB/s ({:.2} CPU s)",
             mib_s(size, s),
             s_cpu.as_secs_f64(),
             mib_s(size, b),

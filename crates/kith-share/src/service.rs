@@ -34,7 +34,12 @@ pub struct ProviderLimits {
     /// Requests served at once, over all peers; beyond it a request is refused as busy.
     /// Default 32.
     pub upload_slots: usize,
-    /// Requests (get and watch) one peer may have open at once. Default 16.
+    /// Requests (get and watch) one peer may have open at once. Default 24: room for
+    /// what a downloader with the default
+    /// [`max_requests_per_peer`](crate::SchedulerConfig::max_requests_per_peer) (16) opens,
+    /// its watch, and a few answers whose end it has read before we let go of them (a
+    /// refusal pauses a peer's requests; at 16 the single-source bench saw one in eight
+    /// rounds of 1 GiB).
     pub requests_per_peer: usize,
     /// Ranges one get request may name, over all its blobs. Default 1024.
     pub max_ranges_per_request: usize,
@@ -59,7 +64,7 @@ impl Default for ProviderLimits {
     fn default() -> Self {
         Self {
             upload_slots: 32,
-            requests_per_peer: 16,
+            requests_per_peer: 24,
             max_ranges_per_request: 1024,
             upload_rate_per_peer: None,
             upload_rate_total: None,
@@ -172,6 +177,7 @@ pub(crate) struct Inner {
     uploaded: Arc<AtomicU64>,
     gets_served: AtomicU64,
     gets_waiting: AtomicU64,
+    refused: AtomicU64,
     /// Counts gets as they arrive, to order their streams (see `next_get_priority`).
     get_seq: AtomicU32,
     pub(crate) lan_peers: Mutex<Option<LanPeers>>,
@@ -253,6 +259,9 @@ pub struct ServiceStats {
     /// from the store two at a time, first come, first served (their answers go out one
     /// after the other in any case).
     pub gets_waiting: u64,
+    /// Requests (gets and watches) refused, for any reason (see
+    /// [`Refusal`](crate::wire::Refusal)).
+    pub refused: u64,
 }
 
 /// Tag name that pins a share in the store.
@@ -287,6 +296,7 @@ impl Share {
             uploaded: Arc::new(AtomicU64::new(0)),
             gets_served: AtomicU64::new(0),
             gets_waiting: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             get_seq: AtomicU32::new(0),
             lan_peers: Mutex::new(None),
             config,
@@ -452,6 +462,7 @@ impl Share {
             uploaded_bytes: self.inner.uploaded.load(Ordering::Relaxed),
             gets_served: self.inner.gets_served.load(Ordering::Relaxed),
             gets_waiting: self.inner.gets_waiting.load(Ordering::Relaxed),
+            refused: self.inner.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -588,7 +599,8 @@ async fn write_response(send: &mut BoxSendStream, r: &Response) -> std::io::Resu
     send.write_all(&frame).await
 }
 
-async fn refuse(mut send: BoxSendStream, r: Refusal) -> std::io::Result<()> {
+async fn refuse(inner: &Inner, mut send: BoxSendStream, r: Refusal) -> std::io::Result<()> {
+    inner.refused.fetch_add(1, Ordering::Relaxed);
     write_response(&mut send, &Response::Refused(r)).await?;
     let _ = send.finish();
     Ok(())
@@ -612,15 +624,15 @@ async fn serve(
     let open = match Open::decode(&frame, inner.config.limits.max_ranges_per_request) {
         Ok(o) => o,
         Err(WireError::Ranges(_) | WireError::TooManyBlobs(_)) => {
-            return refuse(send, Refusal::TooLarge).await;
+            return refuse(&inner, send, Refusal::TooLarge).await;
         }
-        Err(_) => return refuse(send, Refusal::BadRequest).await,
+        Err(_) => return refuse(&inner, send, Refusal::BadRequest).await,
     };
     let Some(slot) = peer_slot(&inner, peer) else {
-        return refuse(send, Refusal::TooManyRequests).await;
+        return refuse(&inner, send, Refusal::TooManyRequests).await;
     };
     match open {
-        Open::Get(req) => serve_get(inner, peer, send, req, &slot).await,
+        Open::Get(req) => serve_get(inner, peer, send, req, slot).await,
         Open::Watch { root, collection } => {
             let entry = inner.entry(&root).filter(|e| e.collection == collection);
             match entry {
@@ -638,23 +650,27 @@ async fn serve_get(
     peer: NodeId,
     mut send: BoxSendStream,
     req: GetRequest,
-    slot: &PeerSlot,
+    slot: PeerSlot,
 ) -> std::io::Result<()> {
     send.set_priority(inner.next_get_priority());
     let Some(entry) = inner
         .entry(&req.root)
         .filter(|e| e.collection == req.collection)
     else {
-        return refuse(send, Refusal::NotFound).await;
+        // The peer's request slot is free before it reads the refusal, so a request it
+        // sends next is not refused for this one.
+        drop(slot);
+        return refuse(&inner, send, Refusal::NotFound).await;
     };
     let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+        drop(slot);
         let ms = inner
             .config
             .limits
             .busy_retry
             .as_millis()
             .min(u32::MAX as u128) as u32;
-        return refuse(send, Refusal::Busy { retry_after_ms: ms }).await;
+        return refuse(&inner, send, Refusal::Busy { retry_after_ms: ms }).await;
     };
     let mut pacers: Vec<Arc<Pacer>> = inner.total_pacer.iter().cloned().collect();
     if let Some(rate) = inner.config.limits.upload_rate_per_peer {
@@ -823,7 +839,7 @@ async fn serve_watch(
     use tokio::io::AsyncReadExt;
     let mut updates = inner.updates.subscribe();
     let Some(entry) = inner.entry(&root).filter(|e| e.collection == collection) else {
-        return refuse(send, Refusal::NotFound).await;
+        return refuse(&inner, send, Refusal::NotFound).await;
     };
     let snapshot = |entry: &Entry| -> std::io::Result<Response> {
         if entry.complete {
@@ -967,7 +983,7 @@ async fn serve_super_seed(
     for h in entry.blobs.iter() {
         let status = inner.store.status(*h).map_err(std::io::Error::other)?;
         let Some(s) = status else {
-            return refuse(send, Refusal::NotFound).await;
+            return refuse(&inner, send, Refusal::NotFound).await;
         };
         sizes.push(s.size);
     }
@@ -1077,7 +1093,16 @@ async fn serve_super_seed(
 
 #[cfg(test)]
 mod tests {
-    use super::get_priority;
+    use super::{ProviderLimits, get_priority};
+    use crate::SchedulerConfig;
+
+    #[test]
+    fn a_default_downloader_is_never_at_a_default_providers_request_limit() {
+        // Its gets, its watch, and room for answers it has finished reading that the
+        // provider has not let go of yet.
+        let opens = SchedulerConfig::default().max_requests_per_peer + 1;
+        assert!(ProviderLimits::default().requests_per_peer >= opens + 4);
+    }
 
     #[test]
     fn gets_rank_below_other_streams_and_first_come_first_served() {
