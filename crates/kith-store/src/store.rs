@@ -23,7 +23,10 @@ pub struct StoreConfig {
     /// For the filesystem store: how many groups of one partial blob, stored by
     /// [`Store::import_verified`] (in one import or several), may wait before they are
     /// synced and recorded in the persisted bitfield. Larger batches cost fewer syncs; a
-    /// crash loses at most one batch, which is fetched again. Default: 256 (4 MiB).
+    /// crash loses at most one batch (or [`sync_interval`](Self::sync_interval) of
+    /// imports, whichever is less), which is fetched again. Default: 4096 (64 MiB): at
+    /// hundreds of MiB/s a batch then comes a few times a second, where 4 MiB batches
+    /// cost a download about 5 % of its CPU time in syncs.
     ///
     /// [`Store::import_verified`]: crate::Store::import_verified
     pub sync_every_groups: u64,
@@ -41,7 +44,7 @@ impl Default for StoreConfig {
         Self {
             max_blob_size: 1 << 40,
             max_total_size: u64::MAX,
-            sync_every_groups: 256,
+            sync_every_groups: 4096,
             sync_interval: std::time::Duration::from_secs(1),
         }
     }
