@@ -308,7 +308,9 @@ impl Pacer {
 /// What a [`ChunkWriter`] hands its pump.
 enum Out {
     Data(Bytes),
-    Finish,
+    /// Ends the stream; what it carries is dropped first (see
+    /// [`ChunkWriter::finish_releasing`]).
+    Finish(Box<dyn Send>),
     Reset(u32),
 }
 
@@ -318,7 +320,7 @@ enum Out {
 /// pump) writes to the stream, so the blocking thread never waits on the connection
 /// itself and the threads meet once per chunk. At most `(QUEUE + 2) × chunk` bytes wait
 /// between the writer and the stream. A writer dropped without
-/// [`finish`](Self::finish) resets the stream: an answer cut short never looks whole.
+/// [`finish_releasing`](Self::finish_releasing) resets the stream: an answer cut short never looks whole.
 pub(crate) struct ChunkWriter {
     tx: mpsc::Sender<Out>,
     buf: BytesMut,
@@ -358,11 +360,14 @@ impl ChunkWriter {
         Ok(())
     }
 
-    /// Hands over what is buffered and ends the stream cleanly once it is written.
-    pub(crate) fn finish(mut self) -> io::Result<()> {
+    /// Hands over what is buffered and ends the stream cleanly once it is written;
+    /// drops `held` once the last byte is handed to the stream and before its end is:
+    /// whatever `held` accounts for (a request slot) is free by the time the peer reads
+    /// the end of the answer.
+    pub(crate) fn finish_releasing(mut self, held: Box<dyn Send>) -> io::Result<()> {
         self.hand_over()?;
         self.tx
-            .blocking_send(Out::Finish)
+            .blocking_send(Out::Finish(held))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream is closed"))
     }
 
@@ -406,7 +411,10 @@ async fn pump_out(
                 send.write_all(&b).await?;
                 written.fetch_add(b.len() as u64, Ordering::Relaxed);
             }
-            Out::Finish => return send.finish().map_err(io::Error::other),
+            Out::Finish(held) => {
+                drop(held);
+                return send.finish().map_err(io::Error::other);
+            }
             Out::Reset(code) => {
                 send.reset(code);
                 return Ok(());
@@ -680,7 +688,7 @@ mod tests {
             for piece in body.chunks(1500) {
                 w.write_all(piece)?;
             }
-            w.finish()
+            w.finish_releasing(Box::new(()))
         })
         .await
         .unwrap()

@@ -34,12 +34,13 @@ pub struct ProviderLimits {
     /// Requests served at once, over all peers; beyond it a request is refused as busy.
     /// Default 32.
     pub upload_slots: usize,
-    /// Requests (get and watch) one peer may have open at once. Default 24: room for
-    /// what a downloader with the default
-    /// [`max_requests_per_peer`](crate::SchedulerConfig::max_requests_per_peer) (16) opens,
-    /// its watch, and a few answers whose end it has read before we let go of them (a
-    /// refusal pauses a peer's requests; at 16 the single-source bench saw one in eight
-    /// rounds of 1 GiB).
+    /// Requests (get and watch) one peer may have open at once. Default 24: what a
+    /// downloader with the default
+    /// [`max_requests_per_peer`](crate::SchedulerConfig::max_requests_per_peer) (16)
+    /// opens and its watch, with room to spare (a refusal pauses a peer's requests; at
+    /// 16 the single-source bench saw one in eight rounds of 1 GiB). A get stops counting
+    /// before the end of its answer goes out, so a peer that reads it and asks again is
+    /// not refused for it.
     pub requests_per_peer: usize,
     /// Ranges one get request may name, over all its blobs. Default 1024.
     pub max_ranges_per_request: usize,
@@ -683,38 +684,38 @@ async fn serve_get(
     }
     let turn = {
         let _waiting = Waiting::new(&inner.gets_waiting);
-        slot.reading.acquire().await
+        slot.reading.clone().acquire_owned().await
     };
     // The semaphore is never closed, so this is a turn, never an error.
-    let Ok(_reading) = turn else {
+    let Ok(reading) = turn else {
         return Ok(());
     };
     inner.gets_served.fetch_add(1, Ordering::Relaxed);
     tracing::trace!(peer = %peer.fmt_short(), blobs = req.blobs.len(), "get: serving");
-    let rt = tokio::runtime::Handle::current();
-    let store = inner.store.clone();
-    let result = if pacers.is_empty() {
-        serve_unpaced(&inner, rt, store, send, entry, req).await
+    // The request's slot, upload slot and turn are let go of before the end of the
+    // answer goes out, so a peer that reads it and asks again is never refused for this
+    // request (on an error they go when the answer is abandoned).
+    let held: Box<dyn Send> = Box::new((slot, permit, reading));
+    if pacers.is_empty() {
+        serve_unpaced(&inner, send, entry, req, held).await
     } else {
-        serve_paced(&inner, rt, store, send, entry, req, pacers).await
-    };
-    drop(permit);
-    result
+        serve_paced(&inner, send, entry, req, pacers, held).await
+    }
 }
 
 /// Answers a get through a [`ChunkWriter`]: the store's encoding is written by a
 /// blocking thread into chunks that a task writes to the stream.
 async fn serve_unpaced(
     inner: &Inner,
-    rt: tokio::runtime::Handle,
-    store: SharedStore,
     send: BoxSendStream,
     entry: Entry,
     req: GetRequest,
+    held: Box<dyn Send>,
 ) -> std::io::Result<()> {
     // `send_buffer` bounds what waits between the store and the connection: four
     // chunks (see `ChunkWriter`).
     let chunk = (inner.config.limits.send_buffer / 4).max(4096);
+    let (rt, store) = (tokio::runtime::Handle::current(), inner.store.clone());
     let (mut w, pump) = ChunkWriter::spawn(
         &rt,
         send,
@@ -725,7 +726,7 @@ async fn serve_unpaced(
     let result = tokio::task::spawn_blocking(move || {
         let r = write_get(&*store, &entry, &req, &mut w);
         let ended = match &r {
-            Ok(()) => w.finish(),
+            Ok(()) => w.finish_releasing(held),
             Err(_) => {
                 w.reset(codes::PROTOCOL_ERROR);
                 Ok(())
@@ -735,7 +736,7 @@ async fn serve_unpaced(
         r.and(ended)
     })
     .await;
-    // The upload slot is held until the last byte is handed to the connection.
+    // The slots (`held`) go when the last byte is handed to the connection.
     let written = pump.await.map_err(std::io::Error::other);
     result.map_err(std::io::Error::other)??;
     written?
@@ -744,15 +745,15 @@ async fn serve_unpaced(
 /// Answers a get under upload pacing (see [`PacedWriter`]).
 async fn serve_paced(
     inner: &Inner,
-    rt: tokio::runtime::Handle,
-    store: SharedStore,
     send: BoxSendStream,
     entry: Entry,
     req: GetRequest,
     pacers: Vec<Arc<Pacer>>,
+    held: Box<dyn Send>,
 ) -> std::io::Result<()> {
     let buffer = inner.config.limits.send_buffer.max(4096);
     let counter = inner.uploaded.clone();
+    let (rt, store) = (tokio::runtime::Handle::current(), inner.store.clone());
     let result = tokio::task::spawn_blocking(move || {
         let mut w =
             std::io::BufWriter::with_capacity(buffer, PacedWriter::new(send, rt, pacers, counter));
@@ -764,6 +765,7 @@ async fn serve_paced(
         };
         match (&r, &flushed) {
             (Ok(()), Ok(())) => {
+                drop(held);
                 let _ = send.finish();
             }
             _ => send.reset(codes::PROTOCOL_ERROR),
@@ -1098,8 +1100,7 @@ mod tests {
 
     #[test]
     fn a_default_downloader_is_never_at_a_default_providers_request_limit() {
-        // Its gets, its watch, and room for answers it has finished reading that the
-        // provider has not let go of yet.
+        // Its gets and its watch, with room to spare.
         let opens = SchedulerConfig::default().max_requests_per_peer + 1;
         assert!(ProviderLimits::default().requests_per_peer >= opens + 4);
     }

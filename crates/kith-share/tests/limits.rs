@@ -11,7 +11,7 @@ use kith_core::{SecretKey, Transport};
 use kith_share::wire::{GetRequest, MAX_FRAME, Open, Refusal, Response};
 use kith_share::{PROTOCOL, ProviderLimits, RangeSet, Share, ShareConfig, SharedStore};
 use kith_store::{Hash, MemStore, StoreConfig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn provider(net: &MemNetwork, limits: ProviderLimits) -> (Share, Hash) {
     let t: Arc<dyn Transport> = Arc::new(net.node(SecretKey::from_bytes(&[1; 32]).node_id()));
@@ -179,4 +179,36 @@ async fn a_peers_gets_are_read_two_at_a_time() {
     until_stats(&p, |s| s.gets_served == 3 && s.gets_waiting == 1).await;
     drop(open);
     until_stats(&p, |s| s.gets_waiting == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_let_go_of_before_its_answer_ends() {
+    // Paced answers are written by another path than unpaced ones: both are checked.
+    for rate in [None, Some(64 << 20)] {
+        let net = MemNetwork::new();
+        let mut limits = ProviderLimits::default();
+        limits.requests_per_peer = 1;
+        limits.upload_rate_per_peer = rate;
+        let (p, root) = provider(&net, limits).await;
+        let (_ta, a) = client(&net, 2, &p).await;
+        // One request at a time, each read to its end before the next is sent: none is
+        // refused, because the provider lets go of a request before the end of its
+        // answer goes out.
+        for i in 0..100u64 {
+            let g = i % 60;
+            let (_s, mut r) = send_open(&a, &get(root, RangeSet::from_range(g..g + 1))).await;
+            assert_eq!(
+                first_response(&mut r).await,
+                Response::Blob {
+                    index: 0,
+                    missing: false
+                },
+                "get {i} at {rate:?}"
+            );
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest).await.unwrap();
+        }
+        assert_eq!(p.stats().refused, 0);
+        assert_eq!(p.stats().gets_served, 100);
+    }
 }
