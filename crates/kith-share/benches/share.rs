@@ -189,15 +189,31 @@ fn options() -> DownloadOptions {
     o
 }
 
-/// Downloads `ticket` with a fresh node (key `seed`) into a fresh store under `base`.
-async fn fetch(seed: u64, base: &Path, ticket: &Ticket) -> anyhow::Result<DownloadStats> {
-    let dir = tempfile::tempdir_in(base)?;
+/// Syncs every filesystem (`sync(1)`), so a deletion's deferred work is done before the
+/// next timing starts.
+fn settle() -> anyhow::Result<()> {
+    let st = Command::new("sync").status().context("running sync")?;
+    ensure!(st.success(), "sync failed: {st}");
+    Ok(())
+}
+
+/// Downloads `ticket` with a fresh node (key `seed`) into a fresh store in `dir`.
+async fn fetch_into(
+    seed: u64,
+    dir: &tempfile::TempDir,
+    ticket: &Ticket,
+) -> anyhow::Result<DownloadStats> {
     let (ep, share) = node(seed, dir.path(), downloader_config()).await?;
     let stats = tokio::time::timeout(TIMEOUT, share.download(ticket, options()).finish())
         .await
         .context("download timed out")??;
     ep.close().await;
     Ok(stats)
+}
+
+/// [`fetch_into`] a fresh directory under `base`, removed at the end.
+async fn fetch(seed: u64, base: &Path, ticket: &Ticket) -> anyhow::Result<DownloadStats> {
+    fetch_into(seed, &tempfile::tempdir_in(base)?, ticket).await
 }
 
 // ---------------------------------------------------------------------------------
@@ -290,10 +306,16 @@ async fn single(tmp: &Path) -> anyhow::Result<()> {
     );
     let (mut ts, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
+        // Each side's output is removed after its timing (deleting 1 GiB takes 60-200 ms
+        // here), and the filesystem synced, so that neither times the other's deletion
+        // (ext4 finishes freeing the blocks in its journal thread, later).
+        let dir = tempfile::tempdir_in(base.path())?;
         let (start, cpu, refused) = (Instant::now(), cpu_used(), provider.stats().refused);
-        let stats = fetch(100 + round, base.path(), &ticket).await?;
+        let stats = fetch_into(100 + round, &dir, &ticket).await?;
         let refused = provider.stats().refused - refused;
         let (s, s_cpu) = (start.elapsed(), cpu_used().saturating_sub(cpu));
+        drop(dir);
+        settle()?;
         ensure!(stats.fetched_bytes == size, "share fetched {stats:?}");
         let out = base.path().join("baseline.bin");
         let (start, cpu) = (Instant::now(), cpu_used());
@@ -301,6 +323,7 @@ async fn single(tmp: &Path) -> anyhow::Result<()> {
         let (b, b_cpu) = (start.elapsed(), cpu_used().saturating_sub(cpu));
         ensure!(n == size, "baseline received {n} of {size} bytes");
         std::fs::remove_file(&out)?;
+        settle()?;
         // CPU time (both ends, every thread) is steadier than wall time on a shared
         // machine: it shows what a change costs even when the machine's speed drifts.
         println!(
