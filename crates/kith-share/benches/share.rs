@@ -572,7 +572,7 @@ async fn small_files(tmp: &Path) -> anyhow::Result<()> {
     // Rounds alternate which of kith and rsync goes first: the machine's speed drifts
     // and the previous round's copies are deleted just before (ext4 then allocates new
     // inodes more slowly for a while), so each round's ratio compares like with like
-    // and the figure is their median.
+    // and the figure is their median. Each turn starts after a sync (see `settle`).
     let rounds = env_u64("KITH_BENCH_SMALL_ROUNDS", 3).clamp(1, 20);
     let mut ratios = Vec::new();
     let mut kith_times = Vec::new();
@@ -587,6 +587,10 @@ async fn small_files(tmp: &Path) -> anyhow::Result<()> {
             [false, true]
         };
         for kith_turn in order {
+            // What the previous turn left to the kernel (rsync's unsynced writes, the
+            // last round's deletions) is done before this turn's timing starts, not
+            // during it.
+            settle()?;
             if kith_turn {
                 // kith: download into a fresh store, then export the directory.
                 let dir = tempfile::tempdir_in(base.path())?;
