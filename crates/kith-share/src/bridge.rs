@@ -320,7 +320,8 @@ enum Out {
 /// pump) writes to the stream, so the blocking thread never waits on the connection
 /// itself and the threads meet once per chunk. At most `(QUEUE + 2) × chunk` bytes wait
 /// between the writer and the stream. A writer dropped without
-/// [`finish_releasing`](Self::finish_releasing) resets the stream: an answer cut short never looks whole.
+/// [`finish_releasing`](Self::finish_releasing) resets the stream: an answer cut short
+/// never looks whole.
 pub(crate) struct ChunkWriter {
     tx: mpsc::Sender<Out>,
     buf: BytesMut,

@@ -45,6 +45,12 @@ async fn first_response(recv: &mut BoxRecvStream) -> Response {
     Response::decode(&f, 1024).unwrap()
 }
 
+/// The first frame of an answer that is being served: blob 0's header.
+const SERVED: Response = Response::Blob {
+    index: 0,
+    missing: false,
+};
+
 fn get(root: Hash, groups: RangeSet) -> Open {
     Open::Get(GetRequest {
         root,
@@ -93,13 +99,7 @@ async fn each_limit_is_refused_with_its_reason() {
     let mut held = Vec::new();
     for g in [0u64, 30] {
         let (s, mut r) = send_open(&a, &get(root, RangeSet::from_range(g..g + 24))).await;
-        assert_eq!(
-            first_response(&mut r).await,
-            Response::Blob {
-                index: 0,
-                missing: false
-            }
-        );
+        assert_eq!(first_response(&mut r).await, SERVED);
         held.push((s, r));
     }
     // A third from A: over its per-peer limit.
@@ -167,13 +167,7 @@ async fn a_peers_gets_are_read_two_at_a_time() {
             .await
             .expect("one of the gets is answered")
     };
-    assert_eq!(
-        first.1,
-        Response::Blob {
-            index: 0,
-            missing: false
-        }
-    );
+    assert_eq!(first.1, SERVED);
     // That get is given up: a waiting one takes its turn; the last still waits.
     drop(open.remove(first.0));
     until_stats(&p, |s| s.gets_served == 3 && s.gets_waiting == 1).await;
@@ -197,14 +191,7 @@ async fn a_request_is_let_go_of_before_its_answer_ends() {
         for i in 0..100u64 {
             let g = i % 60;
             let (_s, mut r) = send_open(&a, &get(root, RangeSet::from_range(g..g + 1))).await;
-            assert_eq!(
-                first_response(&mut r).await,
-                Response::Blob {
-                    index: 0,
-                    missing: false
-                },
-                "get {i} at {rate:?}"
-            );
+            assert_eq!(first_response(&mut r).await, SERVED, "get {i} at {rate:?}");
             let mut rest = Vec::new();
             r.read_to_end(&mut rest).await.unwrap();
         }
