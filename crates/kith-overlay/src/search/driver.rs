@@ -140,12 +140,10 @@ pub struct SearchStats {
 }
 
 enum Command {
-    SetNeighbors(Vec<NodeAddr>),
-    AddNeighbor(NodeAddr),
-    RemoveNeighbor(NodeId),
+    /// A change to the neighbours or the shared items; the sender is told once it is
+    /// applied.
+    Apply(Change, oneshot::Sender<()>),
     Neighbors(oneshot::Sender<Vec<NodeAddr>>),
-    Share(Item),
-    Unshare([u8; 32]),
     Query {
         keywords: Vec<String>,
         mode: Mode,
@@ -153,6 +151,14 @@ enum Command {
         reply: oneshot::Sender<Result<QueryId, QueryError>>,
     },
     Stats(oneshot::Sender<SearchStats>),
+}
+
+enum Change {
+    SetNeighbors(Vec<NodeAddr>),
+    AddNeighbor(NodeAddr),
+    RemoveNeighbor(NodeId),
+    Share(Item),
+    Unshare([u8; 32]),
 }
 
 enum Update {
@@ -247,19 +253,29 @@ impl SearchHandle {
         self.cmd.send(cmd).await.map_err(|_| SearchError::Stopped)
     }
 
+    /// Hands `change` to the driver and waits until it is applied.
+    async fn apply(&self, change: Change) -> Result<(), SearchError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Apply(change, done)).await?;
+        rx.await.map_err(|_| SearchError::Stopped)
+    }
+
     /// Replaces the neighbour set, for example with a gossip topic's active view.
+    /// Returns once the driver uses the new set: a message handled afterwards is
+    /// forwarded to it.
     pub async fn set_neighbors(&self, neighbors: Vec<NodeAddr>) -> Result<(), SearchError> {
-        self.send(Command::SetNeighbors(neighbors)).await
+        self.apply(Change::SetNeighbors(neighbors)).await
     }
 
-    /// Adds a neighbour (nothing happens if it is one already).
+    /// Adds a neighbour (nothing happens if it is one already). Returns once it is
+    /// applied.
     pub async fn add_neighbor(&self, neighbor: NodeAddr) -> Result<(), SearchError> {
-        self.send(Command::AddNeighbor(neighbor)).await
+        self.apply(Change::AddNeighbor(neighbor)).await
     }
 
-    /// Removes a neighbour.
+    /// Removes a neighbour. Returns once it is applied.
     pub async fn remove_neighbor(&self, id: NodeId) -> Result<(), SearchError> {
-        self.send(Command::RemoveNeighbor(id)).await
+        self.apply(Change::RemoveNeighbor(id)).await
     }
 
     /// The current neighbours (without those dropped as unreachable).
@@ -271,14 +287,17 @@ impl SearchHandle {
 
     /// Announces an item to searchers, replacing any shared item with the same content
     /// hash. Refuses an item no searcher would accept ([`SearchError::InvalidItem`]).
+    /// Returns once the item is shared: a query that reaches this node afterwards finds
+    /// it.
     pub async fn share(&self, item: Item) -> Result<(), SearchError> {
         item.check().map_err(SearchError::InvalidItem)?;
-        self.send(Command::Share(item)).await
+        self.apply(Change::Share(item)).await
     }
 
-    /// Stops announcing the items with this content hash.
+    /// Stops announcing the items with this content hash. Returns once a query that
+    /// reaches this node no longer finds them.
     pub async fn unshare(&self, hash: [u8; 32]) -> Result<(), SearchError> {
-        self.send(Command::Unshare(hash)).await
+        self.apply(Change::Unshare(hash)).await
     }
 
     /// Counters.
@@ -484,17 +503,23 @@ impl Driver {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::SetNeighbors(n) => self.core.set_neighbors(n),
-            Command::AddNeighbor(n) => self.core.neighbor_up(n),
-            Command::RemoveNeighbor(id) => self.core.neighbor_down(&id),
+            Command::Apply(change, done) => {
+                match change {
+                    Change::SetNeighbors(n) => self.core.set_neighbors(n),
+                    Change::AddNeighbor(n) => self.core.neighbor_up(n),
+                    Change::RemoveNeighbor(id) => self.core.neighbor_down(&id),
+                    Change::Share(item) => {
+                        self.core.unshare(&item.hash);
+                        self.core.share(item);
+                    }
+                    Change::Unshare(hash) => self.core.unshare(&hash),
+                }
+                // The caller may have stopped waiting: fine.
+                let _ = done.send(());
+            }
             Command::Neighbors(reply) => {
                 let _ = reply.send(self.core.neighbors().to_vec());
             }
-            Command::Share(item) => {
-                self.core.unshare(&item.hash);
-                self.core.share(item);
-            }
-            Command::Unshare(hash) => self.core.unshare(&hash),
             Command::Query {
                 keywords,
                 mode,
