@@ -383,7 +383,8 @@ pub trait Connection: Send + Sync + fmt::Debug + 'static {
     fn open_uni(&self, protocol: &Protocol) -> BoxFuture<'_, Result<BoxSendStream, StreamError>>;
     /// Sends an unreliable datagram (RFC 9221) of `protocol`. It may be lost or reordered.
     fn send_datagram(&self, protocol: &Protocol, payload: &[u8]) -> Result<(), DatagramError>;
-    /// Largest datagram payload `protocol` can send now, if datagrams are supported.
+    /// Largest datagram payload `protocol` can send now, if datagrams are supported. It
+    /// changes with the path: it grows as path MTU discovery finds room.
     fn max_datagram_payload(&self, protocol: &Protocol) -> Option<usize>;
     /// Closes the connection with an application code; open streams fail.
     fn close(&self, code: u32, reason: &[u8]);
